@@ -1,0 +1,1 @@
+"""The measurement protocol (latency, memory, size, parity). Imports without torch."""
