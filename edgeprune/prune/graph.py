@@ -1,0 +1,152 @@
+"""The shared graph of prunable channel groups, built on Torch-Pruning's dependency graph.
+
+A *channel group* is a set of output channels that must be removed together: a conv's
+out-channels plus everything coupled to them (its BN, the next layers' in-channels,
+every member of a residual addition, depthwise convs, concatenation slices). Torch-Pruning
+traces these couplings; this module names each group, records its latency context
+(kernel, stride, groups, spatial size), and removes channels physically.
+
+Invariants:
+- ``groups`` is computed once, before any removal; group ``i`` owns a channel dimension
+  that no other group changes, so scores computed up front stay valid while groups are
+  pruned one after another.
+- The classifier (the layer producing the model's output) is never a group root, so the
+  number of classes never changes.
+- ``apply`` never lets a group reach zero width (it raises instead).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from edgeprune.errors import UserInputError
+
+
+@dataclass
+class ChannelGroup:
+    """One prunable group: its root layer, its coupled members and its latency context."""
+
+    index: int
+    root_name: str
+    channels: int
+    members: list[str]
+    context: dict[str, Any] = field(default_factory=dict)
+    tp_group: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def is_residual(self) -> bool:
+        """True when several convs share these channels (e.g. a residual addition)."""
+        return len(self.context.get("out_convs", [])) > 1
+
+
+def _output_layer_names(model: nn.Module, example_inputs: torch.Tensor) -> set[str]:
+    """Names of modules whose output is (part of) the model's output."""
+    produced: dict[int, str] = {}
+    hooks = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, (nn.Conv2d, nn.Linear)):
+            hooks.append(mod.register_forward_hook(lambda m, i, o, n=name: produced.__setitem__(id(o), n)))
+    try:
+        with torch.no_grad():
+            out = model(example_inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    outs = out if isinstance(out, (tuple, list)) else [out]
+    return {produced[id(o)] for o in outs if id(o) in produced}
+
+
+def _record_shapes(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, dict[str, Any]]:
+    """Input/output spatial sizes of every conv/linear layer, from one forward pass."""
+    shapes: dict[str, dict[str, Any]] = {}
+    hooks = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, (nn.Conv2d, nn.Linear)):
+            def hook(m, inp, out, n=name):
+                shapes[n] = {"in_shape": list(inp[0].shape), "out_shape": list(out.shape)}
+            hooks.append(mod.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(example_inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return shapes
+
+
+class PruneGraph:
+    """Prunable channel groups of ``model`` (which is modified in place by ``apply``)."""
+
+    def __init__(self, model: nn.Module, example_inputs: torch.Tensor,
+                 ignored_layers: Sequence[str] = ()):
+        model.eval()
+        self.model = model
+        self.example_inputs = example_inputs
+        names = dict(model.named_modules())
+        unknown = [n for n in ignored_layers if n not in names]
+        if unknown:
+            raise UserInputError(f"--ignore names no layer of this model: {', '.join(unknown)}")
+        self.ignored = set(ignored_layers) | _output_layer_names(model, example_inputs)
+        self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+        self._names = {mod: name for name, mod in names.items()}
+        shapes = _record_shapes(model, example_inputs)
+        ignored_mods = [names[n] for n in self.ignored]
+        self.groups: list[ChannelGroup] = []
+        for tp_group in self.dg.get_all_groups(ignored_layers=ignored_mods,
+                                               root_module_types=(nn.Conv2d, nn.Linear)):
+            self.groups.append(self._describe(len(self.groups), tp_group, shapes))
+
+    def _describe(self, index: int, tp_group, shapes) -> ChannelGroup:
+        root = tp_group[0].dep.target.module
+        root_name = self._names[root]
+        members, out_convs, in_layers = [], [], []
+        for dep, _ in tp_group:
+            mod = dep.target.module
+            name = self._names.get(mod)
+            if name is None or name in members:
+                continue
+            members.append(name)
+            if self.dg.is_out_channel_pruning_fn(dep.handler) and isinstance(mod, nn.Conv2d):
+                out_convs.append(name)
+            elif isinstance(mod, (nn.Conv2d, nn.Linear)):
+                in_layers.append(name)
+        conv = root if isinstance(root, nn.Conv2d) else None
+        context = {
+            "type": type(root).__name__,
+            "kernel": list(conv.kernel_size) if conv else [1, 1],
+            "stride": list(conv.stride) if conv else [1, 1],
+            "groups": conv.groups if conv else 1,
+            "depthwise": bool(conv and conv.groups > 1 and conv.groups == conv.out_channels),
+            "out_convs": out_convs,
+            "consumers": in_layers,
+            **shapes.get(root_name, {}),
+        }
+        channels = len(tp_group[0].idxs)
+        return ChannelGroup(index, root_name, channels, members, context, tp_group)
+
+    def apply(self, keep: dict[int, Sequence[int]]) -> None:
+        """Physically remove every channel of group ``i`` not listed in ``keep[i]``."""
+        for gi, kept in keep.items():
+            group = self.groups[gi]
+            kept_set = set(int(k) for k in kept)
+            if not kept_set:
+                raise UserInputError(f"group {group.root_name} would reach zero channels")
+            remove = [c for c in range(group.channels) if c not in kept_set]
+            if not remove:
+                continue
+            root = group.tp_group[0].dep.target.module
+            handler = group.tp_group[0].dep.handler
+            self.dg.get_pruning_group(root, handler, remove).prune()
+
+    def channel_counts(self) -> dict[str, int]:
+        """Current out-channel count of every group root (after ``apply``)."""
+        mods = dict(self.model.named_modules())
+        counts = {}
+        for g in self.groups:
+            mod = mods[g.root_name]
+            counts[g.root_name] = mod.out_channels if isinstance(mod, nn.Conv2d) else mod.out_features
+        return counts
