@@ -107,12 +107,14 @@ class PruneGraph:
         for dep, _ in tp_group:
             mod = dep.target.module
             name = self._names.get(mod)
-            if name is None or name in members:
+            if name is None:
                 continue
-            members.append(name)
-            if self.dg.is_out_channel_pruning_fn(dep.handler) and isinstance(mod, nn.Conv2d):
+            if name not in members:
+                members.append(name)
+            out_pruned = self.dg.is_out_channel_pruning_fn(dep.handler)
+            if out_pruned and isinstance(mod, nn.Conv2d) and name not in out_convs:
                 out_convs.append(name)
-            elif isinstance(mod, (nn.Conv2d, nn.Linear)):
+            elif not out_pruned and isinstance(mod, (nn.Conv2d, nn.Linear)) and name not in in_layers:
                 in_layers.append(name)
         conv = root if isinstance(root, nn.Conv2d) else None
         context = {

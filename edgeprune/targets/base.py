@@ -156,17 +156,17 @@ def write_manifest(
 
 
 @contextlib.contextmanager
-def staging_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty sibling folder; on success it replaces ``out_dir``, on error it is removed.
+def staging_dir(out_dir: str | os.PathLike, must_contain: str = MANIFEST) -> Iterator[Path]:
+    """Yield an empty hidden sibling folder; on success it replaces ``out_dir``, on error it is removed.
 
-    The caller writes every file and finally the manifest into the yielded folder.
+    The caller writes every file and finally ``must_contain`` (the manifest, a report) into it.
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
         yield stage
-        if not (stage / MANIFEST).is_file():
+        if not (stage / must_contain).is_file():
             raise RuntimeError(f"internal error: {stage} finished without a manifest")
         if out_dir.exists():
             shutil.rmtree(out_dir)

@@ -1,0 +1,16 @@
+# The README's two commands: `make demo` (set up + the main job) and `make test` (set up + tests).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test test-all
+setup:
+	bash scripts/setup.sh
+
+demo: setup
+	bash scripts/demo.sh
+
+test: setup
+	$(VENV)/bin/pytest -q
+
+test-all: setup
+	$(VENV)/bin/pytest -q -m "not tensorrt and not gpu"

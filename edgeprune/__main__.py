@@ -1,0 +1,5 @@
+import sys
+
+from edgeprune.cli import main
+
+sys.exit(main())

@@ -1,0 +1,214 @@
+"""``edgeprune build``: prune -> fine-tune -> export -> compile -> gate -> measure -> report.
+
+Invariants:
+- Every input is validated before any long step (target, runtime, precision, model,
+  weights, data, ratio, output folder).
+- The build happens in a hidden staging folder beside ``--out`` that is renamed to ``--out``
+  only when the whole build succeeded; a failure removes it, so a folder named ``--out``
+  always holds a complete, valid build (``report.json`` written last).
+- Baseline and pruned artifacts are measured interleaved (A B A B ...) in fresh processes.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgeprune import __version__
+from edgeprune.data import calibration_batch, load_dataset
+from edgeprune.deploy_check import Holdout, compile_checked
+from edgeprune.errors import GateFailed, UserInputError
+from edgeprune.export import export_onnx, torch_outputs
+from edgeprune.loading import check_out_dir, check_ratio, count_flops_params, load_model
+from edgeprune.measure.protocol import MeasureSettings, measure_interleaved
+from edgeprune.profiles import load_profile, resolve_threads
+from edgeprune.prune import prune_model
+from edgeprune.report import write_report
+from edgeprune.targets import require_runtime
+from edgeprune.targets.base import staging_dir
+from edgeprune.train import evaluate, train
+from edgeprune.ui import Steps, info
+
+
+@dataclass
+class BuildConfig:
+    """Everything ``edgeprune build`` needs; the CLI fills it from its flags."""
+
+    target: str
+    data: str
+    out: str
+    model: str | None = None
+    weights: str | None = None
+    method: str = "l1"
+    ratio: float = 0.5
+    precision: str | None = None
+    round_to: int | None = None
+    finetune_epochs: float = 1.0
+    lr: float = 0.01
+    batch_size: int = 128
+    image_size: int | None = None
+    threads: int | None = None
+    rounds: int = 3
+    min_seconds: float = 2.0
+    warmup_s: float = 1.0
+    holdout: int = 500
+    calib: int = 300
+    eval_limit: int | None = None
+    force: bool = False
+    trust_checkpoint: bool = False
+    progress: bool = True
+    seed: int = 0
+
+
+def _validate(cfg: BuildConfig) -> dict[str, Any]:
+    profile = load_profile(cfg.target)
+    check_ratio(cfg.ratio)
+    check_out_dir(cfg.out, cfg.force)
+    require_runtime(profile["runtime"])
+    precision = cfg.precision or profile["default_precision"]
+    if precision not in profile["precisions"]:
+        raise UserInputError(f"target {profile['name']} does not offer precision {precision!r}",
+                             f"choose one of: {', '.join(profile['precisions'])}")
+    if cfg.finetune_epochs < 0:
+        raise UserInputError(f"--finetune-epochs must be >= 0, got {cfg.finetune_epochs}")
+    if cfg.weights is not None and not Path(cfg.weights).is_file():
+        raise UserInputError(f"weights file not found: {cfg.weights}", "pass the checkpoint written by 'edgeprune train'")
+    return {**profile, "precision": precision}
+
+
+def _holdout(model, test_ds, n: int, seed: int) -> Holdout:
+    n = min(n, len(test_ds))
+    x = calibration_batch(test_ds, n, seed=seed)
+    idx = np.random.default_rng(seed).permutation(len(test_ds))[:n]
+    labels = np.array([int(test_ds[int(i)][1]) for i in idx])
+    return Holdout(x, labels, torch_outputs(model, x))
+
+
+def _describe_model(model, input_shape, accuracy: float | None) -> dict[str, Any]:
+    macs, params = count_flops_params(model, input_shape)
+    return {"accuracy": accuracy, "flops": macs, "params": params}
+
+
+def _prune_and_finetune(cfg: BuildConfig, ctx: dict[str, Any], steps: Steps) -> dict[str, Any]:
+    model, train_ds, test_ds = ctx["model"], ctx["train_ds"], ctx["test_ds"]
+    steps.start("evaluating the baseline")
+    base_acc = evaluate(model, test_ds, progress=cfg.progress, limit=cfg.eval_limit)
+    steps.done(f"top-1 {base_acc:.4f}")
+    steps.start(f"pruning ({cfg.method}, ratio {cfg.ratio}, channels rounded to {ctx['round_to']})")
+    example = torch.zeros(*ctx["input_shape"])
+    result = prune_model(model, example, cfg.method, cfg.ratio, ctx["round_to"])
+    pruned = result.model
+    acc_before = evaluate(pruned, test_ds, progress=cfg.progress, limit=cfg.eval_limit)
+    steps.done(f"{result.summary()['channels_before']} -> {result.summary()['channels_after']} channels, "
+               f"top-1 before fine-tuning {acc_before:.4f}")
+    steps.start(f"fine-tuning for {cfg.finetune_epochs} epoch(s)")
+    history = {}
+    if cfg.finetune_epochs > 0:
+        history = train(pruned, train_ds, epochs=cfg.finetune_epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+                        progress=cfg.progress, desc="fine-tune", seed=cfg.seed)
+    pruned.eval()
+    acc_after = evaluate(pruned, test_ds, progress=cfg.progress, limit=cfg.eval_limit)
+    steps.done(f"top-1 {acc_after:.4f}")
+    return {"pruned": pruned, "prune": result.summary(), "finetune": history,
+            "baseline_acc": base_acc, "acc_before_ft": acc_before, "acc_after_ft": acc_after}
+
+
+def _deploy(stage: Path, cfg: BuildConfig, profile: dict[str, Any], ctx: dict[str, Any],
+            models: dict[str, torch.nn.Module], steps: Steps) -> dict[str, dict[str, Any]]:
+    steps.start(f"exporting ONNX and compiling for {profile['name']} ({profile['runtime']} {profile['precision']})")
+    calib = calibration_batch(ctx["train_ds"], cfg.calib, seed=cfg.seed) if profile["precision"] == "int8" else None
+    rows = {}
+    for name, model in models.items():
+        holdout = _holdout(model, ctx["test_ds"], cfg.holdout, cfg.seed)
+        onnx_path = stage / "onnx" / f"{name}.onnx"
+        exported = export_onnx(model, ctx["input_shape"], onnx_path, check_inputs=holdout.x[:32])
+        row = compile_checked(onnx_path, profile, profile["precision"], stage / "artifacts" / name,
+                              holdout, calib, ctx["threads"])
+        row["onnx"] = {**exported, "path": str(onnx_path.relative_to(stage))}
+        if row["status"] != "ok":
+            raise GateFailed(f"{name} model: {row['status']} on {profile['name']} {profile['precision']}: {row['reason']}")
+        row["artifact"] = str(Path(row["artifact"]).relative_to(stage))
+        rows[name] = row
+    steps.done(", ".join(f"{n} {r['size_mb']:.2f} MB, holdout top-1 {r['accuracy']:.4f}" for n, r in rows.items()))
+    return rows
+
+
+def _measure(stage: Path, cfg: BuildConfig, ctx: dict[str, Any], rows: dict[str, dict], steps: Steps) -> dict:
+    settings = MeasureSettings(threads=ctx["threads"], warmup_s=cfg.warmup_s, min_seconds=cfg.min_seconds)
+    steps.start(f"measuring latency: {cfg.rounds} interleaved rounds, {ctx['threads']} thread(s), fresh process each")
+    results = measure_interleaved({n: stage / r["artifact"] for n, r in rows.items()}, settings,
+                                  rounds=cfg.rounds, progress=cfg.progress)
+    steps.done(", ".join(f"{n} p50 {r['latency']['p50_ms']:.3f} ms" for n, r in results.items()))
+    return results
+
+
+def _entry(desc: dict, row: dict, meas: dict, profile: dict) -> dict[str, Any]:
+    lat = meas["latency"]
+    return {**desc, "target": profile["name"], "runtime": profile["runtime"], "precision": profile["precision"],
+            "latency": {k: lat[k] for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms")},
+            "throughput_ips": lat.get("throughput_ips"), "latency_rounds_p50_ms": meas.get("rounds"),
+            "peak_rss_mb": meas["peak_rss_mb"], "size_mb": row["size_mb"], "artifact": row["artifact"],
+            "onnx": row["onnx"], "parity": row["parity"], "inspect": row.get("inspect")}
+
+
+def run_build(cfg: BuildConfig) -> dict[str, Any]:
+    """Run the whole build; returns the report (also written to ``cfg.out``)."""
+    started = time.time()
+    steps = Steps(7, quiet=not cfg.progress)
+    steps.start(f"checking inputs (target {cfg.target})")
+    profile = _validate(cfg)
+    torch.manual_seed(cfg.seed)
+    train_ds = load_dataset(cfg.data, "train", image_size=cfg.image_size)
+    test_ds = load_dataset(cfg.data, "test", image_size=cfg.image_size)
+    model, spec = load_model(cfg.model, cfg.weights, num_classes=train_ds.num_classes,
+                             in_channels=train_ds.channels, trust=cfg.trust_checkpoint)
+    if cfg.weights is None:
+        info("warning: no --weights given: pruning an untrained model, accuracies are meaningless")
+    ctx = {"model": model, "train_ds": train_ds, "test_ds": test_ds,
+           "input_shape": (1, train_ds.channels, train_ds.image_size, train_ds.image_size),
+           "round_to": cfg.round_to if cfg.round_to is not None else int(profile["channel_multiple"]),
+           "threads": resolve_threads(profile, cfg.threads)}
+    steps.done(f"{spec.get('name')} on {train_ds.name} {list(ctx['input_shape'])}, "
+               f"{profile['runtime']} {profile['precision']}, {ctx['threads']} thread(s)")
+    with staging_dir(cfg.out, must_contain="report.json") as stage:
+        pf = _prune_and_finetune(cfg, ctx, steps)
+        rows = _deploy(stage, cfg, profile, ctx, {"baseline": model, "pruned": pf["pruned"]}, steps)
+        meas = _measure(stage, cfg, ctx, rows, steps)
+        report = _assemble(cfg, profile, ctx, spec, pf, rows, meas)
+        report["seconds"] = round(time.time() - started, 1)
+        steps.start("writing the report")
+        from edgeprune.models.checkpoint import save_checkpoint
+
+        save_checkpoint(stage / "pruned.pt", pf["pruned"], spec, {"report": "report.json"})
+        write_report(stage, report)
+    steps.done(str(cfg.out))
+    return report
+
+
+def _assemble(cfg, profile, ctx, spec, pf, rows, meas) -> dict[str, Any]:
+    shape = ctx["input_shape"]
+    base = _entry(_describe_model(ctx["model"], shape, pf["baseline_acc"]), rows["baseline"], meas["baseline"], profile)
+    pruned = _entry(_describe_model(pf["pruned"], shape, pf["acc_after_ft"]), rows["pruned"], meas["pruned"], profile)
+    pruned["accuracy_before_finetune"] = pf["acc_before_ft"]
+    b50, p50 = base["latency"]["p50_ms"], pruned["latency"]["p50_ms"]
+    return {
+        "edgeprune_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "config": asdict(cfg),
+        "target": {"name": profile["name"], "runtime": profile["runtime"], "precision": profile["precision"],
+                   "threads": ctx["threads"], "channel_multiple": profile["channel_multiple"]},
+        "model": {"spec": spec, "input_shape": list(shape)},
+        "data": {"name": ctx["train_ds"].name, "train": len(ctx["train_ds"]), "test": len(ctx["test_ds"])},
+        "prune": pf["prune"], "finetune": pf["finetune"],
+        "baseline": base, "pruned": pruned,
+        "comparison": {"speedup_p50": b50 / p50, "latency_change_pct": 100.0 * (p50 - b50) / b50,
+                       "accuracy_change": pruned["accuracy"] - base["accuracy"],
+                       "flops_ratio": pruned["flops"] / base["flops"], "params_ratio": pruned["params"] / base["params"],
+                       "size_ratio": pruned["size_mb"] / base["size_mb"],
+                       "noise": {n: m.get("noise") for n, m in meas.items()}},
+        "environment": meas["baseline"].get("environment"),
+    }

@@ -1,0 +1,181 @@
+"""The ``edgeprune`` command line.
+
+Invariant: every subcommand validates its inputs first; an ``EdgepruneError`` becomes one
+line ``edgeprune: error: ...`` on stderr and its exit code (2 bad input, 1 failed gate);
+results go to stdout, progress to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable, Sequence
+
+from edgeprune import __version__
+from edgeprune.errors import EdgepruneError
+
+EPILOG = """examples:
+  edgeprune train --model resnet20 --data fashion-mnist --epochs 1 --out runs/base
+  edgeprune build --target x86 --model resnet20 --weights runs/base/model.pt \\
+      --data fashion-mnist --method l1 --ratio 0.5 --out runs/build
+  edgeprune targets
+"""
+
+
+def _add_common_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="fashion-mnist",
+                   help="dataset: fashion-mnist (Debian's dataset-fashion-mnist), fashion-mnist:DIR, "
+                        "cifar10:DIR (python-pickle layout), folder:DIR (class sub-folders), or a DIR "
+                        "(layout detected). Default: %(default)s")
+    p.add_argument("--image-size", type=int, default=None, metavar="PX",
+                   help="resize images to PX x PX (e.g. 224 for mobilenet_v2); default: the data's own size")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars and step lines")
+
+
+def _add_build(sub) -> None:
+    p = sub.add_parser("build", help="prune, fine-tune, export, compile and measure on a target",
+                       description="Prune a trained model, fine-tune it, export ONNX, compile the baseline and the "
+                                   "pruned model for TARGET, check both against PyTorch, measure their latency "
+                                   "interleaved on the target's runtime, and write report.json/report.md.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    p.add_argument("--target", required=True, help="target profile (see 'edgeprune targets'), or a .toml file")
+    p.add_argument("--model", help="zoo model name (see 'edgeprune models') or package.module:factory")
+    p.add_argument("--weights", help="checkpoint from 'edgeprune train', or a state_dict file")
+    p.add_argument("--out", required=True, help="output folder (must not exist unless --force)")
+    p.add_argument("--method", default="l1", help="pruning method: l1, l2, random. Default: %(default)s")
+    p.add_argument("--ratio", type=float, default=0.5, help="share of prunable channels to remove, in (0,1). Default: %(default)s")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="default: the target's default precision")
+    p.add_argument("--round-to", type=int, help="channel multiple to keep; default: the target's channel_multiple")
+    p.add_argument("--finetune-epochs", type=float, default=1.0, help="fine-tuning epochs (fractions allowed, 0 skips). Default: %(default)s")
+    p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate. Default: %(default)s")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--threads", type=int, help="runtime threads for measurement; default: the target's (0 = all cores)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds per model. Default: %(default)s")
+    p.add_argument("--min-seconds", type=float, default=2.0, help="minimum timed seconds per measurement. Default: %(default)s")
+    p.add_argument("--eval-limit", type=int, help="evaluate accuracy on the first N test images only")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load --weights with full pickle (runs code from the file: only for files you trust)")
+    p.add_argument("--json", metavar="FILE", help="also write the report JSON to FILE ('-' for stdout)")
+    _add_common_data(p)
+    p.set_defaults(func=_cmd_build)
+
+
+def _cmd_build(a: argparse.Namespace) -> int:
+    from edgeprune.build import BuildConfig, run_build
+    from edgeprune.report import summary_table, verdict
+
+    cfg = BuildConfig(target=a.target, data=a.data, out=a.out, model=a.model, weights=a.weights, method=a.method,
+                      ratio=a.ratio, precision=a.precision, round_to=a.round_to, finetune_epochs=a.finetune_epochs,
+                      lr=a.lr, batch_size=a.batch_size, image_size=a.image_size, threads=a.threads, rounds=a.rounds,
+                      min_seconds=a.min_seconds, eval_limit=a.eval_limit, force=a.force,
+                      trust_checkpoint=a.trust_checkpoint, progress=not a.no_progress)
+    report = run_build(cfg)
+    _emit_json(report, a.json)
+    if a.json != "-":
+        print(summary_table(report))
+        print()
+        print(verdict(report))
+        print(f"report: {a.out}/report.md, {a.out}/report.json")
+    return 0
+
+
+def _emit_json(data, dest: str | None) -> None:
+    if dest == "-":
+        json.dump(data, sys.stdout, indent=2, default=str)
+        print()
+    elif dest:
+        from pathlib import Path
+
+        from edgeprune.targets.base import write_json_atomic
+
+        write_json_atomic(Path(dest), data)
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a baseline model from the zoo",
+                       description="Train a zoo model on a dataset and write OUT/model.pt (architecture spec + "
+                                   "state_dict, loads without pickle) and OUT/train.json (accuracy, history).")
+    p.add_argument("--model", required=True, help="zoo model name or package.module:factory")
+    p.add_argument("--epochs", type=float, default=1.0, help="training epochs (fractions allowed). Default: %(default)s")
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--out", required=True, help="output folder (must not exist unless --force)")
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    _add_common_data(p)
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(a: argparse.Namespace) -> int:
+    from edgeprune.train_cmd import run_train
+
+    result = run_train(a.model, a.data, a.out, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size,
+                       image_size=a.image_size, force=a.force, seed=a.seed, progress=not a.no_progress)
+    print(f"{result['model']} on {result['data']}: test top-1 {result['accuracy']:.4f} -> {a.out}/model.pt")
+    return 0
+
+
+def _add_targets(sub) -> None:
+    p = sub.add_parser("targets", help="list target profiles and whether their runtime works here",
+                       description="List every target profile (deploy/targets/*.toml), its runtime, precisions and "
+                                   "channel multiple, and whether that runtime is available on this machine.")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_cmd_targets)
+
+
+def _cmd_targets(a: argparse.Namespace) -> int:
+    from edgeprune.targets_cmd import list_targets, targets_table
+
+    rows = list_targets()
+    print(json.dumps(rows, indent=2) if a.json else targets_table(rows))
+    return 0
+
+
+def _add_models(sub) -> None:
+    p = sub.add_parser("models", help="list the built-in model zoo")
+    p.set_defaults(func=_cmd_models)
+
+
+def _cmd_models(a: argparse.Namespace) -> int:
+    from edgeprune.models import MODEL_NAMES, default_input_size
+
+    for name in MODEL_NAMES:
+        print(f"{name:14s} default input {default_input_size(name)}x{default_input_size(name)}")
+    return 0
+
+
+COMMANDS: tuple[Callable, ...] = (_add_build, _add_train, _add_targets, _add_models)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgeprune",
+        description="Prune a trained PyTorch CNN into the fastest model that still meets its accuracy bar "
+                    "on a named edge target, measured on that target's real runtime.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"edgeprune {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except EdgepruneError as exc:
+        print(f"edgeprune: error: {exc.one_line()}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("edgeprune: interrupted; nothing was written to the output folder", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

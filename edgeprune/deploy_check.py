@@ -1,0 +1,57 @@
+"""Compile an ONNX model for a target and gate it against PyTorch — shared by build and bench.
+
+Invariant: ``compile_checked`` returns a row whose ``status`` is "ok" only when the artifact
+was compiled at the requested precision (``inspect`` agrees) and passed the parity gates on
+held-out data; otherwise ``status`` says why ("unsupported", "compile failed", "parity failed")
+and ``reason`` carries the runtime's message or the numbers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeprune.errors import CompileError, RuntimeUnavailable, UnsupportedPrecision, UserInputError
+from edgeprune.measure.parity import check_gates, compare_outputs, run_batched
+from edgeprune.targets import require_runtime
+
+
+@dataclass
+class Holdout:
+    """Held-out inputs, their labels and the PyTorch model's logits on them."""
+
+    x: np.ndarray
+    labels: np.ndarray
+    reference: np.ndarray
+
+
+def compile_checked(onnx_path: Path, profile: dict[str, Any], precision: str, out_dir: Path,
+                    holdout: Holdout, calib: np.ndarray | None, threads: int,
+                    gates: dict | None = None) -> dict[str, Any]:
+    """Compile, inspect and parity-check one artifact; never raises for runtime failures."""
+    row: dict[str, Any] = {"target": profile["name"], "runtime": profile["runtime"],
+                           "precision": precision, "artifact": None}
+    try:
+        mod = require_runtime(profile["runtime"])
+        if precision not in profile["precisions"] or precision not in mod.PRECISIONS:
+            raise UnsupportedPrecision(f"{profile['name']} ({profile['runtime']}) does not offer {precision}",
+                                       f"choose one of: {', '.join(p for p in profile['precisions'] if p in mod.PRECISIONS)}")
+        artifact = mod.compile(onnx_path, precision, calib, profile, out_dir)
+        row["artifact"] = str(artifact.path)
+        row["inspect"] = mod.inspect(artifact)
+        row["size_mb"] = artifact.size_bytes() / 1e6
+        runner = mod.load(artifact, threads)
+    except (UnsupportedPrecision, RuntimeUnavailable) as exc:
+        return {**row, "status": "unsupported", "reason": exc.one_line()}
+    except (CompileError, UserInputError) as exc:
+        return {**row, "status": "compile failed", "reason": exc.one_line()}
+    outputs = run_batched(runner, holdout.x, artifact.input_shape[0])
+    parity = compare_outputs(outputs, holdout.reference, holdout.labels)
+    ok, why = check_gates(parity, precision, gates)
+    row["parity"] = parity
+    row["accuracy"] = parity.get("accuracy")
+    row["status"] = "ok" if ok else "parity failed"
+    row["reason"] = "" if ok else why
+    return row

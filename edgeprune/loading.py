@@ -1,0 +1,81 @@
+"""Resolve what the CLI names — a model, its weights, a dataset, an output folder — or fail clearly.
+
+Invariant: every function here either returns a usable object or raises ``UserInputError``
+with one line naming the bad value and what to do; nothing is written to disk.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgeprune.errors import UserInputError
+
+
+def check_out_dir(path: str | os.PathLike, force: bool = False) -> Path:
+    """An output folder that does not exist yet (or ``force``), whose parent is writable."""
+    out = Path(path)
+    if out.exists() and not force:
+        raise UserInputError(f"output folder {out} already exists", "choose a new --out or pass --force to replace it")
+    parent = out.resolve().parent
+    if not parent.exists():
+        raise UserInputError(f"parent folder of --out does not exist: {parent}")
+    if not os.access(parent, os.W_OK):
+        raise UserInputError(f"cannot write to {parent}")
+    return out
+
+
+def check_ratio(ratio: float) -> float:
+    if not 0.0 < ratio < 1.0:
+        raise UserInputError(f"--ratio must be between 0 and 1 (exclusive), got {ratio}",
+                             "e.g. --ratio 0.5 removes half of the prunable channels")
+    return ratio
+
+
+def is_checkpoint(path: Path) -> bool:
+    """True for an edgeprune checkpoint (architecture spec + state_dict); False for a plain state_dict."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # corrupt or pickled objects: load_weights/load_checkpoint report it precisely
+        return False
+    return isinstance(obj, dict) and str(obj.get("format", "")).startswith("edgeprune-checkpoint")
+
+
+def load_model(name: str | None, weights: str | None, *, num_classes: int, in_channels: int,
+               trust: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+    """The model to prune: an edgeprune checkpoint, or ``name`` built from the zoo plus ``weights``.
+
+    Returns (model in eval mode, spec) where spec rebuilds the architecture.
+    """
+    from edgeprune.models import build_model, model_spec
+    from edgeprune.models.checkpoint import load_checkpoint, load_weights
+
+    if weights is not None:
+        wpath = Path(weights)
+        if not wpath.is_file():
+            raise UserInputError(f"weights file not found: {wpath}", "pass the checkpoint written by 'edgeprune train'")
+        if is_checkpoint(wpath):
+            allow = name if name and ":" in name else None
+            model, spec, _meta = load_checkpoint(wpath, allow_factory=allow, trust=trust)
+            if name and ":" not in name and spec.get("name") != name:
+                raise UserInputError(f"--model {name} but {wpath} holds a {spec.get('name')}",
+                                     "drop --model or pass the matching one")
+            return model.eval(), spec
+    if not name:
+        raise UserInputError("no model given", "pass --model NAME (see 'edgeprune models') or --weights CHECKPOINT")
+    model = build_model(name, num_classes=num_classes, in_channels=in_channels)
+    spec = model_spec(name, num_classes=num_classes, in_channels=in_channels)
+    if weights is not None:
+        load_weights(model, Path(weights), trust=trust)
+    return model.eval(), spec
+
+
+def count_flops_params(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
+    """(multiply-accumulates, parameters) of one forward pass at ``input_shape``."""
+    import torch_pruning as tp
+
+    macs, params = tp.utils.count_ops_and_params(model, torch.zeros(*input_shape))
+    return int(macs), int(params)

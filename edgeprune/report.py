@@ -1,0 +1,94 @@
+"""Build reports: ``report.md`` (tables a user can paste), ``latency.png``, and ``report.json`` last.
+
+Invariant: ``report.json`` is written after every other file of the report, atomically,
+so its presence means the build folder is complete.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgeprune.targets.base import write_json_atomic
+from edgeprune.ui import markdown_table
+
+ROWS = ("baseline", "pruned")
+
+
+def summary_table(report: dict[str, Any]) -> str:
+    """Baseline vs pruned side by side: accuracy, cost, measured latency, memory, size."""
+    headers = ["model", "top-1", "MMACs", "params (M)", "p50 ms", "p90 ms", "p99 ms", "mean ms",
+               "peak RSS MB", "size MB"]
+    rows = []
+    for name in ROWS:
+        e = report[name]
+        lat = e["latency"]
+        rows.append([name, e["accuracy"], e["flops"] / 1e6, e["params"] / 1e6, lat["p50_ms"], lat["p90_ms"],
+                     lat["p99_ms"], lat["mean_ms"], e["peak_rss_mb"], e["size_mb"]])
+    return markdown_table(headers, rows)
+
+
+def verdict(report: dict[str, Any]) -> str:
+    """One sentence: how much faster, at what accuracy, how noisy."""
+    c, t = report["comparison"], report["target"]
+    b, p = report["baseline"], report["pruned"]
+    faster = "faster" if c["speedup_p50"] >= 1 else "SLOWER"
+    spread = max((n or {}).get("spread", 1.0) for n in c["noise"].values())
+    return (f"On {t['name']} ({t['runtime']} {t['precision']}, {t['threads']} thread(s)) the pruned model is "
+            f"{c['speedup_p50']:.2f}x {faster} at p50 ({b['latency']['p50_ms']:.3f} -> {p['latency']['p50_ms']:.3f} ms, "
+            f"{c['latency_change_pct']:+.1f}%), top-1 {b['accuracy']:.4f} -> {p['accuracy']:.4f} "
+            f"({100 * c['accuracy_change']:+.2f} points), {c['flops_ratio']:.2f}x the MACs. "
+            f"Round-to-round spread of p50 was up to {spread:.2f}x.")
+
+
+def _groups_table(report: dict[str, Any]) -> str:
+    rows = [[g["group"], g["before"], g["after"], g["members"]] for g in report["prune"]["groups"]]
+    return markdown_table(["group root", "channels before", "after", "coupled layers"], rows)
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    t, cfg, env = report["target"], report["config"], report.get("environment") or {}
+    lines = [
+        f"# edgeprune build: {report['model']['spec'].get('name')} on {t['name']}",
+        "", verdict(report), "", summary_table(report), "",
+        f"Accuracy right after pruning, before fine-tuning: {report['pruned']['accuracy_before_finetune']:.4f}.",
+        "", "## Setup", "",
+        f"- target `{t['name']}`: runtime {t['runtime']}, precision {t['precision']}, {t['threads']} thread(s), "
+        f"channels rounded to multiples of {report['prune']['round_to']}",
+        f"- pruning: method `{cfg['method']}`, ratio {cfg['ratio']}, fine-tuning {cfg['finetune_epochs']} epoch(s)",
+        f"- data: {report['data']['name']} ({report['data']['train']} train / {report['data']['test']} test)",
+        f"- latency: {cfg['rounds']} interleaved rounds per model, each a fresh process "
+        f"(warm-up {cfg['warmup_s']} s, at least {cfg['min_seconds']} s of runs); the table shows the round with "
+        "the median p50",
+        f"- machine: {env.get('cpu_model', '?')}, {env.get('logical_cores', '?')} logical cores, "
+        f"governor {env.get('governor') or 'n/a'}",
+        "", "![latency](latency.png)", "", "## Channels per group", "", _groups_table(report), "",
+    ]
+    return "\n".join(lines)
+
+
+def _plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=120)
+    for i, name in enumerate(ROWS):
+        rounds = report[name].get("latency_rounds_p50_ms") or [report[name]["latency"]["p50_ms"]]
+        ax.scatter(rounds, [i] * len(rounds), s=30, alpha=0.7, label=f"{name} (rounds)")
+        ax.scatter([report[name]["latency"]["p50_ms"]], [i], marker="|", s=400, color="black")
+    ax.set_yticks(range(len(ROWS)), [f"{n}\ntop-1 {report[n]['accuracy']:.3f}" for n in ROWS])
+    ax.set_xlabel("p50 latency per round (ms)")
+    ax.set_xlim(left=0)
+    t = report["target"]
+    ax.set_title(f"{t['name']} · {t['runtime']} {t['precision']} · {t['threads']} thread(s)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_report(folder: Path, report: dict[str, Any]) -> None:
+    folder = Path(folder)
+    _plot(report, folder / "latency.png")
+    (folder / "report.md").write_text(_markdown(report))
+    write_json_atomic(folder / "report.json", report)
