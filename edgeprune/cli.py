@@ -145,7 +145,48 @@ def _cmd_models(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: tuple[Callable, ...] = (_add_build, _add_train, _add_targets, _add_models)
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="compare runtimes and precisions on one model",
+                       description="Compile MODEL (an .onnx file or a build folder) for every target x precision, "
+                                   "check each against the fp32 reference on held-out data, measure the ones that "
+                                   "pass interleaved at one thread count, and print one table.")
+    p.add_argument("model", help="an .onnx file, or a build folder (uses its onnx/pruned.onnx)")
+    p.add_argument("--targets", default="openvino,ncnn,mnn,onnxruntime",
+                   help="comma-separated target profiles or runtime names. Default: %(default)s")
+    p.add_argument("--precisions", default="fp32,fp16,int8", help="comma-separated. Default: %(default)s")
+    p.add_argument("--threads", type=int, default=1, help="threads for every runtime. Default: %(default)s")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds. Default: %(default)s")
+    p.add_argument("--min-seconds", type=float, default=2.0)
+    p.add_argument("--out", help="keep the artifacts, bench.json/md/csv in this folder")
+    p.add_argument("--json", metavar="FILE", help="write the results as JSON ('-' for stdout)")
+    p.add_argument("--csv", metavar="FILE", help="write the table as CSV")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    _add_common_data(p)
+    p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from edgeprune.bench_cmd import BenchConfig, bench_csv, bench_table, run_bench
+    from edgeprune.loading import check_out_dir
+
+    if a.out:
+        check_out_dir(a.out, a.force)
+    cfg = BenchConfig(model=a.model, targets=[t for t in a.targets.split(",") if t],
+                      precisions=[p for p in a.precisions.split(",") if p], data=a.data, out=a.out,
+                      threads=a.threads, rounds=a.rounds, min_seconds=a.min_seconds, force=a.force,
+                      progress=not a.no_progress)
+    report = run_bench(cfg)
+    _emit_json(report, a.json)
+    if a.csv:
+        Path(a.csv).write_text(bench_csv(report["rows"]))
+    if a.json != "-":
+        print(bench_table(report["rows"]))
+    return 0
+
+
+COMMANDS: tuple[Callable, ...] = (_add_build, _add_bench, _add_train, _add_targets, _add_models)
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -1,20 +1,41 @@
-"""Filter-magnitude baselines: L1 (Li et al., ICLR 2017, "Pruning Filters for Efficient ConvNets") and L2.
+"""Data-free baselines: L1/L2 filter magnitude and random selection.
 
-Score of channel c in group G: the mean over G's coupled layers of the p-norm of the weight
-slice that channel c owns (the filter of each out-conv, the BN scale/shift, the in-channel
-slice of each consumer), i.e. Li et al.'s s_j = sum |F_j| generalised to coupled groups.
-Torch-Pruning's GroupMagnitudeImportance computes exactly that slice-norm reduction; this
-file fixes its options (no normalisation here: ``select`` normalises per group).
+L1 is Li et al., ICLR 2017 ("Pruning Filters for Efficient ConvNets"): a filter's score is
+s_j = sum |F_j|, the L1 norm of its kernel weights. Generalised to coupled groups, the score
+of channel c is the mean over the group's layers of the p-norm of the slice channel c owns
+(each out-conv's filter, the BN scale/shift, each consumer's in-channel slice) — exactly
+Torch-Pruning's GroupMagnitudeImportance(p, group_reduction="mean"), used here without its
+normalisation because ``select`` normalises per group. Random draws uniform scores (seeded).
 """
 from __future__ import annotations
 
 import numpy as np
 import torch_pruning as tp
+from torch import nn
 
+from edgeprune.prune.base import PruneContext, PruneResult, prune_with_scores
 from edgeprune.prune.graph import PruneGraph
+
+NORMALIZE = True
 
 
 def magnitude_scores(graph: PruneGraph, p: int = 1) -> list[np.ndarray]:
-    """Per-channel scores for every group of ``graph``."""
+    """Per-channel group p-norm scores for every group of ``graph``."""
     scorer = tp.importance.GroupMagnitudeImportance(p=p, group_reduction="mean", normalizer=None)
     return [scorer(g.tp_group).detach().cpu().numpy() for g in graph.groups]
+
+
+def random_scores(graph: PruneGraph, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.random(g.channels) for g in graph.groups]
+
+
+def scores(graph: PruneGraph, ctx: PruneContext) -> list[np.ndarray]:
+    method = ctx.option("method", "l1")
+    if method == "random":
+        return random_scores(graph, ctx.seed)
+    return magnitude_scores(graph, p=2 if method == "l2" else 1)
+
+
+def prune(model: nn.Module, ctx: PruneContext) -> PruneResult:
+    return prune_with_scores(model, ctx, ctx.option("method", "l1"), scores, NORMALIZE)

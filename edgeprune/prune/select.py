@@ -41,11 +41,16 @@ def _normalise(scores: np.ndarray) -> np.ndarray:
 
 
 def global_counts(scores: Sequence[np.ndarray], ratio: float, round_to: int | None = None,
-                  min_ratio: float = 0.1) -> list[int]:
-    """Kept channel count per group when the lowest ``ratio`` share of all channels goes."""
+                  min_ratio: float = 0.1, normalize: bool = True) -> list[int]:
+    """Kept channel count per group when the lowest ``ratio`` share of all channels goes.
+
+    ``normalize=False`` ranks raw scores (for methods whose scores are already comparable
+    across layers, e.g. BN scales after Network Slimming's sparsity training).
+    """
     if not 0.0 < ratio < 1.0:
         raise UserInputError(f"pruning ratio must be in (0, 1), got {ratio}")
-    normed = [_normalise(np.asarray(s, dtype=np.float64)) for s in scores]
+    normed = [_normalise(np.asarray(s, dtype=np.float64)) if normalize else np.asarray(s, dtype=np.float64)
+              for s in scores]
     total = sum(len(s) for s in normed)
     n_remove = int(round(total * ratio))
     flat = np.concatenate(normed)

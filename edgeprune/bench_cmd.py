@@ -1,0 +1,142 @@
+"""``edgeprune bench``: one model across runtimes and precisions, in one table.
+
+MODEL is an ONNX file or a build folder (its ``onnx/pruned.onnx``). The reference for
+parity is the ONNX model run by ONNX Runtime in fp32 (which ``export`` checked against
+PyTorch). Invariant: every (target, precision) pair yields exactly one row whose status is
+ok / unsupported / compile failed / parity failed, with the reason; only ok rows are
+measured, all of them interleaved round by round in fresh processes at one thread count.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeprune.deploy_check import Holdout, compile_checked
+from edgeprune.errors import UserInputError
+from edgeprune.measure.protocol import MeasureSettings, measure_interleaved
+from edgeprune.profiles import load_profile, profile_names
+from edgeprune.targets.base import PRECISIONS, onnx_input_shape, staging_dir, write_json_atomic
+from edgeprune.ui import Steps, markdown_table
+
+COLUMNS = ["target", "runtime", "precision", "status", "size_mb", "accuracy", "top1_agreement",
+           "p50_ms", "p90_ms", "throughput_ips", "peak_rss_mb", "reason"]
+
+
+@dataclass
+class BenchConfig:
+    model: str
+    targets: list[str]
+    precisions: list[str]
+    data: str
+    out: str | None = None
+    threads: int = 1
+    rounds: int = 3
+    min_seconds: float = 2.0
+    holdout: int = 500
+    calib: int = 300
+    force: bool = False
+    progress: bool = True
+
+
+def resolve_onnx(model: str) -> Path:
+    path = Path(model)
+    if path.is_dir():
+        cand = path / "onnx" / "pruned.onnx"
+        if not cand.is_file():
+            raise UserInputError(f"{path} is a folder but not an edgeprune build (no onnx/pruned.onnx)")
+        return cand
+    if not path.is_file():
+        raise UserInputError(f"model not found: {path}", "pass an .onnx file or a build folder")
+    return path
+
+
+def resolve_target(name: str) -> dict[str, Any]:
+    """A profile by name, or the first profile whose runtime is ``name``."""
+    if name in profile_names():
+        return load_profile(name)
+    for prof_name in profile_names():
+        prof = load_profile(prof_name)
+        if prof["runtime"] == name:
+            return prof
+    raise UserInputError(f"unknown target or runtime {name!r}", f"choose from: {', '.join(profile_names())}")
+
+
+def _holdout(onnx_path: Path, cfg: BenchConfig, shape: list[int]) -> tuple[Holdout, np.ndarray]:
+    from edgeprune.data import calibration_batch, load_dataset
+    from edgeprune.export import onnx_outputs
+
+    test = load_dataset(cfg.data, "test", image_size=shape[2], channels=shape[1])
+    train = load_dataset(cfg.data, "train", image_size=shape[2], channels=shape[1])
+    n = min(cfg.holdout, len(test))
+    x = calibration_batch(test, n, seed=0)
+    idx = np.random.default_rng(0).permutation(len(test))[:n]
+    labels = np.array([int(test[int(i)][1]) for i in idx])
+    return Holdout(x, labels, onnx_outputs(onnx_path, x)), calibration_batch(train, cfg.calib, seed=1)
+
+
+def _row(r: dict[str, Any]) -> dict[str, Any]:
+    lat = (r.get("measurement") or {}).get("latency") or {}
+    parity = r.get("parity") or {}
+    return {"target": r["target"], "runtime": r["runtime"], "precision": r["precision"], "status": r["status"],
+            "size_mb": r.get("size_mb"), "accuracy": r.get("accuracy"), "top1_agreement": parity.get("top1_agreement"),
+            "p50_ms": lat.get("p50_ms"), "p90_ms": lat.get("p90_ms"), "throughput_ips": lat.get("throughput_ips"),
+            "peak_rss_mb": (r.get("measurement") or {}).get("peak_rss_mb"), "reason": r.get("reason", "")}
+
+
+def bench_table(rows: list[dict[str, Any]]) -> str:
+    return markdown_table(COLUMNS, [[r[c] for c in COLUMNS] for r in rows])
+
+
+def bench_csv(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def run_bench(cfg: BenchConfig) -> dict[str, Any]:
+    onnx_path = resolve_onnx(cfg.model)
+    bad = [p for p in cfg.precisions if p not in PRECISIONS]
+    if bad:
+        raise UserInputError(f"unknown precision {bad[0]!r}", f"choose from: {', '.join(PRECISIONS)}")
+    profiles = [resolve_target(t) for t in cfg.targets]
+    shape = onnx_input_shape(onnx_path)
+    steps = Steps(3, quiet=not cfg.progress)
+    steps.start("loading held-out and calibration data")
+    holdout, calib = _holdout(onnx_path, cfg, shape)
+    steps.done(f"{len(holdout.x)} held-out, {len(calib)} calibration images")
+    with contextlib.ExitStack() as stack:
+        out = cfg.out or stack.enter_context(tempfile.TemporaryDirectory(prefix="edgeprune-bench-")) + "/bench"
+        stage = stack.enter_context(staging_dir(out, must_contain="bench.json"))
+        steps.start(f"compiling {len(profiles) * len(cfg.precisions)} artifacts and checking parity")
+        results = []
+        for prof in profiles:
+            for prec in cfg.precisions:
+                key = f"{prof['name']}-{prec}"
+                results.append(compile_checked(onnx_path, prof, prec, stage / key, holdout, calib, cfg.threads))
+        steps.done(", ".join(f"{r['target']}/{r['precision']} {r['status']}" for r in results))
+        ok = {f"{r['target']}-{r['precision']}": r for r in results if r["status"] == "ok"}
+        steps.start(f"measuring {len(ok)} artifacts, {cfg.rounds} interleaved rounds, {cfg.threads} thread(s)")
+        settings = MeasureSettings(threads=cfg.threads, min_seconds=cfg.min_seconds)
+        measured = measure_interleaved({k: r["artifact"] for k, r in ok.items()}, settings,
+                                       rounds=cfg.rounds, progress=cfg.progress) if ok else {}
+        for key, m in measured.items():
+            ok[key]["measurement"] = m
+        steps.done()
+        rows = [_row(r) for r in results]
+        for r in results:
+            r["artifact"] = str(Path(r["artifact"]).relative_to(stage)) if r.get("artifact") else None
+        report = {"model": str(onnx_path), "input_shape": shape, "threads": cfg.threads, "rows": rows,
+                  "details": results}
+        (stage / "bench.md").write_text(bench_table(rows) + "\n")
+        (stage / "bench.csv").write_text(bench_csv(rows))
+        write_json_atomic(stage / "bench.json", report)
+    return report
