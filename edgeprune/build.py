@@ -50,6 +50,7 @@ class BuildConfig:
     finetune_epochs: float = 1.0
     lr: float = 0.01
     batch_size: int = 128
+    augment: bool = False  # random crop + flip; helps long fine-tunes, hurts one-epoch ones
     image_size: int | None = None
     threads: int | None = None
     rounds: int = 3
@@ -100,7 +101,8 @@ def _prune_and_finetune(cfg: BuildConfig, ctx: dict[str, Any], steps: Steps) -> 
     steps.done(f"top-1 {base_acc:.4f}")
     steps.start(f"pruning ({cfg.method}, ratio {cfg.ratio}, channels rounded to {ctx['round_to']})")
     example = torch.zeros(*ctx["input_shape"])
-    result = prune_model(model, example, cfg.method, cfg.ratio, ctx["round_to"])
+    result = prune_model(model, example, cfg.method, cfg.ratio, ctx["round_to"], train_ds=train_ds,
+                         progress=cfg.progress, seed=cfg.seed)
     pruned = result.model
     acc_before = evaluate(pruned, test_ds, progress=cfg.progress, limit=cfg.eval_limit)
     steps.done(f"{result.summary()['channels_before']} -> {result.summary()['channels_after']} channels, "
@@ -109,7 +111,7 @@ def _prune_and_finetune(cfg: BuildConfig, ctx: dict[str, Any], steps: Steps) -> 
     history = {}
     if cfg.finetune_epochs > 0:
         history = train(pruned, train_ds, epochs=cfg.finetune_epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                        progress=cfg.progress, desc="fine-tune", seed=cfg.seed)
+                        augment=cfg.augment, progress=cfg.progress, desc="fine-tune", seed=cfg.seed)
     pruned.eval()
     acc_after = evaluate(pruned, test_ds, progress=cfg.progress, limit=cfg.eval_limit)
     steps.done(f"top-1 {acc_after:.4f}")

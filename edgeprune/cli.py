@@ -49,6 +49,7 @@ def _add_build(sub) -> None:
     p.add_argument("--finetune-epochs", type=float, default=1.0, help="fine-tuning epochs (fractions allowed, 0 skips). Default: %(default)s")
     p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate. Default: %(default)s")
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--augment", action="store_true", help="random crop + flip while fine-tuning (helps runs of many epochs)")
     p.add_argument("--threads", type=int, help="runtime threads for measurement; default: the target's (0 = all cores)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds per model. Default: %(default)s")
     p.add_argument("--min-seconds", type=float, default=2.0, help="minimum timed seconds per measurement. Default: %(default)s")
@@ -67,7 +68,7 @@ def _cmd_build(a: argparse.Namespace) -> int:
 
     cfg = BuildConfig(target=a.target, data=a.data, out=a.out, model=a.model, weights=a.weights, method=a.method,
                       ratio=a.ratio, precision=a.precision, round_to=a.round_to, finetune_epochs=a.finetune_epochs,
-                      lr=a.lr, batch_size=a.batch_size, image_size=a.image_size, threads=a.threads, rounds=a.rounds,
+                      lr=a.lr, batch_size=a.batch_size, augment=a.augment, image_size=a.image_size, threads=a.threads, rounds=a.rounds,
                       min_seconds=a.min_seconds, eval_limit=a.eval_limit, force=a.force,
                       trust_checkpoint=a.trust_checkpoint, progress=not a.no_progress)
     report = run_build(cfg)
@@ -103,6 +104,7 @@ def _add_train(sub) -> None:
     p.add_argument("--out", required=True, help="output folder (must not exist unless --force)")
     p.add_argument("--force", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--augment", action="store_true", help="random crop + flip (helps runs of many epochs)")
     _add_common_data(p)
     p.set_defaults(func=_cmd_train)
 
@@ -111,7 +113,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
     from edgeprune.train_cmd import run_train
 
     result = run_train(a.model, a.data, a.out, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size,
-                       image_size=a.image_size, force=a.force, seed=a.seed, progress=not a.no_progress)
+                       image_size=a.image_size, force=a.force, seed=a.seed, augment=a.augment,
+                       progress=not a.no_progress)
     print(f"{result['model']} on {result['data']}: test top-1 {result['accuracy']:.4f} -> {a.out}/model.pt")
     return 0
 

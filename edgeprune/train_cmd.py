@@ -19,7 +19,8 @@ from edgeprune.train import evaluate, train
 
 
 def run_train(model_name: str, data: str, out: str, *, epochs: float, lr: float, batch_size: int,
-              image_size: int | None, force: bool, seed: int, progress: bool) -> dict[str, Any]:
+              image_size: int | None, force: bool, seed: int, progress: bool,
+              augment: bool = False) -> dict[str, Any]:
     out_dir = check_out_dir(out, force)
     if epochs <= 0:
         raise UserInputError(f"--epochs must be > 0, got {epochs}")
@@ -28,7 +29,8 @@ def run_train(model_name: str, data: str, out: str, *, epochs: float, lr: float,
     torch.manual_seed(seed)
     model = build_model(model_name, num_classes=train_ds.num_classes, in_channels=train_ds.channels)
     spec = model_spec(model_name, num_classes=train_ds.num_classes, in_channels=train_ds.channels)
-    history = train(model, train_ds, epochs=epochs, lr=lr, batch_size=batch_size, progress=progress, seed=seed)
+    history = train(model, train_ds, epochs=epochs, lr=lr, batch_size=batch_size, augment=augment,
+                    progress=progress, seed=seed)
     accuracy = evaluate(model, test_ds, progress=progress)
     result = {"model": model_name, "data": train_ds.name, "epochs": epochs, "accuracy": accuracy,
               "image_size": train_ds.image_size, "channels": train_ds.channels, "history": history}

@@ -56,14 +56,15 @@ def test_corrupt_checkpoint_is_refused(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+class Pickled:  # any pickled object, here harmless; weights_only must refuse it
+    pass
+
+
 def test_pickled_checkpoint_needs_opt_in(tmp_path, capsys):
     import torch
 
-    class Evil:  # any pickled object, here harmless; weights_only must refuse it
-        pass
-
     path = tmp_path / "pickled.pt"
-    torch.save({"state_dict": {}, "obj": Evil()}, path)
+    torch.save({"state_dict": {}, "obj": Pickled()}, path)
     assert main(_build(tmp_path, **{"--weights": str(path)})) == 2
     assert "pickled.pt" in capsys.readouterr().err
 

@@ -1,0 +1,67 @@
+"""End to end on real (mini) Fashion-MNIST: train -> build on OpenVINO; every stage real."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgeprune.cli import main
+from tests.conftest import MINI_FMNIST
+
+DATA = f"fashion-mnist:{MINI_FMNIST}"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train") / "base"
+    assert main(["train", "--model", "resnet20", "--data", DATA, "--epochs", "2", "--lr", "0.05",
+                 "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_train_writes_checkpoint_and_accuracy(trained):
+    result = json.loads((trained / "train.json").read_text())
+    assert (trained / "model.pt").is_file()
+    assert result["accuracy"] > 0.3  # 10 classes: chance is 0.1
+
+
+def test_build_prunes_compiles_measures_and_reports(trained, tmp_path, capsys):
+    out = tmp_path / "build"
+    code = main(["build", "--target", "x86", "--model", "resnet20", "--weights", str(trained / "model.pt"),
+                 "--data", DATA, "--method", "l1", "--ratio", "0.5", "--finetune-epochs", "0.5",
+                 "--threads", "1", "--rounds", "1", "--min-seconds", "0.2", "--out", str(out), "--no-progress"])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    for name in ("baseline", "pruned"):
+        entry = report[name]
+        for key in ("accuracy", "flops", "params", "peak_rss_mb", "size_mb"):
+            assert entry[key] is not None and entry[key] > 0, (name, key)
+        assert set(entry["latency"]) >= {"p50_ms", "p90_ms", "p99_ms", "mean_ms"}
+        assert entry["target"] == "x86" and entry["precision"] == "fp32"
+        assert entry["parity"]["max_rel_diff"] < 1e-3
+        assert (out / entry["artifact"] / "manifest.json").is_file()
+    # pruning really removed channels: fewer MACs, params and bytes on disk
+    assert report["pruned"]["flops"] < 0.6 * report["baseline"]["flops"]
+    assert report["pruned"]["params"] < 0.6 * report["baseline"]["params"]
+    assert report["pruned"]["size_mb"] < report["baseline"]["size_mb"]
+    assert all(g["after"] % 8 == 0 for g in report["prune"]["groups"])
+    assert (out / "report.md").read_text().count("| baseline") == 1
+    assert (out / "latency.png").stat().st_size > 1000
+    assert (out / "pruned.pt").is_file()
+    stdout = capsys.readouterr().out
+    assert "p50 ms" in stdout and "faster" in stdout or "SLOWER" in stdout
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".build")]
+
+
+def test_pruned_checkpoint_reloads_without_pickle(trained, tmp_path):
+    import torch
+
+    from edgeprune.models.checkpoint import load_checkpoint
+
+    out = tmp_path / "build"
+    assert main(["build", "--target", "onnxruntime", "--weights", str(trained / "model.pt"), "--data", DATA,
+                 "--ratio", "0.3", "--finetune-epochs", "0", "--threads", "1", "--rounds", "1",
+                 "--min-seconds", "0.1", "--out", str(out), "--no-progress"]) == 0
+    model, spec, _ = load_checkpoint(out / "pruned.pt")
+    assert spec["name"] == "resnet20"
+    assert model(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
