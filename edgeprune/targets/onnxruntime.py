@@ -1,0 +1,274 @@
+"""ONNX Runtime target (CPU execution provider): the reference runner, fp32 and int8 (explicit Q/DQ).
+
+Invariant: an artifact is a folder holding ``model.onnx`` that ONNX Runtime's CPU
+provider has opened, plus the manifest written last. Its manifest says
+``precision = "int8"`` only if every Conv/Gemm/MatMul of that graph reads its
+data and weight through DequantizeLinear nodes with symmetric int8 (zero point 0)
+activations and per-channel int8 weights (``qdq.check_qdq_tensorrt_compatible``
+finds no problem) and ORT, at the artifact's optimization level, really fuses
+them into integer kernels (QLinearConv ...; levels "disable"/"basic" would
+run the Q/DQ graph in fp32 arithmetic); anything else raises and, through
+``base.staging_dir``, leaves no output folder behind. ``inspect`` re-reads the precision from the graph
+itself and reports, under ``executed``, the integer and float compute kernels
+of the graph ORT runs after its optimizations.
+
+The graph optimization level comes from the target profile's
+``options.graph_optimization_level`` ("disable", "basic", "extended", "layout",
+"all"; default "all"), is recorded in the manifest and applied by ``load``.
+Nothing here imports torch; onnxruntime and onnx are imported when used.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeprune.errors import CompileError, RuntimeUnavailable, UnsupportedPrecision, UserInputError
+from edgeprune.targets.base import Artifact, staging_dir, write_manifest
+
+NAME = "onnxruntime"
+EXTRA = "onnxruntime"
+PRECISIONS = ("fp32", "int8")
+
+MIN_CALIB_SAMPLES = 32
+MODEL_ONNX = "model.onnx"
+PROVIDER = "CPUExecutionProvider"
+OPT_LEVELS = ("disable", "basic", "extended", "layout", "all")
+_ORT_LEVEL_NAMES = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+                    "layout": "ORT_ENABLE_LAYOUT", "all": "ORT_ENABLE_ALL"}
+# Operators ORT's CPU provider runs with integer arithmetic once it has fused the Q/DQ pairs.
+_INT_KERNELS = frozenset({"QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger",
+                          "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QLinearAdd"})
+_FLOAT_KERNELS = frozenset({"Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul", "NchwcConv",
+                            "ConvTranspose"})
+
+
+def available() -> tuple[bool, str]:
+    if importlib.util.find_spec("onnxruntime") is None:
+        return False, "onnxruntime is not installed"
+    if importlib.util.find_spec("onnx") is None:
+        return False, "onnx is not installed"
+    import onnxruntime as ort
+
+    if PROVIDER not in ort.get_available_providers():
+        return False, f"onnxruntime here lacks the {PROVIDER}"
+    return True, ""
+
+
+def versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime as ort
+
+    return {"onnxruntime": ort.__version__, "onnx": onnx.__version__}
+
+
+def _ort():
+    ok, reason = available()
+    if not ok:
+        raise RuntimeUnavailable(f"runtime onnxruntime is not available here: {reason}",
+                                 f"install it with: pip install 'edgeprune[{EXTRA}]'")
+    import onnxruntime as ort
+
+    return ort
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+def _opt_level(profile: dict[str, Any] | None) -> str:
+    level = str(((profile or {}).get("options") or {}).get("graph_optimization_level", "all")).lower()
+    if level not in OPT_LEVELS:
+        raise UserInputError(f"unknown ONNX Runtime graph_optimization_level {level!r} in the target profile",
+                             f"choose one of: {', '.join(OPT_LEVELS)}")
+    return level
+
+
+def _check_request(onnx_path: Path, precision: str, calib_data: np.ndarray | None) -> None:
+    if precision == "fp16":
+        raise UnsupportedPrecision("ONNX Runtime CPU has no fp16 kernels for this target; use fp32 or int8")
+    if precision not in PRECISIONS:
+        raise UserInputError(f"unknown precision {precision!r} for onnxruntime",
+                             f"choose one of: {', '.join(PRECISIONS)}")
+    if not onnx_path.is_file():
+        raise UserInputError(f"ONNX file {onnx_path} does not exist", "export the model first")
+    if precision == "int8":
+        got = 0 if calib_data is None else len(calib_data)
+        if got < MIN_CALIB_SAMPLES:
+            raise UserInputError(f"int8 needs at least {MIN_CALIB_SAMPLES} calibration samples, got {got}",
+                                 "pass more calibration data or use --precision fp32")
+
+
+def _read_onnx(onnx_path: Path):
+    """Load and check an ONNX model; a corrupt or invalid file is a CompileError."""
+    import onnx
+
+    try:
+        model = onnx.load(str(onnx_path))
+        onnx.checker.check_model(model)
+    except Exception as exc:  # protobuf DecodeError, onnx ValidationError, OSError on external data
+        raise CompileError(f"{onnx_path} is not a valid ONNX model: {_one_line(exc)}",
+                           "check that the file is a complete ONNX model (re-export it)") from exc
+    return model
+
+
+def _static_input_shape(model, onnx_path: Path) -> list[int]:
+    inits = {init.name for init in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise UserInputError(f"{onnx_path} has {len(inputs)} inputs; edgeprune targets take single-input models")
+    shape = [d.dim_value if d.HasField("dim_value") else -1 for d in inputs[0].type.tensor_type.shape.dim]
+    if not shape or any(v <= 0 for v in shape):
+        raise UserInputError(f"{onnx_path} has a dynamic input shape {shape}", "export with a static shape")
+    return shape
+
+
+def _calibration(calib_data: np.ndarray, input_shape: list[int]) -> np.ndarray:
+    calib = np.ascontiguousarray(calib_data, dtype=np.float32)
+    if calib.ndim != len(input_shape) or list(calib.shape[1:]) != input_shape[1:]:
+        raise UserInputError(f"calibration data has shape {list(calib.shape)}, the model takes {input_shape}",
+                             "pass samples shaped like the model input (N, C, H, W)")
+    return calib
+
+
+def _session(model_path: Path, level: str, threads: int, optimized_path: Path | None = None):
+    ort = _ort()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(threads)
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _ORT_LEVEL_NAMES[level])
+    opts.log_severity_level = 3
+    if optimized_path is not None:
+        opts.optimized_model_filepath = str(optimized_path)
+    try:
+        return ort.InferenceSession(str(model_path), sess_options=opts, providers=[PROVIDER])
+    except Exception as exc:  # onnxruntime raises Fail/InvalidGraph/NotImplemented/RuntimeException
+        raise CompileError(f"ONNX Runtime cannot load {model_path.name}: {_one_line(exc)}",
+                           "check the model's operators and opset against this onnxruntime version") from exc
+
+
+def _executed_kernels(model_path: Path, level: str) -> dict[str, int]:
+    """Counts of integer vs float compute kernels in the graph ORT runs after its optimizations."""
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="edgeprune-ort-") as tmp:
+        optimized = Path(tmp) / "optimized.onnx"
+        _session(model_path, "extended" if level in ("layout", "all") else level, 1, optimized)
+        graph = onnx.load(str(optimized), load_external_data=False).graph
+    ops = Counter(node.op_type for node in graph.node)
+    return {"int8": sum(n for op, n in ops.items() if op in _INT_KERNELS),
+            "fp32": sum(n for op, n in ops.items() if op in _FLOAT_KERNELS)}
+
+
+def _graph_report(model_path: Path, level: str) -> dict[str, Any]:
+    from edgeprune.targets import qdq
+
+    summary = qdq.summarize_graph(model_path)
+    summary["executed"] = _executed_kernels(model_path, level)
+    summary["graph_optimization_level"] = level
+    return summary
+
+
+def _build_int8(onnx_path: Path, calib: np.ndarray, out_path: Path, progress: bool) -> dict[str, Any]:
+    from edgeprune.targets import qdq
+
+    stats = qdq.quantize_qdq(onnx_path, out_path, calib, per_channel=True, progress=progress)
+    problems = qdq.check_qdq_tensorrt_compatible(out_path)
+    if problems:
+        raise CompileError(f"int8 Q/DQ graph is not symmetric per-channel int8: {problems[0]} "
+                           f"({len(problems)} problem(s) in all)", "use --precision fp32")
+    return stats
+
+
+def _require_precision(requested: str, report: dict[str, Any]) -> None:
+    if report["precision"] != requested:
+        raise UnsupportedPrecision(
+            f"ONNX Runtime {requested} request produced a {report['precision']} graph "
+            f"({report['quantized_ops']} quantized, {report['float_ops']} float compute ops)",
+            "use --precision fp32")
+    if requested == "int8" and report["executed"]["int8"] == 0:
+        raise UnsupportedPrecision(
+            f"ONNX Runtime at graph_optimization_level {report['graph_optimization_level']!r} runs the Q/DQ graph "
+            "with fp32 arithmetic (it fuses Q/DQ into integer kernels only from level 'extended')",
+            "set graph_optimization_level to 'extended' or 'all', or use --precision fp32")
+
+
+def compile(onnx_path: str | os.PathLike, precision: str, calib_data: np.ndarray | None,
+            profile: dict[str, Any] | None, out_dir: str | os.PathLike, progress: bool = False) -> Artifact:
+    """Copy (fp32) or Q/DQ-quantize (int8) the ONNX model into an artifact ORT has proven it can run."""
+    onnx_path, out_dir = Path(onnx_path), Path(out_dir)
+    _check_request(onnx_path, precision, calib_data)
+    level = _opt_level(profile)
+    _ort()
+    input_shape = _static_input_shape(_read_onnx(onnx_path), onnx_path)
+    calib = _calibration(calib_data, input_shape) if precision == "int8" else None
+    options: dict[str, Any] = {"precision": precision, "provider": PROVIDER, "graph_optimization_level": level}
+    with staging_dir(out_dir) as stage:
+        model_path = stage / MODEL_ONNX
+        if calib is None:
+            shutil.copyfile(onnx_path, model_path)
+        else:
+            options["qdq"] = _build_int8(onnx_path, calib, model_path, progress)
+        _session(model_path, level, 1)
+        report = _graph_report(model_path, level)
+        _require_precision(precision, report)
+        options["graph"] = {k: report[k] for k in ("qdq_nodes", "quantized_ops", "float_ops", "executed")}
+        built = write_manifest(stage, runtime=NAME, precision=precision, versions=versions(),
+                               input_shape=input_shape, files={"model": MODEL_ONNX}, options=options,
+                               source_onnx=onnx_path)
+    return Artifact(out_dir, built.manifest)
+
+
+def _open(artifact: Artifact | str | os.PathLike) -> Artifact:
+    art = artifact if isinstance(artifact, Artifact) else Artifact.open(artifact)
+    if art.manifest.get("runtime") != NAME:
+        raise UserInputError(f"{art.path} is a {art.manifest.get('runtime')} artifact, not an onnxruntime one",
+                             "load it with its own runtime")
+    if not art.file("model").is_file():
+        raise UserInputError(f"{art.file('model')} is missing from the artifact", "rebuild the artifact")
+    return art
+
+
+def _artifact_level(art: Artifact) -> str:
+    return _opt_level({"options": {"graph_optimization_level":
+                                   art.manifest.get("options", {}).get("graph_optimization_level", "all")}})
+
+
+def inspect(artifact: Artifact | str | os.PathLike) -> dict[str, Any]:
+    """Read the artifact's graph: ``{"precision", "qdq_nodes", "quantized_ops", "float_ops", "executed", ...}``."""
+    art = _open(artifact)
+    return _graph_report(art.file("model"), _artifact_level(art))
+
+
+class ORTRunner:
+    """One InferenceSession (CPU provider) reused by every ``run``; input shape is static."""
+
+    def __init__(self, session, input_shape: list[int]):
+        self.session = session
+        self._input_name = session.get_inputs()[0].name
+        self.input_shape = tuple(int(d) for d in input_shape)
+
+    def run(self, x: np.ndarray) -> list[np.ndarray]:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.shape != self.input_shape:
+            batch = f"batch {x.shape[0]} vs {self.input_shape[0]}; " if x.ndim == len(self.input_shape) else ""
+            raise UserInputError(f"input shape {list(x.shape)} does not match the artifact's static input "
+                                 f"{list(self.input_shape)} ({batch}the artifact was compiled for a fixed shape)",
+                                 f"pass arrays shaped {list(self.input_shape)}")
+        return self.session.run(None, {self._input_name: x})
+
+
+def load(artifact: Artifact | str | os.PathLike, threads: int) -> ORTRunner:
+    """An InferenceSession with ``threads`` intra-op threads (0 = ORT default), 1 inter-op, sequential."""
+    art = _open(artifact)
+    if int(threads) < 0:
+        raise UserInputError(f"threads must be >= 0 (0 = runtime default), got {threads}")
+    return ORTRunner(_session(art.file("model"), _artifact_level(art), int(threads)), art.input_shape)
