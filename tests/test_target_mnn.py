@@ -1,0 +1,240 @@
+"""The MNN target against the real MNN runtime, converter and quantizer (no mocks).
+
+Invariant checked: fp32 matches the PyTorch model; int8 artifacts run int8
+kernels (read from MNN's per-op callback) and agree with fp32; an fp16 artifact
+stores fp16 weights and precision mode "low", ``inspect`` reports the arithmetic
+this host really executes, and ``load`` refuses to run it in fp32 unless told to;
+bad input and failed conversions leave no output folder.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeprune.errors import CompileError, UnsupportedPrecision, UserInputError
+from edgeprune.targets import base
+
+from tests.conftest import MINI_FMNIST, export_onnx, make_tiny_cnn
+
+mnn_target = pytest.importorskip("edgeprune.targets.mnn")
+pytestmark = pytest.mark.skipif(not mnn_target.available()[0], reason="MNN is not installed")
+
+PROFILE = {"name": "arm64-mnn", "runtime": "mnn", "options": {}}
+
+
+def _leftovers(parent: Path, name: str) -> list[str]:
+    return [p.name for p in parent.iterdir() if p.name == name or p.name.startswith(f".{name}.partial-")]
+
+
+def _fmnist_images(split: str, n: int) -> np.ndarray:
+    """First ``n`` images of the mini Fashion-MNIST split as float32 NCHW in [-1, 1]."""
+    data = gzip.decompress((MINI_FMNIST / f"{split}-images-idx3-ubyte.gz").read_bytes())
+    count, rows, cols = struct.unpack(">3I", data[4:16])
+    images = np.frombuffer(data, np.uint8, offset=16).reshape(count, 1, rows, cols)[:n]
+    return (images.astype(np.float32) / 127.5 - 1.0).astype(np.float32)
+
+
+def _calibration_and_held_out(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Real images (mini Fashion-MNIST) where the repository has them, otherwise seeded uniform noise."""
+    if (MINI_FMNIST / "train-images-idx3-ubyte.gz").is_file():
+        return _fmnist_images("train", n), _fmnist_images("t10k", 3 * n)
+    rng = np.random.default_rng(1)
+    return rng.uniform(-1, 1, (n, 1, 28, 28)).astype(np.float32), rng.uniform(-1, 1, (3 * n, 1, 28, 28)).astype(
+        np.float32)
+
+
+def _assert_int8_tracks_fp32(out_int8: np.ndarray, out_fp32: np.ndarray) -> None:
+    """Top-1 agreement, plus the input-dependent part of the logits (the untrained tiny model
+    favours one class on real images, so raw top-1 alone would pass a constant output)."""
+    assert (out_int8.argmax(1) == out_fp32.argmax(1)).mean() >= 0.9
+    c8, c32 = out_int8 - out_int8.mean(0), out_fp32 - out_fp32.mean(0)
+    assert np.corrcoef(c8.ravel(), c32.ravel())[0, 1] > 0.85
+    assert (c8.argmax(1) == c32.argmax(1)).mean() >= 0.5
+    assert np.abs(out_int8 - out_fp32).max() < 0.1 * np.abs(out_fp32).max()
+    assert not np.array_equal(out_int8, out_fp32)
+
+
+@pytest.fixture
+def fp32_artifact(tiny_onnx, tmp_path):
+    return mnn_target.compile(tiny_onnx, "fp32", None, PROFILE, tmp_path / "fp32")
+
+
+def test_import_is_torch_free_and_reports_versions():
+    code = ("import sys, edgeprune.targets.mnn as t; ok, why = t.available(); v = t.versions(); "
+            "assert ok and v['mnn'].count('.') >= 1, (why, v); "
+            "assert 'torch' not in sys.modules and 'MNN' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_fp32_matches_torch_and_manifest_is_complete(fp32_artifact, tiny_model, random_inputs, tiny_onnx):
+    import torch
+
+    art = base.Artifact.open(fp32_artifact.path)
+    assert art.runtime == "mnn" and art.precision == "fp32" and art.input_shape == [1, 1, 28, 28]
+    entry = art.manifest["files"]["model"]
+    assert entry["bytes"] > 0 and base.sha256_file(art.file("model")) == entry["sha256"]
+    assert art.manifest["source_onnx_sha256"] == base.sha256_file(tiny_onnx)
+    opts = art.manifest["options"]
+    assert opts["runtime_precision_mode"] == "normal" and opts["weights"] == "fp32" and opts["quantize"] is None
+    assert opts["convert_command"][:3] == ["mnnconvert", "-f", "ONNX"] and "--fp16" not in opts["convert_command"]
+
+    with torch.no_grad():
+        expected = tiny_model(torch.from_numpy(random_inputs)).numpy()
+    got = mnn_target.load(art, threads=1).run(random_inputs)[0]  # batch 16 runs as 16 static batches
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4 * np.abs(expected).max())
+
+    report = mnn_target.inspect(art)
+    assert report["precision"] == report["arithmetic"] == "fp32" and report["weights"] == "fp32"
+    assert report["compute_ops"] == {"int8": 0, "float": 4}  # three convolutions and the fc
+    assert report["int8_tensors"] == 0 and not report["fp16_emulated"]
+
+
+def test_runner_shapes_and_fresh_outputs(fp32_artifact, random_inputs):
+    runner = mnn_target.load(fp32_artifact, threads=1)
+    with pytest.raises(UserInputError, match=r"does not match the artifact's static input \[1, 1, 28, 28\]"):
+        runner.run(random_inputs[:, :, :14])
+    first = runner.run(random_inputs[:1])[0]
+    kept = first.copy()
+    second = runner.run(random_inputs[1:2])[0]
+    np.testing.assert_array_equal(first, kept)  # the next call does not overwrite returned outputs
+    assert not np.array_equal(first, second)
+    batched = runner.run(random_inputs[:4])[0]
+    assert batched.shape == (4, 10)
+    np.testing.assert_array_equal(batched[:2], np.concatenate([kept, second]))
+    with pytest.raises(UserInputError, match="threads must be >= 0"):
+        mnn_target.load(fp32_artifact, threads=-1)
+
+
+def test_mnn_banners_stay_off_stdout(fp32_artifact):
+    code = ("import sys, numpy as np, edgeprune.targets.mnn as t; "
+            f"r = t.load({str(fp32_artifact.path)!r}, 1); r.run(np.zeros((1, 1, 28, 28), np.float32))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert res.stdout == ""
+    assert "device supports" in res.stderr  # MNN's own banner went to stderr
+
+
+def test_int8_runs_int8_kernels_and_agrees_with_fp32(tiny_onnx, tmp_path, fp32_artifact):
+    calib, held_out = _calibration_and_held_out(64)
+    art = mnn_target.compile(tiny_onnx, "int8", calib, PROFILE, tmp_path / "int8")
+    assert art.precision == "int8"
+    assert art.manifest["options"]["quantize"] == {
+        "tool": "mnnquant", "feature_quantize_method": "KL", "weight_quantize_method": "MAX_ABS",
+        "calibration_samples": 64, "image_format": "GRAY"}
+    assert sorted(p.name for p in art.path.iterdir()) == [base.MANIFEST, mnn_target.MODEL_FILE]
+
+    report = mnn_target.inspect(art)
+    assert report["precision"] == report["arithmetic"] == "int8"
+    assert report["compute_ops"]["int8"] == 4 and report["weights"] == "int8" and report["int8_tensors"] > 0
+    assert report["ops"].get("Convolution [ DT_INT8 ]") == 4
+    assert art.size_bytes() < 0.6 * fp32_artifact.size_bytes()
+
+    out_int8 = mnn_target.load(art, 1).run(held_out)[0]
+    out_fp32 = mnn_target.load(fp32_artifact, 1).run(held_out)[0]
+    _assert_int8_tracks_fp32(out_int8, out_fp32)
+
+
+def test_int8_three_channel_model(tmp_path):
+    onnx_path = export_onnx(make_tiny_cnn(in_channels=3), (1, 3, 32, 32), tmp_path / "rgb.onnx")
+    rng = np.random.default_rng(3)
+    calib = rng.uniform(-1, 1, (48, 3, 32, 32)).astype(np.float32)
+    held_out = rng.uniform(-1, 1, (100, 3, 32, 32)).astype(np.float32)
+    fp32 = mnn_target.compile(onnx_path, "fp32", None, PROFILE, tmp_path / "fp32")
+    int8 = mnn_target.compile(onnx_path, "int8", calib, PROFILE, tmp_path / "int8")
+    assert int8.manifest["options"]["quantize"]["image_format"] == "RGB"
+    assert mnn_target.inspect(int8)["compute_ops"]["int8"] == 4
+    _assert_int8_tracks_fp32(mnn_target.load(int8, 1).run(held_out)[0], mnn_target.load(fp32, 1).run(held_out)[0])
+
+
+def test_fp16_artifact_is_honest_about_this_host(tiny_onnx, tmp_path, fp32_artifact, random_inputs):
+    art = mnn_target.compile(tiny_onnx, "fp16", None, PROFILE, tmp_path / "fp16")
+    opts = art.manifest["options"]
+    assert art.precision == "fp16" and opts["runtime_precision_mode"] == "low" and opts["weights"] == "fp16"
+    assert "--fp16" in opts["convert_command"]
+    assert art.size_bytes() < 0.7 * fp32_artifact.size_bytes()
+
+    report = mnn_target.inspect(art)
+    assert report["weights"] == "fp16" and report["runtime_precision_mode"] == "low"
+    emulated = mnn_target.load(art, 1, allow_emulated=True).run(random_inputs)[0]
+    fp32 = mnn_target.load(fp32_artifact, 1).run(random_inputs)[0]
+    assert np.abs(emulated - fp32).max() < 1e-2 * np.abs(fp32).max() and not np.array_equal(emulated, fp32)
+    if report["cpu_features"].get("fp16") and report["arithmetic"] == "fp16":  # an ARMv8.2+ host
+        assert report["precision"] == "fp16" and not report["fp16_emulated"]
+        mnn_target.load(art, 1)
+        return
+    # This host runs mode "low" in fp32: said so, and refused for measurement.
+    assert report["arithmetic"] == report["precision"] == "fp32" and report["fp16_emulated"]
+    with pytest.raises(UnsupportedPrecision) as info:
+        mnn_target.load(art, 1)
+    msg = str(info.value)
+    assert "in fp32" in msg and "allow_emulated=True" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("n", [0, 8, 31])
+def test_int8_rejects_too_few_calibration_samples(tiny_onnx, tmp_path, n):
+    calib = None if n == 0 else np.zeros((n, 1, 28, 28), np.float32)
+    with pytest.raises(UserInputError, match=rf"at least {mnn_target.MIN_CALIB_SAMPLES} calibration samples, got {n}"):
+        mnn_target.compile(tiny_onnx, "int8", calib, PROFILE, tmp_path / "int8")
+    assert _leftovers(tmp_path, "int8") == []
+
+
+def test_int8_rejects_bad_calibration_and_channel_counts(tiny_onnx, tmp_path):
+    with pytest.raises(UserInputError, match="calibration data has shape"):
+        mnn_target.compile(tiny_onnx, "int8", np.zeros((40, 3, 28, 28), np.float32), PROFILE, tmp_path / "int8")
+    two = export_onnx(make_tiny_cnn(in_channels=2), (1, 2, 8, 8), tmp_path / "two.onnx")
+    with pytest.raises(UnsupportedPrecision, match="1- or 3-channel images; this model takes 2"):
+        mnn_target.compile(two, "int8", np.zeros((40, 2, 8, 8), np.float32), PROFILE, tmp_path / "int8")
+    assert _leftovers(tmp_path, "int8") == []
+
+
+def test_corrupt_onnx_is_rejected_without_leftovers(tmp_path):
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"\x08\x07not an onnx model" * 8)
+    with pytest.raises(CompileError) as info:
+        mnn_target.compile(bad, "fp32", None, PROFILE, tmp_path / "out")
+    assert str(bad) in str(info.value) and "not onnx model" in str(info.value) and "\n" not in str(info.value)
+    assert _leftovers(tmp_path, "out") == []
+
+
+def test_unsupported_operator_is_named(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["input"], ["a"]), helper.make_node("FancyOp", ["a"], ["output"], domain="x.y")],
+        "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 1, 4, 4])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1, 4, 4])])
+    path = tmp_path / "custom.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("x.y", 1)]),
+              str(path))
+    with pytest.raises(CompileError, match="operator\\(s\\) not supported by MNN: FancyOp"):
+        mnn_target.compile(path, "fp32", None, PROFILE, tmp_path / "out")
+    assert _leftovers(tmp_path, "out") == []
+
+
+def test_failed_rebuild_keeps_the_previous_artifact(fp32_artifact, tmp_path):
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(CompileError):
+        mnn_target.compile(bad, "fp32", None, PROFILE, fp32_artifact.path)
+    assert json.loads((fp32_artifact.path / base.MANIFEST).read_text()) == fp32_artifact.manifest
+
+
+def test_bad_requests_are_user_errors(tiny_onnx, tmp_path, fp32_artifact):
+    with pytest.raises(UserInputError, match="unknown precision"):
+        mnn_target.compile(tiny_onnx, "int4", None, PROFILE, tmp_path / "a")
+    with pytest.raises(UserInputError, match="does not exist"):
+        mnn_target.compile(tmp_path / "missing.onnx", "fp32", None, PROFILE, tmp_path / "a")
+    calib = np.zeros((32, 1, 28, 28), np.float32)
+    with pytest.raises(UserInputError, match="quantize method"):
+        mnn_target.compile(tiny_onnx, "int8", calib, {"options": {"feature_quantize_method": "BEST"}}, tmp_path / "a")
+    assert _leftovers(tmp_path, "a") == []
+    other = dict(fp32_artifact.manifest, runtime="openvino")
+    with pytest.raises(UserInputError, match="not an mnn one"):
+        mnn_target.load(base.Artifact(fp32_artifact.path, other), 1)
