@@ -1,0 +1,131 @@
+"""Latency lookup tables: measured latency of one layer in its real context over channel counts.
+
+A layer *signature* fixes everything but the channel counts: kind (conv/depthwise/linear),
+kernel, stride, padding, input spatial size, whether a ReLU is fused. For each signature the
+table holds latency (ms) on a grid of (in, out) channel counts in steps of the target's
+channel multiple. Every out-channel step is measured (that is where runtimes' staircases
+are); in-channel steps are measured every ``in_stride`` steps and linearly interpolated in
+between (``meta.sampling`` says so). Depthwise layers have one axis (in = out).
+
+Micro-models are plain ONNX graphs (Conv [+ bias] [+ Relu], or Gemm) built with the onnx
+helper, so tables can be built where torch is absent (a device). Invariant: ``lookup`` at a
+measured grid point returns the measured value; between in-channel samples it interpolates
+linearly; outside the grid it raises ``KeyError`` (a search must stay on the grid).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LayerSig:
+    """Everything about a layer except its channel counts."""
+
+    kind: str                      # "conv", "depthwise" or "linear"
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    in_hw: tuple[int, int] = (1, 1)
+    relu: bool = True
+
+    def key(self) -> str:
+        k, s, p, hw = self.kernel, self.stride, self.padding, self.in_hw
+        return (f"{self.kind}-k{k[0]}x{k[1]}-s{s[0]}x{s[1]}-p{p[0]}x{p[1]}-{hw[0]}x{hw[1]}"
+                f"{'-relu' if self.relu else ''}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LayerSig":
+        return cls(d["kind"], tuple(d["kernel"]), tuple(d["stride"]), tuple(d["padding"]),
+                   tuple(d["in_hw"]), bool(d["relu"]))
+
+
+def channel_grid(width: int, multiple: int) -> list[int]:
+    """Channel counts a search may choose for a ``width``-channel layer: multiples, plus ``width``."""
+    multiple = max(1, int(multiple))
+    grid = list(range(multiple, width + 1, multiple))
+    if not grid or grid[-1] != width:
+        grid.append(width)
+    return grid
+
+
+def sampled_inputs(grid: list[int], in_stride: int) -> list[int]:
+    """Every ``in_stride``-th grid point, always including both ends."""
+    picks = grid[::max(1, in_stride)]
+    if picks[-1] != grid[-1]:
+        picks.append(grid[-1])
+    return picks
+
+
+def micro_onnx(sig: LayerSig, in_c: int, out_c: int, path: Path) -> Path:
+    """Write a one-layer ONNX model (batch 1, static shape) for ``sig`` at (in_c, out_c)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    if sig.kind == "linear":
+        x_shape, w_shape = [1, in_c], [out_c, in_c]
+        node = helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)
+    else:
+        groups = in_c if sig.kind == "depthwise" else 1
+        if sig.kind == "depthwise":
+            out_c = in_c
+        x_shape = [1, in_c, *sig.in_hw]
+        w_shape = [out_c, in_c // groups, *sig.kernel]
+        node = helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=list(sig.kernel),
+                                strides=list(sig.stride), pads=[*sig.padding, *sig.padding], group=groups)
+    w = numpy_helper.from_array((rng.standard_normal(w_shape) * 0.1).astype(np.float32), "w")
+    b = numpy_helper.from_array(np.zeros(out_c, np.float32), "b")
+    nodes = [node]
+    out_name = "y"
+    if sig.relu:
+        nodes.append(helper.make_node("Relu", ["y"], ["z"]))
+        out_name = "z"
+    graph = helper.make_graph(nodes, "lut", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, None)], [w, b])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = onnx.shape_inference.infer_shapes(model)
+    onnx.save(model, str(path))
+    return path
+
+
+@dataclass
+class SigTable:
+    """Measured latency of one signature: ``ms[i][j]`` at (ins[i], outs[j]); depthwise: ins == outs, diagonal."""
+
+    sig: LayerSig
+    ins: list[int]
+    outs: list[int]
+    ms: list[list[float | None]]
+
+    def lookup(self, in_c: int, out_c: int) -> float:
+        if self.sig.kind == "depthwise":
+            return self._interp_1d(self.ins, [self.ms[i][0] for i in range(len(self.ins))], in_c)
+        if out_c not in self.outs:
+            raise KeyError(f"{self.sig.key()}: out={out_c} is not on the grid {self.outs}")
+        j = self.outs.index(out_c)
+        col = [(self.ins[i], self.ms[i][j]) for i in range(len(self.ins)) if self.ms[i][j] is not None]
+        return self._interp_1d([c for c, _ in col], [v for _, v in col], in_c)
+
+    def _interp_1d(self, xs: list[int], ys: list[float], x: int) -> float:
+        if not xs or x < xs[0] or x > xs[-1]:
+            raise KeyError(f"{self.sig.key()}: {x} channels is outside the measured range {xs[:1]}..{xs[-1:]}")
+        return float(np.interp(x, xs, ys))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sig": asdict(self.sig), "ins": self.ins, "outs": self.outs, "ms": self.ms}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SigTable":
+        return cls(LayerSig.from_dict(d["sig"]), list(d["ins"]), list(d["outs"]), d["ms"])
+
+
+def cache_key(context: dict[str, Any], sig: LayerSig, ins: list[int], outs: list[int]) -> str:
+    """Stable hash of what makes a measurement reusable: target, runtime versions, host, threads, grid."""
+    blob = json.dumps({"context": context, "sig": sig.key(), "ins": ins, "outs": outs}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]

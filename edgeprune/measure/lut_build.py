@@ -1,0 +1,124 @@
+"""Build (or reuse from cache) the latency lookup table for a set of layer signatures.
+
+``build_table(profile, layers, ...)`` takes the distinct signatures of a model with the
+widest (in, out) each must cover, measures each signature's grid in its own fresh worker
+process (``lut_worker``), and caches every row on disk keyed by target, runtime versions,
+host, thread count, precision, signature and grid (``lut.cache_key``), so a second model
+with the same layer shapes — ResNet-56 after ResNet-20 — measures nothing.
+Invariant: the returned table has a row for every requested signature covering its grid.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterable
+
+from edgeprune.errors import EdgepruneError
+from edgeprune.measure.lut import LayerSig, SigTable, cache_key, channel_grid, sampled_inputs
+from edgeprune.targets.base import write_json_atomic
+
+
+class LutError(EdgepruneError):
+    exit_code = 1
+
+
+def _bar(total: int, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is optional on a device
+        return None
+    return tqdm(total=total, desc="latency table", unit="layer", file=sys.stderr)
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("EDGEPRUNE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "edgeprune")
+    return Path(base) / "lut"
+
+
+def table_context(profile: dict[str, Any], precision: str, threads: int) -> dict[str, Any]:
+    from edgeprune.measure.env import cpu_model
+    from edgeprune.targets import get_runtime
+
+    return {"target": profile["name"], "runtime": profile["runtime"], "precision": precision, "threads": threads,
+            "versions": get_runtime(profile["runtime"]).versions(), "cpu": cpu_model(), "host": platform.node(),
+            "options": profile.get("options", {})}
+
+
+def plan_points(sig: LayerSig, max_in: int, max_out: int, multiple: int, in_stride: int,
+                fixed_ins: Iterable[int] = ()) -> tuple[list[int], list[int]]:
+    """In- and out-channel counts to measure; ``fixed_ins`` are widths of layers whose input is not pruned."""
+    if sig.kind == "depthwise":
+        grid = channel_grid(max_in, multiple)
+        return grid, [grid[-1]]
+    ins = sorted(set(sampled_inputs(channel_grid(max_in, multiple), in_stride)) | set(fixed_ins))
+    return ins, channel_grid(max_out, multiple)
+
+
+def _measure_row(profile, precision, threads, sig, ins, outs, rounds, timeout_s) -> SigTable:
+    points = [[c, c] for c in ins] if sig.kind == "depthwise" else [[i, o] for i in ins for o in outs]
+    job = {"profile": profile, "precision": precision, "threads": threads, "sig": asdict(sig),
+           "points": points, "rounds": rounds, "iters": 20, "min_seconds": 0.03}
+    with tempfile.TemporaryDirectory(prefix="edgeprune-lutjob-") as tmp:
+        jpath, rpath = Path(tmp) / "job.json", Path(tmp) / "result.json"
+        jpath.write_text(json.dumps(job))
+        proc = subprocess.run([sys.executable, "-m", "edgeprune.measure.lut_worker", "--job", str(jpath),
+                               "--out", str(rpath)], capture_output=True, text=True, timeout=timeout_s)
+        if proc.returncode != 0 or not rpath.exists():
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise LutError(f"latency table row {sig.key()} failed: {last}")
+        result = json.loads(rpath.read_text())
+    by_point = {(p[0], p[1]): p[2] for p in result["points"]}
+    if sig.kind == "depthwise":
+        return SigTable(sig, ins, [ins[-1]], [[by_point[(c, c)]] for c in ins])
+    return SigTable(sig, ins, outs, [[by_point[(i, o)] for o in outs] for i in ins])
+
+
+def build_table(profile: dict[str, Any], layers: Iterable[tuple], *, precision: str,
+                threads: int, in_stride: int = 2, rounds: int = 3, cache_dir: Path | None = None,
+                progress: bool = True, timeout_s: float = 900.0) -> dict[str, Any]:
+    """``layers``: (signature, widest in, widest out[, fixed in-widths to include]).
+
+    Returns {"meta", "rows": {signature key: SigTable}}.
+    """
+    widest: dict[LayerSig, list] = {}
+    for sig, cin, cout, *fixed in layers:
+        w = widest.setdefault(sig, [0, 0, set()])
+        w[0], w[1] = max(w[0], cin), max(w[1], cout)
+        w[2].update(*fixed)
+    context = table_context(profile, precision, threads)
+    cache = cache_dir or default_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    multiple = int(profile["channel_multiple"])
+    rows, hits, points = {}, 0, 0
+    bar = _bar(len(widest), progress)
+    for sig, (cin, cout, fixed) in widest.items():
+        ins, outs = plan_points(sig, cin, cout, multiple, in_stride, fixed)
+        path = cache / f"{cache_key(context, sig, ins, outs)}.json"
+        if bar is not None:
+            bar.set_postfix_str(sig.key())
+        if path.is_file():
+            rows[sig.key()] = SigTable.from_dict(json.loads(path.read_text()))
+            hits += 1
+        else:
+            row = _measure_row(profile, precision, threads, sig, ins, outs, rounds, timeout_s)
+            write_json_atomic(path, row.to_dict())
+            rows[sig.key()] = row
+            points += len(ins) * (1 if sig.kind == "depthwise" else len(outs))
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    meta = {**context, "channel_multiple": multiple, "in_stride": in_stride, "rounds": rounds,
+            "statistic": "min over interleaved rounds of the per-round median",
+            "sampling": f"every out-channel multiple of {multiple} measured; in-channels every {in_stride} "
+                        "multiples, linear interpolation between", "cache_dir": str(cache),
+            "rows_from_cache": hits, "rows_measured": len(widest) - hits, "points_measured": points}
+    return {"meta": meta, "rows": rows}

@@ -1,0 +1,92 @@
+"""Greedy channel search under a predicted latency budget (NetAdapt-style, importance-weighted).
+
+State: kept channels per group, starting from full width. Each step considers, for every
+group, dropping it to its next lower allowed count (multiples of the target's channel
+multiple); the step's cost is the importance it removes (the sum of the dropped channels'
+scores, lowest first) and its gain the predicted latency it saves, read from the measured
+table. The step with the least importance lost per millisecond saved is taken. A drop
+that saves nothing (a flat stretch of the runtime's staircase) is never taken on its own;
+when no single drop saves time, two-step drops are tried, so plateaus can be crossed.
+
+Invariants: the returned counts' predicted latency is <= the budget; every group keeps at
+least its minimum; an unreachable budget raises ``BudgetError`` naming the fastest
+reachable prediction instead of returning a zero-width model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgeprune.errors import UserInputError
+from edgeprune.measure.lut import channel_grid
+
+
+class BudgetError(UserInputError):
+    """The budget is below the fastest model the search can reach."""
+
+
+@dataclass
+class SearchResult:
+    counts: list[int]
+    predicted_ms: float
+    retained_importance: float
+    steps: int
+    trace: list[dict[str, Any]]
+
+
+def _sorted_scores(scores: Sequence[np.ndarray], normalize: bool) -> list[np.ndarray]:
+    out = []
+    for s in scores:
+        s = np.asarray(s, dtype=np.float64)
+        if normalize and s.mean() > 0:
+            s = s / s.mean()
+        out.append(np.sort(s))  # ascending: the lowest are dropped first
+    return out
+
+
+def _allowed(width: int, multiple: int, floor: int) -> list[int]:
+    return [c for c in channel_grid(width, multiple) if c >= floor] or [width]
+
+
+def _best_step(predictor, counts, allowed, ranked, current, depth):
+    best = None
+    for g, options in enumerate(allowed):
+        idx = options.index(counts[g])
+        if idx - depth < 0:
+            continue
+        trial = list(counts)
+        trial[g] = options[idx - depth]
+        saved = current - predictor.predict(trial)
+        if saved <= 1e-9:
+            continue
+        lost = float(ranked[g][trial[g]:counts[g]].sum())
+        cost = lost / saved
+        if best is None or cost < best[0]:
+            best = (cost, g, trial, saved, lost)
+    return best
+
+
+def search_counts(predictor, widths: Sequence[int], scores: Sequence[np.ndarray], budget_ms: float,
+                  multiple: int, floors: Sequence[int], normalize: bool = True) -> SearchResult:
+    """Per-group kept counts whose predicted latency is within ``budget_ms``."""
+    ranked = [s[::-1] for s in _sorted_scores(scores, normalize)]  # descending: keep the first k
+    allowed = [_allowed(w, multiple, f) for w, f in zip(widths, floors)]
+    counts = [opts[-1] for opts in allowed]
+    current = predictor.predict(counts)
+    trace = [{"step": 0, "predicted_ms": current}]
+    while current > budget_ms:
+        step = _best_step(predictor, counts, allowed, ranked, current, 1) or \
+            _best_step(predictor, counts, allowed, ranked, current, 2)
+        if step is None:
+            raise BudgetError(f"latency budget {budget_ms:.3f} ms cannot be met: the fastest model this search "
+                              f"reaches is predicted at {current:.3f} ms",
+                              "raise the budget, or lower the minimum width (--min-ratio)")
+        _, g, counts, saved, lost = step
+        current = predictor.predict(counts)
+        trace.append({"step": len(trace), "group": g, "to": counts[g], "saved_ms": saved,
+                      "importance_lost": lost, "predicted_ms": current})
+    kept = sum(float(r[:c].sum()) for r, c in zip(ranked, counts))
+    total = sum(float(r.sum()) for r in ranked)
+    return SearchResult(counts, current, kept / total if total else 1.0, len(trace) - 1, trace)
