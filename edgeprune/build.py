@@ -27,7 +27,9 @@ from edgeprune.loading import check_out_dir, check_ratio, count_flops_params, lo
 from edgeprune.measure.protocol import MeasureSettings, measure_interleaved
 from edgeprune.profiles import load_profile, resolve_threads
 from edgeprune.prune import prune_model
+from edgeprune.prune.base import PruneContext
 from edgeprune.report import write_report
+from edgeprune.search.driver import parse_budget, prune_to_budget
 from edgeprune.targets import require_runtime
 from edgeprune.targets.base import staging_dir
 from edgeprune.train import evaluate, train
@@ -63,6 +65,8 @@ class BuildConfig:
     trust_checkpoint: bool = False
     progress: bool = True
     seed: int = 0
+    budget: str | None = None  # "8" / "8ms" (milliseconds) or "0.5x" (share of the baseline)
+    budget_attempts: int = 3
 
 
 def _validate(cfg: BuildConfig) -> dict[str, Any]:
@@ -76,6 +80,8 @@ def _validate(cfg: BuildConfig) -> dict[str, Any]:
                              f"choose one of: {', '.join(profile['precisions'])}")
     if cfg.finetune_epochs < 0:
         raise UserInputError(f"--finetune-epochs must be >= 0, got {cfg.finetune_epochs}")
+    if cfg.budget is not None:
+        parse_budget(cfg.budget)
     if cfg.weights is not None and not Path(cfg.weights).is_file():
         raise UserInputError(f"weights file not found: {cfg.weights}", "pass the checkpoint written by 'edgeprune train'")
     return {**profile, "precision": precision}
@@ -99,10 +105,18 @@ def _prune_and_finetune(cfg: BuildConfig, ctx: dict[str, Any], steps: Steps) -> 
     steps.start("evaluating the baseline")
     base_acc = evaluate(model, test_ds, progress=cfg.progress, limit=cfg.eval_limit)
     steps.done(f"top-1 {base_acc:.4f}")
-    steps.start(f"pruning ({cfg.method}, ratio {cfg.ratio}, channels rounded to {ctx['round_to']})")
     example = torch.zeros(*ctx["input_shape"])
-    result = prune_model(model, example, cfg.method, cfg.ratio, ctx["round_to"], train_ds=train_ds,
-                         progress=cfg.progress, seed=cfg.seed)
+    search = None
+    if cfg.budget:
+        steps.start(f"hardware-aware search ({cfg.method} scores) for budget {cfg.budget} on {ctx['profile']['name']}")
+        pctx = PruneContext(example_inputs=example, round_to=ctx["round_to"], train_ds=train_ds,
+                            progress=cfg.progress, seed=cfg.seed, options={"method": cfg.method})
+        result, search = prune_to_budget(model, example, ctx["profile"], cfg.budget, cfg.method, pctx,
+                                         ctx["threads"], ctx["calib"], cfg.budget_attempts, cfg.progress)
+    else:
+        steps.start(f"pruning ({cfg.method}, ratio {cfg.ratio}, channels rounded to {ctx['round_to']})")
+        result = prune_model(model, example, cfg.method, cfg.ratio, ctx["round_to"], train_ds=train_ds,
+                             progress=cfg.progress, seed=cfg.seed)
     pruned = result.model
     acc_before = evaluate(pruned, test_ds, progress=cfg.progress, limit=cfg.eval_limit)
     steps.done(f"{result.summary()['channels_before']} -> {result.summary()['channels_after']} channels, "
@@ -115,14 +129,14 @@ def _prune_and_finetune(cfg: BuildConfig, ctx: dict[str, Any], steps: Steps) -> 
     pruned.eval()
     acc_after = evaluate(pruned, test_ds, progress=cfg.progress, limit=cfg.eval_limit)
     steps.done(f"top-1 {acc_after:.4f}")
-    return {"pruned": pruned, "prune": result.summary(), "finetune": history,
+    return {"pruned": pruned, "prune": result.summary(), "finetune": history, "search": search,
             "baseline_acc": base_acc, "acc_before_ft": acc_before, "acc_after_ft": acc_after}
 
 
 def _deploy(stage: Path, cfg: BuildConfig, profile: dict[str, Any], ctx: dict[str, Any],
             models: dict[str, torch.nn.Module], steps: Steps) -> dict[str, dict[str, Any]]:
     steps.start(f"exporting ONNX and compiling for {profile['name']} ({profile['runtime']} {profile['precision']})")
-    calib = calibration_batch(ctx["train_ds"], cfg.calib, seed=cfg.seed) if profile["precision"] == "int8" else None
+    calib = ctx["calib"]
     rows = {}
     for name, model in models.items():
         holdout = _holdout(model, ctx["test_ds"], cfg.holdout, cfg.seed)
@@ -173,7 +187,8 @@ def run_build(cfg: BuildConfig) -> dict[str, Any]:
     ctx = {"model": model, "train_ds": train_ds, "test_ds": test_ds,
            "input_shape": (1, train_ds.channels, train_ds.image_size, train_ds.image_size),
            "round_to": cfg.round_to if cfg.round_to is not None else int(profile["channel_multiple"]),
-           "threads": resolve_threads(profile, cfg.threads)}
+           "threads": resolve_threads(profile, cfg.threads), "profile": profile,
+           "calib": calibration_batch(train_ds, cfg.calib, seed=cfg.seed) if profile["precision"] == "int8" else None}
     steps.done(f"{spec.get('name')} on {train_ds.name} {list(ctx['input_shape'])}, "
                f"{profile['runtime']} {profile['precision']}, {ctx['threads']} thread(s)")
     with staging_dir(cfg.out, must_contain="report.json") as stage:
@@ -191,6 +206,13 @@ def run_build(cfg: BuildConfig) -> dict[str, Any]:
     return report
 
 
+def _search_outcome(search: dict[str, Any] | None, pruned: dict[str, Any]) -> dict[str, Any] | None:
+    if not search:
+        return None
+    final = pruned["latency"]["p50_ms"]
+    return {**search, "final_measured_ms": final, "met": final <= search["budget_ms"]}
+
+
 def _assemble(cfg, profile, ctx, spec, pf, rows, meas) -> dict[str, Any]:
     shape = ctx["input_shape"]
     base = _entry(_describe_model(ctx["model"], shape, pf["baseline_acc"]), rows["baseline"], meas["baseline"], profile)
@@ -205,7 +227,7 @@ def _assemble(cfg, profile, ctx, spec, pf, rows, meas) -> dict[str, Any]:
                    "threads": ctx["threads"], "channel_multiple": profile["channel_multiple"]},
         "model": {"spec": spec, "input_shape": list(shape)},
         "data": {"name": ctx["train_ds"].name, "train": len(ctx["train_ds"]), "test": len(ctx["test_ds"])},
-        "prune": pf["prune"], "finetune": pf["finetune"],
+        "prune": pf["prune"], "finetune": pf["finetune"], "search": _search_outcome(pf["search"], pruned),
         "baseline": base, "pruned": pruned,
         "comparison": {"speedup_p50": b50 / p50, "latency_change_pct": 100.0 * (p50 - b50) / b50,
                        "accuracy_change": pruned["accuracy"] - base["accuracy"],

@@ -44,6 +44,12 @@ def _add_build(sub) -> None:
     p.add_argument("--out", required=True, help="output folder (must not exist unless --force)")
     p.add_argument("--method", default="l1", help="pruning method: l1, l2, random. Default: %(default)s")
     p.add_argument("--ratio", type=float, default=0.5, help="share of prunable channels to remove, in (0,1). Default: %(default)s")
+    p.add_argument("--budget-ms", dest="budget", metavar="MS",
+                   help="latency budget on the target instead of --ratio: milliseconds (8, 8ms) or a share of the "
+                        "baseline's measured latency (0.5x); channels are chosen per layer from the target's measured "
+                        "latency table and the budget is checked by measurement")
+    p.add_argument("--budget", dest="budget", metavar="SHARE", help="same as --budget-ms (e.g. --budget 0.5x)")
+    p.add_argument("--budget-attempts", type=int, default=3, help="search-measure-tighten attempts. Default: %(default)s")
     p.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="default: the target's default precision")
     p.add_argument("--round-to", type=int, help="channel multiple to keep; default: the target's channel_multiple")
     p.add_argument("--finetune-epochs", type=float, default=1.0, help="fine-tuning epochs (fractions allowed, 0 skips). Default: %(default)s")
@@ -70,7 +76,8 @@ def _cmd_build(a: argparse.Namespace) -> int:
                       ratio=a.ratio, precision=a.precision, round_to=a.round_to, finetune_epochs=a.finetune_epochs,
                       lr=a.lr, batch_size=a.batch_size, augment=a.augment, image_size=a.image_size, threads=a.threads, rounds=a.rounds,
                       min_seconds=a.min_seconds, eval_limit=a.eval_limit, force=a.force,
-                      trust_checkpoint=a.trust_checkpoint, progress=not a.no_progress)
+                      trust_checkpoint=a.trust_checkpoint, progress=not a.no_progress, budget=a.budget,
+                      budget_attempts=a.budget_attempts)
     report = run_build(cfg)
     _emit_json(report, a.json)
     if a.json != "-":

@@ -37,12 +37,50 @@ def verdict(report: dict[str, Any]) -> str:
             f"{c['speedup_p50']:.2f}x {faster} at p50 ({b['latency']['p50_ms']:.3f} -> {p['latency']['p50_ms']:.3f} ms, "
             f"{c['latency_change_pct']:+.1f}%), top-1 {b['accuracy']:.4f} -> {p['accuracy']:.4f} "
             f"({100 * c['accuracy_change']:+.2f} points), {c['flops_ratio']:.2f}x the MACs. "
-            f"Round-to-round spread of p50 was up to {spread:.2f}x.")
+            f"Round-to-round spread of p50 was up to {spread:.2f}x."
+            + (f" Budget {report['search']['budget_ms']:.3f} ms: {'met' if report['search']['met'] else 'NOT met'}."
+               if report.get("search") else ""))
 
 
 def _groups_table(report: dict[str, Any]) -> str:
     rows = [[g["group"], g["before"], g["after"], g["members"]] for g in report["prune"]["groups"]]
     return markdown_table(["group root", "channels before", "after", "coupled layers"], rows)
+
+
+def _search_section(search: dict[str, Any]) -> list[str]:
+    met = "met" if search["met"] else "NOT met"
+    attempts = markdown_table(["attempt", "predicted ms", "measured ms (before fine-tune)", "retained importance"],
+                              [[a["attempt"], a["predicted_ms"], a["measured_ms"], a["retained_importance"]]
+                               for a in search["attempts"]])
+    fit, table = search["predictor"], search["table"]
+    return [
+        "## Latency budget", "",
+        f"Budget {search['budget_ms']:.3f} ms ({search['budget_arg']}); baseline measured "
+        f"{search['baseline_measured_ms']:.3f} ms; final build measured {search['final_measured_ms']:.3f} ms: **{met}**.",
+        "", attempts, "",
+        f"Predictor: sum of per-layer table latencies x {fit['scale']:.3f} {fit['offset_ms']:+.3f} ms, fitted on "
+        f"{fit['samples']} whole-model measurements. Table: {table['sampling']}; statistic: {table['statistic']}; "
+        f"{table['rows_measured']} rows measured, {table['rows_from_cache']} from cache ({table['cache_dir']}).",
+        "", "![staircase](staircase.png)", "",
+    ]
+
+
+def _plot_staircase(search: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=120)
+    for row in search["staircase"]:
+        ax.step(row["channels"], [1000 * v for v in row["ms"]], where="post", marker="o", ms=3, label=row["layer"])
+    ax.set_xlabel("output channels (input at full width)")
+    ax.set_ylabel("measured latency (µs)")
+    ax.set_title("latency staircase of the slowest layers", fontsize=9)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def _markdown(report: dict[str, Any]) -> str:
@@ -61,8 +99,11 @@ def _markdown(report: dict[str, Any]) -> str:
         "the median p50",
         f"- machine: {env.get('cpu_model', '?')}, {env.get('logical_cores', '?')} logical cores, "
         f"governor {env.get('governor') or 'n/a'}",
-        "", "![latency](latency.png)", "", "## Channels per group", "", _groups_table(report), "",
+        "", "![latency](latency.png)", "",
     ]
+    if report.get("search"):
+        lines += _search_section(report["search"])
+    lines += ["## Channels per group", "", _groups_table(report), ""]
     return "\n".join(lines)
 
 
@@ -90,5 +131,7 @@ def _plot(report: dict[str, Any], path: Path) -> None:
 def write_report(folder: Path, report: dict[str, Any]) -> None:
     folder = Path(folder)
     _plot(report, folder / "latency.png")
+    if report.get("search"):
+        _plot_staircase(report["search"], folder / "staircase.png")
     (folder / "report.md").write_text(_markdown(report))
     write_json_atomic(folder / "report.json", report)

@@ -1,0 +1,83 @@
+"""The ``--budget-ms`` loop: search by prediction, check by measurement, tighten, retry.
+
+Invariant: ``prune_to_budget`` returns a model whose latency *measured* on the target (in a
+fresh process, before fine-tuning, which does not change latency) is within the budget, or
+raises ``GateFailed`` with every attempt's predicted and measured figures. A budget the
+search cannot reach even by prediction raises ``BudgetError`` (bad input, exit 2).
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeprune.errors import GateFailed, UserInputError
+from edgeprune.measure.protocol import MeasureSettings
+from edgeprune.prune.base import PruneContext, PruneResult
+from edgeprune.search.hardware import HardwareSearch
+from edgeprune.ui import info
+
+
+def parse_budget(text: str) -> tuple[float, bool]:
+    """'8' / '8ms' -> (8.0, False); '0.5x' -> (0.5, True) meaning a fraction of the baseline."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|x)?\s*", str(text))
+    if not m or float(m.group(1)) <= 0:
+        raise UserInputError(f"cannot read latency budget {text!r}", "use milliseconds like 8 or 8ms, or a share like 0.5x")
+    value, relative = float(m.group(1)), m.group(2) == "x"
+    if relative and value >= 1:
+        raise UserInputError(f"relative budget {text} is not below the baseline", "use e.g. 0.5x")
+    return value, relative
+
+
+def prune_to_budget(model: nn.Module, example: torch.Tensor, profile: dict[str, Any], budget: str,
+                    method: str, pctx: PruneContext, threads: int, calib: np.ndarray | None,
+                    attempts: int = 3, progress: bool = True) -> tuple[PruneResult, dict[str, Any]]:
+    value, relative = parse_budget(budget)
+    settings = MeasureSettings(threads=threads, warmup_s=0.5, min_seconds=1.0)
+    hs = HardwareSearch(model, example, profile, profile["precision"], threads, settings, calib, progress)
+    fit = hs.calibrate()
+    budget_ms = value * hs.baseline_ms if relative else value
+    info(f"      baseline measured {hs.baseline_ms:.3f} ms; budget {budget_ms:.3f} ms; "
+         f"predictor fit on {fit['samples']} models (scale {fit['scale']:.2f}, offset {fit['offset_ms']:+.3f} ms)")
+    if budget_ms >= hs.baseline_ms:
+        raise UserInputError(f"budget {budget_ms:.3f} ms is not below the baseline's measured {hs.baseline_ms:.3f} ms",
+                             "the unpruned model already meets it: no pruning needed")
+    tries = []
+    for attempt in range(1, attempts + 1):
+        result, found = hs.search(pctx, method, budget_ms)
+        measured = hs.measure_model(result.model)
+        tries.append({"attempt": attempt, "predicted_ms": found.predicted_ms, "measured_ms": measured,
+                      "counts": found.counts, "retained_importance": found.retained_importance})
+        info(f"      attempt {attempt}: predicted {found.predicted_ms:.3f} ms, measured {measured:.3f} ms")
+        if measured <= budget_ms:
+            break
+        hs.add_measurement(found.counts, measured)  # the predictor learns from its miss, then we search again
+    else:
+        raise GateFailed(f"budget {budget_ms:.3f} ms not met after {attempts} attempts: "
+                         + "; ".join(f"predicted {t['predicted_ms']:.3f} / measured {t['measured_ms']:.3f} ms" for t in tries),
+                         "raise the budget or allow more attempts (--budget-attempts)")
+    search = {"budget_ms": budget_ms, "budget_arg": budget, "baseline_measured_ms": hs.baseline_ms,
+              "attempts": tries, "predictor": hs.predictor.fit, "table": hs.table["meta"],
+              "groups": [{"group": g.root_name, "width": w, "kept": c}
+                         for g, w, c in zip(hs.graph.groups, hs.widths, tries[-1]["counts"])],
+              "staircase": staircase(hs)}
+    return result, search
+
+
+def staircase(hs: HardwareSearch, top: int = 3) -> list[dict[str, Any]]:
+    """Measured latency vs out-channels (at full in-channels) of the ``top`` slowest layer signatures."""
+    ms = hs.predictor.layer_ms(hs.widths)
+    slowest: dict[str, float] = {}
+    for layer, t in zip(hs.plan, ms):
+        slowest[layer.sig.key()] = slowest.get(layer.sig.key(), 0.0) + t
+    out = []
+    for key in sorted(slowest, key=slowest.get, reverse=True)[:top]:
+        row = hs.table["rows"][key]
+        if row.sig.kind == "depthwise":
+            out.append({"layer": key, "channels": row.ins, "ms": [r[0] for r in row.ms]})
+        else:
+            out.append({"layer": key, "channels": row.outs, "ms": row.ms[-1], "in_channels": row.ins[-1]})
+    return out
