@@ -196,7 +196,40 @@ def _cmd_bench(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: tuple[Callable, ...] = (_add_build, _add_bench, _add_train, _add_targets, _add_models)
+def _add_lut(sub) -> None:
+    p = sub.add_parser("lut", help="measure a model's per-layer latency table on a target",
+                       description="Measure, for every distinct layer of MODEL in its real context (spatial size, "
+                                   "kernel, stride), latency over its channel counts in steps of the target's channel "
+                                   "multiple, on the target's runtime. Rows are cached on disk "
+                                   "($EDGEPRUNE_CACHE or ~/.cache/edgeprune/lut) and reused.")
+    p.add_argument("--target", required=True)
+    p.add_argument("--model", required=True, help="zoo model name")
+    p.add_argument("--input-shape", help="N,C,H,W (default: 1,3,S,S with the model's default size)")
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"])
+    p.add_argument("--threads", type=int)
+    p.add_argument("--in-stride", type=int, default=2,
+                   help="measure every Nth in-channel step, interpolate between. Default: %(default)s")
+    p.add_argument("--json", metavar="FILE", help="write the table as JSON ('-' for stdout)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_lut)
+
+
+def _cmd_lut(a: argparse.Namespace) -> int:
+    from edgeprune.lut_cmd import lut_table, run_lut
+
+    result = run_lut(a.target, a.model, a.input_shape, a.precision, a.threads, a.num_classes, a.in_stride,
+                     not a.no_progress)
+    _emit_json(result, a.json)
+    if a.json != "-":
+        meta = result["meta"]
+        print(lut_table(result))
+        print(f"\n{meta['rows_measured']} rows measured ({meta['points_measured']} points), "
+              f"{meta['rows_from_cache']} reused from {meta['cache_dir']}; {meta['sampling']}")
+    return 0
+
+
+COMMANDS: tuple[Callable, ...] = (_add_lut, _add_build, _add_bench, _add_train, _add_targets, _add_models)
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -65,3 +65,27 @@ def test_pruned_checkpoint_reloads_without_pickle(trained, tmp_path):
     model, spec, _ = load_checkpoint(out / "pruned.pt")
     assert spec["name"] == "resnet20"
     assert model(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
+
+
+def test_build_with_latency_budget(trained, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEPRUNE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "budget"
+    assert main(["build", "--target", "onnxruntime", "--weights", str(trained / "model.pt"), "--data", DATA,
+                 "--budget", "0.7x", "--finetune-epochs", "0", "--threads", "1", "--rounds", "1",
+                 "--min-seconds", "0.3", "--out", str(out), "--no-progress"]) == 0
+    search = json.loads((out / "report.json").read_text())["search"]
+    last = search["attempts"][-1]
+    assert last["predicted_ms"] <= search["budget_ms"] and last["measured_ms"] <= search["budget_ms"]
+    assert search["budget_ms"] == pytest.approx(0.7 * search["baseline_measured_ms"])
+    assert search["table"]["rows_measured"] > 0
+    assert (out / "staircase.png").is_file() and "## Latency budget" in (out / "report.md").read_text()
+
+
+def test_impossible_budget_fails_clearly(trained, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EDGEPRUNE_CACHE", str(tmp_path / "cache"))
+    code = main(["build", "--target", "onnxruntime", "--weights", str(trained / "model.pt"), "--data", DATA,
+                 "--budget-ms", "0.0001", "--finetune-epochs", "0", "--threads", "1", "--out", str(tmp_path / "o"),
+                 "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and "cannot be met" in err and err.startswith("edgeprune: error:")
+    assert not (tmp_path / "o").exists()

@@ -51,15 +51,16 @@ def global_counts(scores: Sequence[np.ndarray], ratio: float, round_to: int | No
         raise UserInputError(f"pruning ratio must be in (0, 1), got {ratio}")
     normed = [_normalise(np.asarray(s, dtype=np.float64)) if normalize else np.asarray(s, dtype=np.float64)
               for s in scores]
-    total = sum(len(s) for s in normed)
-    n_remove = int(round(total * ratio))
     flat = np.concatenate(normed)
-    threshold = np.sort(flat)[n_remove - 1] if n_remove > 0 else -np.inf
+    owner = np.concatenate([np.full(len(s), i) for i, s in enumerate(normed)])
+    n_remove = int(round(len(flat) * ratio))
+    # exactly n_remove lowest scores go; ties broken by position, so equal scores are not all removed together
+    removed = np.argsort(flat, kind="stable")[:n_remove]
+    lost = np.bincount(owner[removed], minlength=len(normed))
     counts = []
-    for s in normed:
-        survivors = int(np.sum(s > threshold))
+    for i, s in enumerate(normed):
         floor = min_keep(len(s), round_to, min_ratio)
-        counts.append(round_channels(survivors, len(s), round_to, floor))
+        counts.append(round_channels(len(s) - int(lost[i]), len(s), round_to, floor))
     return counts
 
 

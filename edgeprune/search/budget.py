@@ -5,8 +5,9 @@ group, dropping it to its next lower allowed count (multiples of the target's ch
 multiple); the step's cost is the importance it removes (the sum of the dropped channels'
 scores, lowest first) and its gain the predicted latency it saves, read from the measured
 table. The step with the least importance lost per millisecond saved is taken. A drop
-that saves nothing (a flat stretch of the runtime's staircase) is never taken on its own;
-when no single drop saves time, two-step drops are tried, so plateaus can be crossed.
+that saves nothing (a flat stretch of the runtime's staircase) is never taken on its own:
+each group's candidate is its smallest drop that reaches the next lower step of the
+staircase, so plateaus are crossed whole and a model never stops mid-plateau.
 
 Invariants: the returned counts' predicted latency is <= the budget; every group keeps at
 least its minimum; an unreachable budget raises ``BudgetError`` naming the fastest
@@ -50,21 +51,20 @@ def _allowed(width: int, multiple: int, floor: int) -> list[int]:
     return [c for c in channel_grid(width, multiple) if c >= floor] or [width]
 
 
-def _best_step(predictor, counts, allowed, ranked, current, depth):
+def _best_step(predictor, counts, allowed, ranked, current):
+    """For each group, the smallest drop that saves predicted time; the cheapest of those."""
     best = None
     for g, options in enumerate(allowed):
         idx = options.index(counts[g])
-        if idx - depth < 0:
-            continue
-        trial = list(counts)
-        trial[g] = options[idx - depth]
-        saved = current - predictor.predict(trial)
-        if saved <= 1e-9:
-            continue
-        lost = float(ranked[g][trial[g]:counts[g]].sum())
-        cost = lost / saved
-        if best is None or cost < best[0]:
-            best = (cost, g, trial, saved, lost)
+        for lower in range(idx - 1, -1, -1):
+            trial = list(counts)
+            trial[g] = options[lower]
+            saved = current - predictor.predict(trial)
+            if saved > 1e-9:
+                lost = float(ranked[g][trial[g]:counts[g]].sum())
+                if best is None or lost / saved < best[0]:
+                    best = (lost / saved, g, trial, saved, lost)
+                break
     return best
 
 
@@ -77,8 +77,7 @@ def search_counts(predictor, widths: Sequence[int], scores: Sequence[np.ndarray]
     current = predictor.predict(counts)
     trace = [{"step": 0, "predicted_ms": current}]
     while current > budget_ms:
-        step = _best_step(predictor, counts, allowed, ranked, current, 1) or \
-            _best_step(predictor, counts, allowed, ranked, current, 2)
+        step = _best_step(predictor, counts, allowed, ranked, current)
         if step is None:
             raise BudgetError(f"latency budget {budget_ms:.3f} ms cannot be met: the fastest model this search "
                               f"reaches is predicted at {current:.3f} ms",

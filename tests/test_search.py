@@ -1,0 +1,128 @@
+"""Latency tables (real, cached), the predictor, and the budget search's guarantees."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from edgeprune.measure.lut import LayerSig, SigTable, channel_grid, micro_onnx
+from edgeprune.measure.lut_build import build_table
+from edgeprune.measure.predictor import Predictor
+from edgeprune.profiles import load_profile
+from edgeprune.prune.graph import PruneGraph
+from edgeprune.search.budget import BudgetError, search_counts
+from edgeprune.search.plan import build_plan, table_requests
+from tests.conftest import make_tiny_cnn
+
+EXAMPLE = torch.zeros(1, 1, 28, 28)
+
+
+@pytest.fixture(scope="module")
+def tiny_plan():
+    graph = PruneGraph(make_tiny_cnn(), EXAMPLE)
+    return graph, build_plan(graph)
+
+
+@pytest.fixture(scope="module")
+def real_table(tmp_path_factory, tiny_plan):
+    cache = tmp_path_factory.mktemp("lutcache")
+    table = build_table(load_profile("onnxruntime"), table_requests(tiny_plan[1]), precision="fp32",
+                        threads=1, rounds=2, cache_dir=cache, progress=False)
+    return table, cache
+
+
+def test_plan_maps_every_layer_to_its_groups(tiny_plan):
+    graph, plan = tiny_plan
+    assert [layer.name for layer in plan] == ["conv1", "conv2", "conv3", "fc"]
+    full = [g.channels for g in graph.groups]
+    assert [layer.channels(full) for layer in plan] == [(1, 16), (16, 16), (16, 32), (32, 10)]
+    assert plan[0].in_group is None and plan[-1].out_group is None
+
+
+def test_table_is_measured_then_reused_from_cache(real_table, tiny_plan):
+    table, cache = real_table
+    assert table["meta"]["rows_measured"] == 3 and table["meta"]["points_measured"] > 0
+    assert all(v > 0 for row in table["rows"].values() for line in row.ms for v in line)
+    again = build_table(load_profile("onnxruntime"), table_requests(tiny_plan[1]), precision="fp32",
+                        threads=1, rounds=2, cache_dir=cache, progress=False)
+    assert again["meta"]["rows_measured"] == 0 and again["meta"]["rows_from_cache"] == 3
+    assert {k: r.ms for k, r in again["rows"].items()} == {k: r.ms for k, r in table["rows"].items()}
+    # a different thread count is a different table: nothing reused
+    other = build_table(load_profile("onnxruntime"), table_requests(tiny_plan[1])[-1:], precision="fp32",
+                        threads=2, rounds=1, cache_dir=cache, progress=False)
+    assert other["meta"]["rows_measured"] == 1
+
+
+def test_lookup_hits_grid_and_interpolates_inputs():
+    sig = LayerSig("conv", (3, 3), (1, 1), (1, 1), (8, 8))
+    row = SigTable(sig, [8, 24], [8, 16, 24], [[1.0, 2.0, 3.0], [3.0, 4.0, 5.0]])
+    assert row.lookup(8, 16) == 2.0 and row.lookup(24, 24) == 5.0
+    assert row.lookup(16, 8) == pytest.approx(2.0)  # halfway between in=8 and in=24
+    with pytest.raises(KeyError):
+        row.lookup(8, 12)  # off the out-channel grid
+    assert channel_grid(20, 8) == [8, 16, 20]
+
+
+def test_micro_model_runs(tmp_path):
+    import onnxruntime as ort
+
+    path = micro_onnx(LayerSig("depthwise", (3, 3), (2, 2), (1, 1), (14, 14)), 24, 24, tmp_path / "m.onnx")
+    out = ort.InferenceSession(str(path)).run(None, {"x": np.ones((1, 24, 14, 14), np.float32)})[0]
+    assert out.shape == (1, 24, 7, 7) and (out >= 0).all()
+
+
+def _staircase_predictor(plan):
+    """A synthetic table with a staircase of step 8 on every layer (channel multiple 4)."""
+    grids: dict = {}
+    for layer in plan:
+        ins, outs = grids.setdefault(layer.sig, (set(), set()))
+        ins.update(channel_grid(layer.in_c, 4), {layer.in_c})
+        outs.update(channel_grid(layer.out_c, 4))
+    rows = {}
+    for sig, (ins, outs) in grids.items():
+        ins, outs = sorted(ins), sorted(outs)
+        ms = [[0.01 * ((i + 7) // 8) * ((o + 7) // 8) for o in outs] for i in ins]
+        rows[sig.key()] = SigTable(sig, ins, outs, ms)
+    return Predictor(rows, plan)
+
+
+@pytest.mark.parametrize("share", [0.95, 0.8, 0.6, 0.45, 0.3])
+def test_search_never_exceeds_predicted_budget(tiny_plan, share):
+    graph, plan = tiny_plan
+    pred = _staircase_predictor(plan)
+    widths = [g.channels for g in graph.groups]
+    rng = np.random.default_rng(1)
+    budget = share * pred.predict(widths)
+    found = search_counts(pred, widths, [rng.random(w) for w in widths], budget, 4, [4] * len(widths))
+    assert found.predicted_ms <= budget + 1e-12
+    assert pred.predict(found.counts) == pytest.approx(found.predicted_ms)
+    assert all(c % 4 == 0 and c >= 4 for c in found.counts)
+
+
+def test_search_uses_the_staircase(tiny_plan):
+    """On a step-8 staircase, 4 channels cost as much as 8: the search never stops mid-step."""
+    graph, plan = tiny_plan
+    pred = _staircase_predictor(plan)
+    widths = [g.channels for g in graph.groups]
+    for share in (0.8, 0.5, 0.3):
+        found = search_counts(pred, widths, [np.ones(w) for w in widths], share * pred.predict(widths), 4, [4] * 2)
+        assert all(c % 8 == 0 for c in found.counts), found.counts
+
+
+def test_impossible_budget_is_a_clear_error(tiny_plan):
+    graph, plan = tiny_plan
+    pred = _staircase_predictor(plan)
+    widths = [g.channels for g in graph.groups]
+    with pytest.raises(BudgetError, match="cannot be met"):
+        search_counts(pred, widths, [np.ones(w) for w in widths], 1e-6, 4, [4] * len(widths))
+
+
+def test_predictor_calibration_fits_a_line(tiny_plan, real_table):
+    graph, plan = tiny_plan
+    pred = Predictor(real_table[0]["rows"], plan)
+    full = [g.channels for g in graph.groups]
+    half = [8 for _ in full]
+    raw_full, raw_half = pred.raw_ms(full), pred.raw_ms(half)
+    fit = pred.calibrate([(full, 2 * raw_full + 0.1), (half, 2 * raw_half + 0.1)])
+    assert fit["scale"] == pytest.approx(2.0) and fit["offset_ms"] == pytest.approx(0.1)
+    assert pred.predict(full) == pytest.approx(2 * raw_full + 0.1)
