@@ -11,7 +11,7 @@ Invariants:
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,8 @@ class BuildConfig:
     seed: int = 0
     budget: str | None = None  # "8" / "8ms" (milliseconds) or "0.5x" (share of the baseline)
     budget_attempts: int = 3
+    flops_target: float | None = None  # keep at most this share of MACs (methods that iterate, e.g. gate)
+    method_options: dict[str, Any] = field(default_factory=dict)
 
 
 def _validate(cfg: BuildConfig) -> dict[str, Any]:
@@ -100,7 +102,7 @@ def _describe_model(model, input_shape, accuracy: float | None) -> dict[str, Any
     return {"accuracy": accuracy, "flops": macs, "params": params}
 
 
-def _prune_and_finetune(cfg: BuildConfig, ctx: dict[str, Any], steps: Steps) -> dict[str, Any]:
+def prune_and_finetune(cfg: BuildConfig, ctx: dict[str, Any], steps: Steps) -> dict[str, Any]:
     model, train_ds, test_ds = ctx["model"], ctx["train_ds"], ctx["test_ds"]
     steps.start("evaluating the baseline")
     base_acc = evaluate(model, test_ds, progress=cfg.progress, limit=cfg.eval_limit)
@@ -110,13 +112,14 @@ def _prune_and_finetune(cfg: BuildConfig, ctx: dict[str, Any], steps: Steps) -> 
     if cfg.budget:
         steps.start(f"hardware-aware search ({cfg.method} scores) for budget {cfg.budget} on {ctx['profile']['name']}")
         pctx = PruneContext(example_inputs=example, round_to=ctx["round_to"], train_ds=train_ds,
-                            progress=cfg.progress, seed=cfg.seed, options={"method": cfg.method})
+                            progress=cfg.progress, seed=cfg.seed, options={"method": cfg.method, **cfg.method_options})
         result, search = prune_to_budget(model, example, ctx["profile"], cfg.budget, cfg.method, pctx,
                                          ctx["threads"], ctx["calib"], cfg.budget_attempts, cfg.progress)
     else:
         steps.start(f"pruning ({cfg.method}, ratio {cfg.ratio}, channels rounded to {ctx['round_to']})")
         result = prune_model(model, example, cfg.method, cfg.ratio, ctx["round_to"], train_ds=train_ds,
-                             progress=cfg.progress, seed=cfg.seed)
+                             progress=cfg.progress, seed=cfg.seed, flops_target=cfg.flops_target,
+                             **cfg.method_options)
     pruned = result.model
     acc_before = evaluate(pruned, test_ds, progress=cfg.progress, limit=cfg.eval_limit)
     steps.done(f"{result.summary()['channels_before']} -> {result.summary()['channels_after']} channels, "
@@ -171,10 +174,8 @@ def _entry(desc: dict, row: dict, meas: dict, profile: dict) -> dict[str, Any]:
             "onnx": row["onnx"], "parity": row["parity"], "inspect": row.get("inspect")}
 
 
-def run_build(cfg: BuildConfig) -> dict[str, Any]:
-    """Run the whole build; returns the report (also written to ``cfg.out``)."""
-    started = time.time()
-    steps = Steps(7, quiet=not cfg.progress)
+def prepare(cfg: BuildConfig, steps: Steps) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Validate everything and load data and model: (profile, context, model spec)."""
     steps.start(f"checking inputs (target {cfg.target})")
     profile = _validate(cfg)
     torch.manual_seed(cfg.seed)
@@ -191,8 +192,17 @@ def run_build(cfg: BuildConfig) -> dict[str, Any]:
            "calib": calibration_batch(train_ds, cfg.calib, seed=cfg.seed) if profile["precision"] == "int8" else None}
     steps.done(f"{spec.get('name')} on {train_ds.name} {list(ctx['input_shape'])}, "
                f"{profile['runtime']} {profile['precision']}, {ctx['threads']} thread(s)")
+    return profile, ctx, spec
+
+
+def run_build(cfg: BuildConfig) -> dict[str, Any]:
+    """Run the whole build; returns the report (also written to ``cfg.out``)."""
+    started = time.time()
+    steps = Steps(7, quiet=not cfg.progress)
+    profile, ctx, spec = prepare(cfg, steps)
+    model = ctx["model"]
     with staging_dir(cfg.out, must_contain="report.json") as stage:
-        pf = _prune_and_finetune(cfg, ctx, steps)
+        pf = prune_and_finetune(cfg, ctx, steps)
         rows = _deploy(stage, cfg, profile, ctx, {"baseline": model, "pruned": pf["pruned"]}, steps)
         meas = _measure(stage, cfg, ctx, rows, steps)
         report = _assemble(cfg, profile, ctx, spec, pf, rows, meas)

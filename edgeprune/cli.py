@@ -32,6 +32,27 @@ def _add_common_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars and step lines")
 
 
+def _method_option(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _add_method_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", default="l1",
+                   help="pruning method: l1, l2, random, taylor (first-order Taylor), slim (Network Slimming), "
+                        "gate (Gate Decorator), thinet (ThiNet). Default: %(default)s")
+    p.add_argument("--method-option", type=_method_option, action="append", default=[], metavar="KEY=VALUE",
+                   help="method-specific setting, repeatable, e.g. sparsity=1e-3 sparsity_epochs=2 (slim), "
+                        "tick_ratio=0.05 (gate), samples=2000 (thinet); see each method's module docstring")
+    p.add_argument("--flops-target", type=float,
+                   help="for iterative methods (gate): stop when the MACs are at most this share of the original")
+
+
 def _add_build(sub) -> None:
     p = sub.add_parser("build", help="prune, fine-tune, export, compile and measure on a target",
                        description="Prune a trained model, fine-tune it, export ONNX, compile the baseline and the "
@@ -42,7 +63,7 @@ def _add_build(sub) -> None:
     p.add_argument("--model", help="zoo model name (see 'edgeprune models') or package.module:factory")
     p.add_argument("--weights", help="checkpoint from 'edgeprune train', or a state_dict file")
     p.add_argument("--out", required=True, help="output folder (must not exist unless --force)")
-    p.add_argument("--method", default="l1", help="pruning method: l1, l2, random. Default: %(default)s")
+    _add_method_flags(p)
     p.add_argument("--ratio", type=float, default=0.5, help="share of prunable channels to remove, in (0,1). Default: %(default)s")
     p.add_argument("--budget-ms", dest="budget", metavar="MS",
                    help="latency budget on the target instead of --ratio: milliseconds (8, 8ms) or a share of the "
@@ -77,7 +98,8 @@ def _cmd_build(a: argparse.Namespace) -> int:
                       lr=a.lr, batch_size=a.batch_size, augment=a.augment, image_size=a.image_size, threads=a.threads, rounds=a.rounds,
                       min_seconds=a.min_seconds, eval_limit=a.eval_limit, force=a.force,
                       trust_checkpoint=a.trust_checkpoint, progress=not a.no_progress, budget=a.budget,
-                      budget_attempts=a.budget_attempts)
+                      budget_attempts=a.budget_attempts, flops_target=a.flops_target,
+                      method_options=dict(a.method_option))
     report = run_build(cfg)
     _emit_json(report, a.json)
     if a.json != "-":
@@ -229,7 +251,47 @@ def _cmd_lut(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: tuple[Callable, ...] = (_add_lut, _add_build, _add_bench, _add_train, _add_targets, _add_models)
+def _add_prune(sub) -> None:
+    p = sub.add_parser("prune", help="prune and fine-tune a model (no compile/measure)",
+                       description="Prune a trained model by --ratio, --flops-target or a latency --budget-ms on "
+                                   "--target, fine-tune it, and write OUT/pruned.pt and OUT/prune.json.")
+    p.add_argument("--model", help="zoo model name or package.module:factory")
+    p.add_argument("--weights", help="checkpoint from 'edgeprune train', or a state_dict file")
+    p.add_argument("--out", required=True, help="output folder (must not exist unless --force)")
+    p.add_argument("--target", default="local", help="target whose channel multiple (and latency, with --budget-ms) "
+                                                     "to prune for. Default: %(default)s")
+    _add_method_flags(p)
+    p.add_argument("--ratio", type=float, default=0.5, help="share of prunable channels to remove. Default: %(default)s")
+    p.add_argument("--budget-ms", dest="budget", metavar="MS", help="latency budget on --target (ms, or a share like 0.5x)")
+    p.add_argument("--round-to", type=int, help="channel multiple; default: the target's")
+    p.add_argument("--finetune-epochs", type=float, default=1.0)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--trust-checkpoint", action="store_true")
+    _add_common_data(p)
+    p.set_defaults(func=_cmd_prune)
+
+
+def _cmd_prune(a: argparse.Namespace) -> int:
+    from edgeprune.build import BuildConfig
+    from edgeprune.prune_cmd import run_prune
+
+    cfg = BuildConfig(target=a.target, data=a.data, out=a.out, model=a.model, weights=a.weights, method=a.method,
+                      ratio=a.ratio, round_to=a.round_to, finetune_epochs=a.finetune_epochs, lr=a.lr,
+                      image_size=a.image_size, threads=a.threads, force=a.force, trust_checkpoint=a.trust_checkpoint,
+                      progress=not a.no_progress, budget=a.budget, flops_target=a.flops_target,
+                      method_options=dict(a.method_option))
+    s = run_prune(cfg)
+    acc, flops = s["accuracy"], s["flops"]
+    print(f"{s['prune']['method']}: {s['prune']['channels_before']} -> {s['prune']['channels_after']} channels, "
+          f"MACs x{flops['pruned'] / flops['baseline']:.2f}, top-1 {acc['baseline']:.4f} -> "
+          f"{acc['before_finetune']:.4f} (pruned) -> {acc['after_finetune']:.4f} (fine-tuned); {a.out}/pruned.pt")
+    return 0
+
+
+COMMANDS: tuple[Callable, ...] = (_add_train, _add_prune, _add_build, _add_bench, _add_lut, _add_targets,
+                                  _add_models)
 
 
 def make_parser() -> argparse.ArgumentParser:
