@@ -46,15 +46,20 @@ def prune_to_budget(model: nn.Module, example: torch.Tensor, profile: dict[str, 
         raise UserInputError(f"budget {budget_ms:.3f} ms is not below the baseline's measured {hs.baseline_ms:.3f} ms",
                              "the unpruned model already meets it: no pruning needed")
     tries = []
+    target_ms = budget_ms  # what the search aims at by prediction; tightened after each miss
     for attempt in range(1, attempts + 1):
-        result, found = hs.search(pctx, method, budget_ms)
+        result, found = hs.search(pctx, method, target_ms)
         measured = hs.measure_model(result.model)
-        tries.append({"attempt": attempt, "predicted_ms": found.predicted_ms, "measured_ms": measured,
-                      "counts": found.counts, "retained_importance": found.retained_importance})
-        info(f"      attempt {attempt}: predicted {found.predicted_ms:.3f} ms, measured {measured:.3f} ms")
+        tries.append({"attempt": attempt, "search_target_ms": target_ms, "predicted_ms": found.predicted_ms,
+                      "measured_ms": measured, "counts": found.counts,
+                      "retained_importance": found.retained_importance})
+        info(f"      attempt {attempt}: aimed at {target_ms:.3f} ms, predicted {found.predicted_ms:.3f} ms, "
+             f"measured {measured:.3f} ms")
         if measured <= budget_ms:
             break
-        hs.add_measurement(found.counts, measured)  # the predictor learns from its miss, then we search again
+        # The predictor learns from its miss, and the next search aims lower by the share it missed by.
+        hs.add_measurement(found.counts, measured)
+        target_ms = min(target_ms, found.predicted_ms) * budget_ms / measured * 0.99
     else:
         raise GateFailed(f"budget {budget_ms:.3f} ms not met after {attempts} attempts: "
                          + "; ".join(f"predicted {t['predicted_ms']:.3f} / measured {t['measured_ms']:.3f} ms" for t in tries),
