@@ -58,8 +58,9 @@ def test_lookup_hits_grid_and_interpolates_inputs():
     row = SigTable(sig, [8, 24], [8, 16, 24], [[1.0, 2.0, 3.0], [3.0, 4.0, 5.0]])
     assert row.lookup(8, 16) == 2.0 and row.lookup(24, 24) == 5.0
     assert row.lookup(16, 8) == pytest.approx(2.0)  # halfway between in=8 and in=24
+    assert row.lookup(8, 12) == pytest.approx(1.5)  # between measured out-counts: linear
     with pytest.raises(KeyError):
-        row.lookup(8, 12)  # off the out-channel grid
+        row.lookup(8, 32)  # outside the measured range
     assert channel_grid(20, 8) == [8, 16, 20]
 
 

@@ -4,13 +4,14 @@ A layer *signature* fixes everything but the channel counts: kind (conv/depthwis
 kernel, stride, padding, input spatial size, whether a ReLU is fused. For each signature the
 table holds latency (ms) on a grid of (in, out) channel counts in steps of the target's
 channel multiple. Every out-channel step is measured (that is where runtimes' staircases
-are); in-channel steps are measured every ``in_stride`` steps and linearly interpolated in
-between (``meta.sampling`` says so). Depthwise layers have one axis (in = out).
+are) up to ``max_out_points`` per layer; wider layers are measured at evenly strided
+steps. In-channel steps are measured every ``in_stride`` steps. Between measured points
+latency is interpolated linearly (``meta.sampling`` says so). Depthwise layers have one axis.
 
 Micro-models are plain ONNX graphs (Conv [+ bias] [+ Relu], or Gemm) built with the onnx
 helper, so tables can be built where torch is absent (a device). Invariant: ``lookup`` at a
-measured grid point returns the measured value; between in-channel samples it interpolates
-linearly; outside the grid it raises ``KeyError`` (a search must stay on the grid).
+measured grid point returns the measured value; between samples it interpolates linearly;
+outside the measured range it raises ``KeyError``.
 """
 from __future__ import annotations
 
@@ -62,6 +63,14 @@ def sampled_inputs(grid: list[int], in_stride: int) -> list[int]:
     return picks
 
 
+def thin(grid: list[int], max_points: int) -> list[int]:
+    """At most ``max_points`` of ``grid``: all of it if short, else evenly strided with both ends kept."""
+    if len(grid) <= max_points:
+        return list(grid)
+    stride = -(-len(grid) // max_points)
+    return sampled_inputs(grid, stride)
+
+
 def micro_onnx(sig: LayerSig, in_c: int, out_c: int, path: Path) -> Path:
     """Write a one-layer ONNX model (batch 1, static shape) for ``sig`` at (in_c, out_c)."""
     import onnx
@@ -106,9 +115,17 @@ class SigTable:
     def lookup(self, in_c: int, out_c: int) -> float:
         if self.sig.kind == "depthwise":
             return self._interp_1d(self.ins, [self.ms[i][0] for i in range(len(self.ins))], in_c)
-        if out_c not in self.outs:
-            raise KeyError(f"{self.sig.key()}: out={out_c} is not on the grid {self.outs}")
-        j = self.outs.index(out_c)
+        if out_c in self.outs:
+            return self._column(self.outs.index(out_c), in_c)
+        # between two measured out-counts (wide layers are sampled sparsely): linear in out too
+        j = int(np.searchsorted(self.outs, out_c))
+        if j == 0 or j == len(self.outs):
+            raise KeyError(f"{self.sig.key()}: out={out_c} is outside the measured range {self.outs[0]}..{self.outs[-1]}")
+        lo, hi = self.outs[j - 1], self.outs[j]
+        w = (out_c - lo) / (hi - lo)
+        return (1 - w) * self._column(j - 1, in_c) + w * self._column(j, in_c)
+
+    def _column(self, j: int, in_c: int) -> float:
         col = [(self.ins[i], self.ms[i][j]) for i in range(len(self.ins)) if self.ms[i][j] is not None]
         return self._interp_1d([c for c, _ in col], [v for _, v in col], in_c)
 

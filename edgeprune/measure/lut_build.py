@@ -20,7 +20,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from edgeprune.errors import EdgepruneError
-from edgeprune.measure.lut import LayerSig, SigTable, cache_key, channel_grid, sampled_inputs
+from edgeprune.measure.lut import LayerSig, SigTable, cache_key, channel_grid, sampled_inputs, thin
+
+MAX_OUT_POINTS = 16  # per layer: every channel multiple up to this many, strided beyond
+MAX_IN_POINTS = 6
 from edgeprune.targets.base import write_json_atomic
 
 
@@ -56,10 +59,10 @@ def plan_points(sig: LayerSig, max_in: int, max_out: int, multiple: int, in_stri
                 fixed_ins: Iterable[int] = ()) -> tuple[list[int], list[int]]:
     """In- and out-channel counts to measure; ``fixed_ins`` are widths of layers whose input is not pruned."""
     if sig.kind == "depthwise":
-        grid = channel_grid(max_in, multiple)
+        grid = thin(channel_grid(max_in, multiple), MAX_OUT_POINTS)
         return grid, [grid[-1]]
-    ins = sorted(set(sampled_inputs(channel_grid(max_in, multiple), in_stride)) | set(fixed_ins))
-    return ins, channel_grid(max_out, multiple)
+    ins = thin(sampled_inputs(channel_grid(max_in, multiple), in_stride), MAX_IN_POINTS)
+    return sorted(set(ins) | set(fixed_ins)), thin(channel_grid(max_out, multiple), MAX_OUT_POINTS)
 
 
 def _measure_row(profile, precision, threads, sig, ins, outs, rounds, timeout_s) -> SigTable:
@@ -118,7 +121,8 @@ def build_table(profile: dict[str, Any], layers: Iterable[tuple], *, precision: 
         bar.close()
     meta = {**context, "channel_multiple": multiple, "in_stride": in_stride, "rounds": rounds,
             "statistic": "min over interleaved rounds of the per-round median",
-            "sampling": f"every out-channel multiple of {multiple} measured; in-channels every {in_stride} "
-                        "multiples, linear interpolation between", "cache_dir": str(cache),
+            "sampling": f"out-channels at every multiple of {multiple} (at most {MAX_OUT_POINTS} per layer, "
+                        f"evenly strided beyond); in-channels every {in_stride} multiples (at most {MAX_IN_POINTS}); "
+                        "linear interpolation between measured points", "cache_dir": str(cache),
             "rows_from_cache": hits, "rows_measured": len(widest) - hits, "points_measured": points}
     return {"meta": meta, "rows": rows}
