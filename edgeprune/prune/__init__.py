@@ -19,6 +19,10 @@ METHODS: dict[str, str] = {
     "l1": "edgeprune.prune.magnitude",
     "l2": "edgeprune.prune.magnitude",
     "random": "edgeprune.prune.magnitude",
+    "gate": "edgeprune.prune.gate",
+    "slim": "edgeprune.prune.slimming",
+    "taylor": "edgeprune.prune.taylor",
+    "thinet": "edgeprune.prune.thinet",
 }
 
 
