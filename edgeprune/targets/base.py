@@ -180,7 +180,11 @@ def onnx_input_shape(onnx_path: Path) -> list[int]:
     """Static input shape of a single-input ONNX model (without importing torch)."""
     import onnx
 
-    model = onnx.load(str(onnx_path), load_external_data=False)
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError and friends for non-ONNX bytes
+        raise UserInputError(f"{onnx_path} is not a readable ONNX model ({type(exc).__name__})",
+                             "pass an .onnx file exported with 'edgeprune build' or torch.onnx.export") from exc
     inits = {init.name for init in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
     if len(inputs) != 1:
