@@ -89,6 +89,11 @@ def _validate(cfg: BuildConfig) -> dict[str, Any]:
     return {**profile, "precision": precision}
 
 
+def channel_multiple(profile: dict[str, Any]) -> int:
+    """The profile's channel multiple for its chosen precision (e.g. ``int8_channel_multiple``), else the default."""
+    return int(profile.get(f"{profile['precision']}_channel_multiple", profile["channel_multiple"]))
+
+
 def _holdout(model, test_ds, n: int, seed: int) -> Holdout:
     n = min(n, len(test_ds))
     x = calibration_batch(test_ds, n, seed=seed)
@@ -187,7 +192,7 @@ def prepare(cfg: BuildConfig, steps: Steps) -> tuple[dict[str, Any], dict[str, A
         info("warning: no --weights given: pruning an untrained model, accuracies are meaningless")
     ctx = {"model": model, "train_ds": train_ds, "test_ds": test_ds,
            "input_shape": (1, train_ds.channels, train_ds.image_size, train_ds.image_size),
-           "round_to": cfg.round_to if cfg.round_to is not None else int(profile["channel_multiple"]),
+           "round_to": cfg.round_to if cfg.round_to is not None else channel_multiple(profile),
            "threads": resolve_threads(profile, cfg.threads), "profile": profile,
            "calib": calibration_batch(train_ds, cfg.calib, seed=cfg.seed) if profile["precision"] == "int8" else None}
     steps.done(f"{spec.get('name')} on {train_ds.name} {list(ctx['input_shape'])}, "

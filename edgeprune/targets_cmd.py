@@ -24,7 +24,8 @@ def list_targets() -> list[dict[str, Any]]:
         try:
             mod = get_runtime(prof["runtime"])
             ok, reason = mod.available()
-            row.update(available=ok, reason="" if ok else f"{reason}; pip install 'edgeprune[{mod.EXTRA}]'",
+            hint = f"; pip install 'edgeprune[{mod.EXTRA}]'" if mod.EXTRA else ""
+            row.update(available=ok, reason="" if ok else f"{reason}{hint}",
                        versions=mod.versions() if ok else {})
         except EdgepruneError as exc:
             row.update(available=False, reason=exc.one_line(), versions={})
