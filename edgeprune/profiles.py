@@ -2,7 +2,7 @@
 
 A profile names its runtime, the precisions it offers, the channel multiple
 pruning rounds to, the thread count and runtime options. A profile with a
-``[select]`` table is an alias resolved by ``platform.machine()``.
+``[select]`` table is an alias resolved by ``platform.machine()``; ``alias = "name"`` is a plain alias.
 Search order: ``$EDGEPRUNE_PROFILES`` (colon-separated folders), then the
 repository's ``deploy/targets``. A path to a ``.toml`` file is accepted as a target.
 Invariant: ``load_profile`` returns a dict with every key in ``REQUIRED`` set.
@@ -52,6 +52,12 @@ def load_profile(name: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise UserInputError(f"target profile {path} is not valid TOML: {exc}") from exc
+    if "alias" in data:
+        if data["alias"] in _seen:
+            raise UserInputError(f"target {name!r} is an alias loop")
+        resolved = load_profile(data["alias"], _seen + (name,))
+        resolved["selected_by"] = name
+        return resolved
     if "select" in data:
         machine = platform.machine()
         chosen = data["select"].get(machine)
