@@ -91,6 +91,34 @@ class Artifact:
         return cls(path, manifest)
 
 
+def open_artifact(artifact: "Artifact | str | os.PathLike", runtime: str) -> Artifact:
+    """The artifact at ``artifact``, checked to be ``runtime``'s and to hold every file its manifest lists."""
+    art = artifact if isinstance(artifact, Artifact) else Artifact.open(artifact)
+    other = str(art.manifest.get("runtime"))
+    if other != runtime:
+        def an(word: str) -> str:  # "an mnn", "an openvino", "a tensorrt": the names as spoken
+            return f"an {word}" if word[:1] in "aeioumn" else f"a {word}"
+        raise UserInputError(f"{art.path} is {an(other)} artifact, not {an(runtime)} one", "load it with its own runtime")
+    for role in art.manifest.get("files", {}):
+        if not art.file(role).is_file():
+            raise UserInputError(f"{art.file(role)} is missing from the artifact", "rebuild the artifact")
+    return art
+
+
+def check_request(onnx_path: Path, precision: str, calib_data: "np.ndarray | None", *, runtime: str,
+                  precisions: tuple[str, ...], min_calib: int | None = None) -> None:
+    """The checks every ``compile`` makes first: known precision, existing ONNX, enough int8 calibration data."""
+    if precision not in precisions:
+        raise UserInputError(f"unknown precision {precision!r} for {runtime}", f"choose one of: {', '.join(precisions)}")
+    if not Path(onnx_path).is_file():
+        raise UserInputError(f"ONNX file {onnx_path} does not exist", "export the model first")
+    if precision == "int8" and min_calib:
+        got = 0 if calib_data is None else len(calib_data)
+        if got < min_calib:
+            raise UserInputError(f"int8 needs at least {min_calib} calibration samples, got {got}",
+                                 "pass more calibration data or use --precision fp32")
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -52,7 +52,9 @@ import numpy as np
 
 from edgeprune.errors import CompileError, RuntimeUnavailable, UnsupportedPrecision, UserInputError
 from edgeprune.targets import mnn_tools as tools
-from edgeprune.targets.base import Artifact, onnx_input_shape, staging_dir, write_manifest
+from edgeprune.targets.base import (
+    Artifact, check_request, onnx_input_shape, open_artifact, staging_dir, write_manifest,
+)
 
 NAME = "mnn"
 EXTRA = "mnn"
@@ -230,15 +232,7 @@ def _report(model: Path, input_shape: list[int], outputs: list[str], mode: str) 
 
 # ----------------------------------------------------------------------------- protocol
 def _check_request(onnx_path: Path, precision: str, calib_data: np.ndarray | None) -> None:
-    if precision not in PRECISIONS:
-        raise UserInputError(f"unknown precision {precision!r} for mnn", f"choose one of: {', '.join(PRECISIONS)}")
-    if not onnx_path.is_file():
-        raise UserInputError(f"ONNX file {onnx_path} does not exist", "export the model first")
-    if precision == "int8":
-        got = 0 if calib_data is None else len(calib_data)
-        if got < MIN_CALIB_SAMPLES:
-            raise UserInputError(f"int8 needs at least {MIN_CALIB_SAMPLES} calibration samples, got {got}",
-                                 "pass more calibration data or use --precision fp32")
+    check_request(onnx_path, precision, calib_data, runtime=NAME, precisions=PRECISIONS, min_calib=MIN_CALIB_SAMPLES)
 
 
 def _onnx_outputs(onnx_path: Path) -> list[str]:
@@ -287,13 +281,7 @@ def compile(onnx_path: str | os.PathLike, precision: str, calib_data: np.ndarray
 
 
 def _open(artifact: Artifact | str | os.PathLike) -> Artifact:
-    art = artifact if isinstance(artifact, Artifact) else Artifact.open(artifact)
-    if art.manifest.get("runtime") != NAME:
-        raise UserInputError(f"{art.path} is a {art.manifest.get('runtime')} artifact, not an mnn one",
-                             "load it with its own runtime")
-    if not art.file("model").is_file():
-        raise UserInputError(f"{art.file('model')} is missing from the artifact", "rebuild the artifact")
-    return art
+    return open_artifact(artifact, NAME)
 
 
 def _mode(art: Artifact) -> str:

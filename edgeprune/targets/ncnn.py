@@ -61,7 +61,7 @@ import numpy as np
 
 from edgeprune.errors import CompileError, RuntimeUnavailable, UnsupportedPrecision, UserInputError
 from edgeprune.targets import ncnn_convert as conv
-from edgeprune.targets.base import Artifact, staging_dir, write_manifest
+from edgeprune.targets.base import Artifact, check_request, open_artifact, staging_dir, write_manifest
 from edgeprune.targets.ncnn_convert import BIN_FILE, PARAM_FILE
 from edgeprune.targets.ncnn_format import io_blobs, read_param, weight_storage, weights_precision
 
@@ -240,10 +240,7 @@ def _check_request(onnx_path: Path, precision: str) -> None:
     if precision == "int8":
         raise UnsupportedPrecision("ncnn int8 needs ncnn2table and ncnn2int8, which the ncnn wheel does not ship",
                                    "use fp32 or fp16 on ncnn, or an openvino/mnn/onnxruntime target for int8")
-    if precision not in PRECISIONS:
-        raise UserInputError(f"unknown precision {precision!r} for ncnn", f"choose one of: {', '.join(PRECISIONS)}")
-    if not onnx_path.is_file():
-        raise UserInputError(f"ONNX file {onnx_path} does not exist", "export the model first")
+    check_request(onnx_path, precision, None, runtime=NAME, precisions=PRECISIONS)
 
 
 def compile(onnx_path: str | os.PathLike, precision: str, calib_data: np.ndarray | None,
@@ -270,14 +267,7 @@ def compile(onnx_path: str | os.PathLike, precision: str, calib_data: np.ndarray
 
 # ----------------------------------------------------------------------------- artifacts
 def _open(artifact: Artifact | str | os.PathLike) -> Artifact:
-    art = artifact if isinstance(artifact, Artifact) else Artifact.open(artifact)
-    if art.manifest.get("runtime") != NAME:
-        raise UserInputError(f"{art.path} is a {art.manifest.get('runtime')} artifact, not an ncnn one",
-                             "load it with its own runtime")
-    for role in ("model", "weights"):
-        if not art.file(role).is_file():
-            raise UserInputError(f"{art.file(role)} is missing from the artifact", "rebuild the artifact")
-    return art
+    return open_artifact(artifact, NAME)
 
 
 def _flags(art: Artifact) -> dict[str, bool]:

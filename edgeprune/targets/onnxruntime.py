@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from edgeprune.errors import CompileError, RuntimeUnavailable, UnsupportedPrecision, UserInputError
-from edgeprune.targets.base import Artifact, staging_dir, write_manifest
+from edgeprune.targets.base import Artifact, check_request, open_artifact, staging_dir, write_manifest
 
 NAME = "onnxruntime"
 EXTRA = "onnxruntime"
@@ -94,16 +94,7 @@ def _opt_level(profile: dict[str, Any] | None) -> str:
 def _check_request(onnx_path: Path, precision: str, calib_data: np.ndarray | None) -> None:
     if precision == "fp16":
         raise UnsupportedPrecision("ONNX Runtime CPU has no fp16 kernels for this target; use fp32 or int8")
-    if precision not in PRECISIONS:
-        raise UserInputError(f"unknown precision {precision!r} for onnxruntime",
-                             f"choose one of: {', '.join(PRECISIONS)}")
-    if not onnx_path.is_file():
-        raise UserInputError(f"ONNX file {onnx_path} does not exist", "export the model first")
-    if precision == "int8":
-        got = 0 if calib_data is None else len(calib_data)
-        if got < MIN_CALIB_SAMPLES:
-            raise UserInputError(f"int8 needs at least {MIN_CALIB_SAMPLES} calibration samples, got {got}",
-                                 "pass more calibration data or use --precision fp32")
+    check_request(onnx_path, precision, calib_data, runtime=NAME, precisions=PRECISIONS, min_calib=MIN_CALIB_SAMPLES)
 
 
 def _read_onnx(onnx_path: Path):
@@ -228,13 +219,7 @@ def compile(onnx_path: str | os.PathLike, precision: str, calib_data: np.ndarray
 
 
 def _open(artifact: Artifact | str | os.PathLike) -> Artifact:
-    art = artifact if isinstance(artifact, Artifact) else Artifact.open(artifact)
-    if art.manifest.get("runtime") != NAME:
-        raise UserInputError(f"{art.path} is a {art.manifest.get('runtime')} artifact, not an onnxruntime one",
-                             "load it with its own runtime")
-    if not art.file("model").is_file():
-        raise UserInputError(f"{art.file('model')} is missing from the artifact", "rebuild the artifact")
-    return art
+    return open_artifact(artifact, NAME)
 
 
 def _artifact_level(art: Artifact) -> str:

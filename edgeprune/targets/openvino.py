@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from edgeprune.errors import CompileError, RuntimeUnavailable, UnsupportedPrecision, UserInputError
-from edgeprune.targets.base import Artifact, staging_dir, write_manifest
+from edgeprune.targets.base import Artifact, check_request, open_artifact, staging_dir, write_manifest
 
 NAME = "openvino"
 EXTRA = "openvino"
@@ -100,15 +100,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _check_request(onnx_path: Path, precision: str, calib_data: np.ndarray | None) -> None:
-    if precision not in PRECISIONS:
-        raise UserInputError(f"unknown precision {precision!r} for openvino", f"choose one of: {', '.join(PRECISIONS)}")
-    if not onnx_path.is_file():
-        raise UserInputError(f"ONNX file {onnx_path} does not exist", "export the model first")
-    if precision == "int8":
-        got = 0 if calib_data is None else len(calib_data)
-        if got < MIN_CALIB_SAMPLES:
-            raise UserInputError(f"int8 needs at least {MIN_CALIB_SAMPLES} calibration samples, got {got}",
-                                 "pass more calibration data or use --precision fp32")
+    check_request(onnx_path, precision, calib_data, runtime=NAME, precisions=PRECISIONS, min_calib=MIN_CALIB_SAMPLES)
 
 
 def _device_options(profile: dict[str, Any] | None) -> tuple[str, str]:
@@ -259,14 +251,7 @@ def compile(onnx_path: str | os.PathLike, precision: str, calib_data: np.ndarray
 
 
 def _open(artifact: Artifact | str | os.PathLike) -> Artifact:
-    art = artifact if isinstance(artifact, Artifact) else Artifact.open(artifact)
-    if art.manifest.get("runtime") != NAME:
-        raise UserInputError(f"{art.path} is a {art.manifest.get('runtime')} artifact, not an openvino one",
-                             "load it with its own runtime")
-    for role in ("model", "weights"):
-        if not art.file(role).is_file():
-            raise UserInputError(f"{art.file(role)} is missing from the artifact", "rebuild the artifact")
-    return art
+    return open_artifact(artifact, NAME)
 
 
 def _inference_hint(art: Artifact) -> str:

@@ -39,7 +39,9 @@ from edgeprune.errors import CompileError, RuntimeUnavailable, UnsupportedPrecis
 from edgeprune.targets import tensorrt_build as build
 from edgeprune.targets import tensorrt_inspect as trt_inspect
 from edgeprune.targets import tensorrt_runner as runner
-from edgeprune.targets.base import Artifact, onnx_input_shape, sha256_file, staging_dir, write_manifest
+from edgeprune.targets.base import (
+    Artifact, check_request, onnx_input_shape, open_artifact, sha256_file, staging_dir, write_manifest,
+)
 
 NAME = "tensorrt"
 EXTRA = None  # never a pip extra: TensorRT comes from JetPack or NVIDIA's wheels
@@ -121,10 +123,7 @@ def _trt():
 
 
 def _check_request(onnx_path: Path, precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise UserInputError(f"unknown precision {precision!r} for tensorrt", f"choose one of: {', '.join(PRECISIONS)}")
-    if not onnx_path.is_file():
-        raise UserInputError(f"ONNX file {onnx_path} does not exist", "export the model first")
+    check_request(onnx_path, precision, None, runtime=NAME, precisions=PRECISIONS)
 
 
 def _inspect_engine(trt, logger, engine_bytes: bytes) -> dict[str, Any]:
@@ -207,13 +206,7 @@ def engine_mismatch(manifest_options: dict[str, Any], tensorrt_version: str, dev
 
 
 def _open(artifact: Artifact | str | os.PathLike) -> Artifact:
-    art = artifact if isinstance(artifact, Artifact) else Artifact.open(artifact)
-    if art.manifest.get("runtime") != NAME:
-        raise UserInputError(f"{art.path} is a {art.manifest.get('runtime')} artifact, not a tensorrt one",
-                             "load it with its own runtime")
-    if not art.file("model").is_file():
-        raise UserInputError(f"{art.file('model')} is missing from the artifact", "rebuild the artifact")
-    return art
+    return open_artifact(artifact, NAME)
 
 
 def _device_index(art: Artifact) -> int:
