@@ -53,6 +53,13 @@ def _add_method_flags(p: argparse.ArgumentParser) -> None:
                    help="for iterative methods (gate): stop when the MACs are at most this share of the original")
 
 
+def _add_sample_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--holdout-images", type=int, default=500,
+                   help="held-out test images for the parity/accuracy gates. Default: %(default)s")
+    p.add_argument("--calib-images", type=int, default=300,
+                   help="training images for int8 calibration. Default: %(default)s")
+
+
 def _add_build(sub) -> None:
     p = sub.add_parser("build", help="prune, fine-tune, export, compile and measure on a target",
                        description="Prune a trained model, fine-tune it, export ONNX, compile the baseline and the "
@@ -81,6 +88,7 @@ def _add_build(sub) -> None:
     p.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds per model. Default: %(default)s")
     p.add_argument("--min-seconds", type=float, default=2.0, help="minimum timed seconds per measurement. Default: %(default)s")
     p.add_argument("--eval-limit", type=int, help="evaluate accuracy on the first N test images only")
+    _add_sample_flags(p)
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="load --weights with full pickle (runs code from the file: only for files you trust)")
@@ -99,7 +107,7 @@ def _cmd_build(a: argparse.Namespace) -> int:
                       min_seconds=a.min_seconds, eval_limit=a.eval_limit, force=a.force,
                       trust_checkpoint=a.trust_checkpoint, progress=not a.no_progress, budget=a.budget,
                       budget_attempts=a.budget_attempts, flops_target=a.flops_target,
-                      method_options=dict(a.method_option))
+                      method_options=dict(a.method_option), holdout=a.holdout_images, calib=a.calib_images)
     report = run_build(cfg)
     _emit_json(report, a.json)
     if a.json != "-":
@@ -190,6 +198,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds. Default: %(default)s")
     p.add_argument("--min-seconds", type=float, default=2.0)
     p.add_argument("--out", help="keep the artifacts, bench.json/md/csv in this folder")
+    _add_sample_flags(p)
     p.add_argument("--json", metavar="FILE", help="write the results as JSON ('-' for stdout)")
     p.add_argument("--csv", metavar="FILE", help="write the table as CSV")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
@@ -208,7 +217,7 @@ def _cmd_bench(a: argparse.Namespace) -> int:
     cfg = BenchConfig(model=a.model, targets=[t for t in a.targets.split(",") if t],
                       precisions=[p for p in a.precisions.split(",") if p], data=a.data, out=a.out,
                       threads=a.threads, rounds=a.rounds, min_seconds=a.min_seconds, force=a.force,
-                      progress=not a.no_progress)
+                      progress=not a.no_progress, holdout=a.holdout_images, calib=a.calib_images)
     report = run_bench(cfg)
     _emit_json(report, a.json)
     if a.csv:
