@@ -11,7 +11,7 @@ Invariants:
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,7 @@ class BuildConfig:
     seed: int = 0
     budget: str | None = None  # "8" / "8ms" (milliseconds) or "0.5x" (share of the baseline)
     budget_attempts: int = 3
+    device: Any = None  # a connected edgeprune.remote.RemoteDevice: compile and measure there
     flops_target: float | None = None  # keep at most this share of MACs (methods that iterate, e.g. gate)
     method_options: dict[str, Any] = field(default_factory=dict)
 
@@ -84,6 +85,9 @@ def _validate(cfg: BuildConfig) -> dict[str, Any]:
         raise UserInputError(f"--finetune-epochs must be >= 0, got {cfg.finetune_epochs}")
     if cfg.budget is not None:
         parse_budget(cfg.budget)
+        if cfg.device is not None:
+            raise UserInputError("--budget-ms does not run against a remote --device yet",
+                                 "run edgeprune on the device itself, or prune by --ratio for the remote build")
     if cfg.weights is not None and not Path(cfg.weights).is_file():
         raise UserInputError(f"weights file not found: {cfg.weights}", "pass the checkpoint written by 'edgeprune train'")
     return {**profile, "precision": precision}
@@ -150,8 +154,14 @@ def _deploy(stage: Path, cfg: BuildConfig, profile: dict[str, Any], ctx: dict[st
         holdout = _holdout(model, ctx["test_ds"], cfg.holdout, cfg.seed)
         onnx_path = stage / "onnx" / f"{name}.onnx"
         exported = export_onnx(model, ctx["input_shape"], onnx_path, check_inputs=holdout.x[:32])
-        row = compile_checked(onnx_path, profile, profile["precision"], stage / "artifacts" / name,
-                              holdout, calib, ctx["threads"])
+        if ctx.get("device") is not None:
+            from edgeprune.remote.cli_glue import remote_compile_checked
+
+            row = remote_compile_checked(ctx["device"], onnx_path, profile, profile["precision"],
+                                         stage / "artifacts" / name, holdout, calib, _settings(cfg, ctx), measure=False)
+        else:
+            row = compile_checked(onnx_path, profile, profile["precision"], stage / "artifacts" / name,
+                                  holdout, calib, ctx["threads"])
         row["onnx"] = {**exported, "path": str(onnx_path.relative_to(stage))}
         if row["status"] != "ok":
             raise GateFailed(f"{name} model: {row['status']} on {profile['name']} {profile['precision']}: {row['reason']}")
@@ -161,11 +171,21 @@ def _deploy(stage: Path, cfg: BuildConfig, profile: dict[str, Any], ctx: dict[st
     return rows
 
 
+def _settings(cfg: BuildConfig, ctx: dict[str, Any]) -> MeasureSettings:
+    return MeasureSettings(threads=ctx["threads"], warmup_s=cfg.warmup_s, min_seconds=cfg.min_seconds)
+
+
 def _measure(stage: Path, cfg: BuildConfig, ctx: dict[str, Any], rows: dict[str, dict], steps: Steps) -> dict:
-    settings = MeasureSettings(threads=ctx["threads"], warmup_s=cfg.warmup_s, min_seconds=cfg.min_seconds)
-    steps.start(f"measuring latency: {cfg.rounds} interleaved rounds, {ctx['threads']} thread(s), fresh process each")
-    results = measure_interleaved({n: stage / r["artifact"] for n, r in rows.items()}, settings,
-                                  rounds=cfg.rounds, progress=cfg.progress)
+    where = f"on {ctx['device'].label}" if ctx.get("device") is not None else "here"
+    steps.start(f"measuring latency {where}: {cfg.rounds} interleaved rounds, {ctx['threads']} thread(s), "
+                "fresh process each")
+    artifacts = {n: stage / r["artifact"] for n, r in rows.items()}
+    if ctx.get("device") is not None:
+        from edgeprune.remote.remote_target import remote_measure_interleaved
+
+        results = remote_measure_interleaved(ctx["device"], artifacts, _settings(cfg, ctx), cfg.rounds)
+    else:
+        results = measure_interleaved(artifacts, _settings(cfg, ctx), rounds=cfg.rounds, progress=cfg.progress)
     steps.done(", ".join(f"{n} p50 {r['latency']['p50_ms']:.3f} ms" for n, r in results.items()))
     return results
 
@@ -193,7 +213,7 @@ def prepare(cfg: BuildConfig, steps: Steps) -> tuple[dict[str, Any], dict[str, A
     ctx = {"model": model, "train_ds": train_ds, "test_ds": test_ds,
            "input_shape": (1, train_ds.channels, train_ds.image_size, train_ds.image_size),
            "round_to": cfg.round_to if cfg.round_to is not None else channel_multiple(profile),
-           "threads": resolve_threads(profile, cfg.threads), "profile": profile,
+           "threads": resolve_threads(profile, cfg.threads), "profile": profile, "device": cfg.device,
            "calib": calibration_batch(train_ds, cfg.calib, seed=cfg.seed) if profile["precision"] == "int8" else None}
     steps.done(f"{spec.get('name')} on {train_ds.name} {list(ctx['input_shape'])}, "
                f"{profile['runtime']} {profile['precision']}, {ctx['threads']} thread(s)")
@@ -237,7 +257,8 @@ def _assemble(cfg, profile, ctx, spec, pf, rows, meas) -> dict[str, Any]:
     return {
         "edgeprune_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "config": asdict(cfg),
+        "config": {**{f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name != "device"},
+                   "device": cfg.device.label if cfg.device is not None else None},
         "target": {"name": profile["name"], "runtime": profile["runtime"], "precision": profile["precision"],
                    "threads": ctx["threads"], "channel_multiple": profile["channel_multiple"]},
         "model": {"spec": spec, "input_shape": list(shape)},

@@ -7,6 +7,7 @@ results go to stdout, progress to stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from typing import Callable, Sequence
@@ -94,6 +95,9 @@ def _add_build(sub) -> None:
                    help="load --weights with full pickle (runs code from the file: only for files you trust)")
     p.add_argument("--json", metavar="FILE", help="also write the report JSON to FILE ('-' for stdout)")
     _add_common_data(p)
+    from edgeprune.remote.cli_glue import add_device_arguments
+
+    add_device_arguments(p)
     p.set_defaults(func=_cmd_build)
 
 
@@ -108,7 +112,9 @@ def _cmd_build(a: argparse.Namespace) -> int:
                       trust_checkpoint=a.trust_checkpoint, progress=not a.no_progress, budget=a.budget,
                       budget_attempts=a.budget_attempts, flops_target=a.flops_target,
                       method_options=dict(a.method_option), holdout=a.holdout_images, calib=a.calib_images)
-    report = run_build(cfg)
+    with _one_device(a, cfg.target) as device:
+        cfg.device = device
+        report = run_build(cfg)
     _emit_json(report, a.json)
     if a.json != "-":
         print(summary_table(report))
@@ -116,6 +122,24 @@ def _cmd_build(a: argparse.Namespace) -> int:
         print(verdict(report))
         print(f"report: {a.out}/report.md, {a.out}/report.json")
     return 0
+
+
+@contextlib.contextmanager
+def _one_device(a: argparse.Namespace, target: str):
+    """The build's remote device (from --device or the profile's [device] table), connected, or None."""
+    from edgeprune.errors import UserInputError
+    from edgeprune.profiles import load_profile
+    from edgeprune.remote.cli_glue import devices_from_args
+
+    devices = devices_from_args(a, load_profile(target))
+    if len(devices) > 1:
+        raise UserInputError("build takes one --device", "compare several devices with 'edgeprune bench --device A --device B'")
+    device = devices[0] if devices else None
+    try:
+        yield device
+    finally:
+        if device is not None:
+            device.close()
 
 
 def _emit_json(data, dest: str | None) -> None:
@@ -299,8 +323,14 @@ def _cmd_prune(a: argparse.Namespace) -> int:
     return 0
 
 
+def _add_device_check(sub) -> None:
+    from edgeprune.remote.cli_glue import add_device_check
+
+    add_device_check(sub)
+
+
 COMMANDS: tuple[Callable, ...] = (_add_train, _add_prune, _add_build, _add_bench, _add_lut, _add_targets,
-                                  _add_models)
+                                  _add_models, _add_device_check)
 
 
 def make_parser() -> argparse.ArgumentParser:

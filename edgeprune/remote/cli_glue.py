@@ -123,7 +123,7 @@ def _row(result: Mapping[str, Any]) -> dict[str, Any]:
 
 def remote_compile_checked(device: RemoteDevice, onnx_path: Path, profile: Mapping[str, Any], precision: str,
                            out_dir: Path, holdout, calib: np.ndarray | None, settings: MeasureSettings,
-                           rounds: int = 3, gates: dict | None = None) -> dict[str, Any]:
+                           rounds: int = 3, gates: dict | None = None, measure: bool = True) -> dict[str, Any]:
     """``deploy_check.compile_checked`` on a device, plus the device's measurement when the gates pass.
 
     ``holdout`` is a ``deploy_check.Holdout`` (x, labels, PyTorch reference outputs).
@@ -131,7 +131,7 @@ def remote_compile_checked(device: RemoteDevice, onnx_path: Path, profile: Mappi
     gate = holdout_gate(holdout.reference, holdout.labels, precision, gates)
     try:
         result = remote_compile_and_measure(device, onnx_path, profile, precision, calib, holdout.x, settings,
-                                            rounds, out_dir, gate=gate, force=True)
+                                            rounds, out_dir, gate=gate, force=True, measure=measure)
     except EdgepruneError as exc:
         return {"device": device.label, "target": profile.get("name"), "runtime": profile.get("runtime"),
                 "precision": precision, "artifact": None, "status": failure_status(exc), "reason": exc.one_line(),
