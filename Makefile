@@ -9,8 +9,10 @@ setup:
 demo: setup
 	bash scripts/demo.sh
 
-test: setup
+test:
+	EDGEPRUNE_TEST_DEPS=1 bash scripts/setup.sh
 	$(VENV)/bin/pytest -q
 
-test-all: setup
+test-all:
+	EDGEPRUNE_TEST_DEPS=1 bash scripts/setup.sh
 	$(VENV)/bin/pytest -q -m "not tensorrt and not gpu"

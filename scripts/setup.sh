@@ -29,4 +29,15 @@ if [ "${EDGEPRUNE_SKIP_DATA:-0}" != "1" ] && [ ! -f "$FMNIST" ]; then
     echo "[setup] note: Fashion-MNIST not found at $FMNIST; run 'sudo apt-get install dataset-fashion-mnist' or pass --data PATH" >&2
   fi
 fi
+# The remote-device tests start a real sshd on 127.0.0.1 (they skip with a reason where it is missing).
+if [ "${EDGEPRUNE_TEST_DEPS:-0}" = "1" ] && [ ! -x /usr/sbin/sshd ]; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
+    echo "[setup] installing openssh-server for the remote-device tests"
+    (apt-get install -y -q openssh-server openssh-client >/dev/null 2>&1 ||
+     (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q openssh-server openssh-client >/dev/null 2>&1)) ||
+      echo "[setup] warning: could not install openssh-server; the remote-device tests will be skipped" >&2
+  else
+    echo "[setup] note: no /usr/sbin/sshd; the remote-device tests will be skipped (apt-get install openssh-server)" >&2
+  fi
+fi
 echo "[setup] ready: $VENV/bin/edgeprune"
