@@ -12,7 +12,7 @@ import contextlib
 import csv
 import io
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from edgeprune.profiles import load_profile, profile_names
 from edgeprune.targets.base import PRECISIONS, onnx_input_shape, staging_dir, write_json_atomic
 from edgeprune.ui import Steps, markdown_table
 
-COLUMNS = ["target", "runtime", "precision", "status", "size_mb", "accuracy", "top1_agreement",
+COLUMNS = ["device", "target", "runtime", "precision", "status", "size_mb", "accuracy", "top1_agreement",
            "p50_ms", "p90_ms", "throughput_ips", "peak_rss_mb", "reason"]
 
 
@@ -43,6 +43,7 @@ class BenchConfig:
     calib: int = 300
     force: bool = False
     progress: bool = True
+    devices: list[Any] = field(default_factory=list)  # connected RemoteDevices; empty = this machine
 
 
 def resolve_onnx(model: str) -> Path:
@@ -84,7 +85,7 @@ def _holdout(onnx_path: Path, cfg: BenchConfig, shape: list[int]) -> tuple[Holdo
 def _row(r: dict[str, Any]) -> dict[str, Any]:
     lat = (r.get("measurement") or {}).get("latency") or {}
     parity = r.get("parity") or {}
-    return {"target": r["target"], "runtime": r["runtime"], "precision": r["precision"], "status": r["status"],
+    return {"device": r.get("device") or "local", "target": r["target"], "runtime": r["runtime"], "precision": r["precision"], "status": r["status"],
             "size_mb": r.get("size_mb"), "accuracy": r.get("accuracy"), "top1_agreement": parity.get("top1_agreement"),
             "p50_ms": lat.get("p50_ms"), "p90_ms": lat.get("p90_ms"), "throughput_ips": lat.get("throughput_ips"),
             "peak_rss_mb": (r.get("measurement") or {}).get("peak_rss_mb"), "reason": r.get("reason", "")}
@@ -102,6 +103,38 @@ def bench_csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+def _bench_local(cfg, profiles, onnx_path, holdout, calib, settings, stage, steps) -> list[dict[str, Any]]:
+    steps.start(f"compiling {len(profiles) * len(cfg.precisions)} artifacts and checking parity")
+    results = []
+    for prof in profiles:
+        for prec in cfg.precisions:
+            key = f"{prof['name']}-{prec}"
+            results.append(compile_checked(onnx_path, prof, prec, stage / key, holdout, calib, cfg.threads))
+    steps.done(", ".join(f"{r['target']}/{r['precision']} {r['status']}" for r in results))
+    ok = {f"{r['target']}-{r['precision']}": r for r in results if r["status"] == "ok"}
+    steps.start(f"measuring {len(ok)} artifacts, {cfg.rounds} interleaved rounds, {cfg.threads} thread(s)")
+    measured = measure_interleaved({k: r["artifact"] for k, r in ok.items()}, settings,
+                                   rounds=cfg.rounds, progress=cfg.progress) if ok else {}
+    for key, m in measured.items():
+        ok[key]["measurement"] = m
+    steps.done()
+    return results
+
+
+def _bench_remote(cfg, profiles, onnx_path, holdout, calib, settings, stage, steps) -> list[dict[str, Any]]:
+    """Every target x precision compiled, gated and measured on every device (devices concurrently)."""
+    from edgeprune.remote.cli_glue import remote_bench_rows
+
+    steps.start(f"compiling and measuring on {len(cfg.devices)} device(s), {cfg.rounds} rounds each")
+    results = []
+    for prof in profiles:
+        for prec in cfg.precisions:
+            results += remote_bench_rows(cfg.devices, onnx_path, prof, prec, holdout, calib, settings,
+                                         cfg.rounds, stage / f"{prof['name']}-{prec}")
+    steps.done(", ".join(f"{r.get('device')} {r['target']}/{r['precision']} {r['status']}" for r in results))
+    return results
+
+
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     onnx_path = resolve_onnx(cfg.model)
     bad = [p for p in cfg.precisions if p not in PRECISIONS]
@@ -116,21 +149,11 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         out = cfg.out or stack.enter_context(tempfile.TemporaryDirectory(prefix="edgeprune-bench-")) + "/bench"
         stage = stack.enter_context(staging_dir(out, must_contain="bench.json"))
-        steps.start(f"compiling {len(profiles) * len(cfg.precisions)} artifacts and checking parity")
-        results = []
-        for prof in profiles:
-            for prec in cfg.precisions:
-                key = f"{prof['name']}-{prec}"
-                results.append(compile_checked(onnx_path, prof, prec, stage / key, holdout, calib, cfg.threads))
-        steps.done(", ".join(f"{r['target']}/{r['precision']} {r['status']}" for r in results))
-        ok = {f"{r['target']}-{r['precision']}": r for r in results if r["status"] == "ok"}
-        steps.start(f"measuring {len(ok)} artifacts, {cfg.rounds} interleaved rounds, {cfg.threads} thread(s)")
         settings = MeasureSettings(threads=cfg.threads, min_seconds=cfg.min_seconds)
-        measured = measure_interleaved({k: r["artifact"] for k, r in ok.items()}, settings,
-                                       rounds=cfg.rounds, progress=cfg.progress) if ok else {}
-        for key, m in measured.items():
-            ok[key]["measurement"] = m
-        steps.done()
+        if cfg.devices:
+            results = _bench_remote(cfg, profiles, onnx_path, holdout, calib, settings, stage, steps)
+        else:
+            results = _bench_local(cfg, profiles, onnx_path, holdout, calib, settings, stage, steps)
         rows = [_row(r) for r in results]
         for r in results:
             r["artifact"] = str(Path(r["artifact"]).relative_to(stage)) if r.get("artifact") else None

@@ -227,6 +227,9 @@ def _add_bench(sub) -> None:
     p.add_argument("--csv", metavar="FILE", help="write the table as CSV")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     _add_common_data(p)
+    from edgeprune.remote.cli_glue import add_device_arguments
+
+    add_device_arguments(p)
     p.set_defaults(func=_cmd_bench)
 
 
@@ -242,7 +245,14 @@ def _cmd_bench(a: argparse.Namespace) -> int:
                       precisions=[p for p in a.precisions.split(",") if p], data=a.data, out=a.out,
                       threads=a.threads, rounds=a.rounds, min_seconds=a.min_seconds, force=a.force,
                       progress=not a.no_progress, holdout=a.holdout_images, calib=a.calib_images)
-    report = run_bench(cfg)
+    from edgeprune.remote.cli_glue import devices_from_args
+
+    cfg.devices = devices_from_args(a)
+    try:
+        report = run_bench(cfg)
+    finally:
+        for device in cfg.devices:
+            device.close()
     _emit_json(report, a.json)
     if a.csv:
         Path(a.csv).write_text(bench_csv(report["rows"]))

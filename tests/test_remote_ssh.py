@@ -464,3 +464,24 @@ def test_remote_build_matches_local_build(sshd, tmp_path):
         # measured on the device, fresh process per round; agreement with local timings is a benchmark figure
         # (see the README), not a test assertion on this shared, noisy box
         assert remote[name]["latency"]["p50_ms"] > 0 and len(remote[name]["latency_rounds_p50_ms"]) == 2
+
+
+def test_bench_on_two_devices_gives_a_row_each(sshd, tiny_onnx, tmp_path, capsys):
+    from edgeprune.cli import main
+    from tests.conftest import MINI_FMNIST
+
+    ssh = ["--known-hosts", str(sshd.known_hosts), "--identity", str(sshd.client_key), "--device-python", sys.executable]
+    code = main(["bench", str(tiny_onnx), "--targets", "openvino", "--precisions", "fp32,fp16",
+                 "--data", f"fashion-mnist:{MINI_FMNIST}", "--rounds", "1", "--min-seconds", "0.1",
+                 "--device", sshd.spec(), "--device", f"ssh://{sshd.user}@127.0.0.1:{sshd.port}", *ssh,
+                 "--json", str(tmp_path / "b.json"), "--no-progress"])
+    assert code == 0
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert len(rows) == 4 and {r["device"] for r in rows} == {f"{sshd.user}@127.0.0.1:{sshd.port}"}
+    fp32 = [r for r in rows if r["precision"] == "fp32"]
+    assert all(r["status"] == "ok" and r["p50_ms"] > 0 for r in fp32)
+    from edgeprune.targets.openvino import device_capabilities
+
+    if "FP16" not in device_capabilities()["capabilities"]:
+        # fp16 on a CPU without native FP16 runs as bf16/f32 in OpenVINO: refused on the device, never measured
+        assert all(r["status"] == "unsupported" and r["p50_ms"] is None for r in rows if r["precision"] == "fp16")
