@@ -20,5 +20,5 @@ model = build_model("mobilenet_v2", num_classes=10, in_channels=3).eval()
 export_onnx(model, (1, 3, 224, 224), Path("runs/mobilenet_v2-224.onnx"))
 PY
 "$EP" bench runs/mobilenet_v2-224.onnx --targets openvino,ncnn,mnn,onnxruntime --precisions fp32,fp16,int8 \
-  --data fashion-mnist --threads 1 --rounds 3 --holdout-images 100 \
+  --data fashion-mnist --threads 1 --rounds 3 --holdout-images 100 --latency-only \
   --json "$OUT/runtimes-mobilenet_v2.json" --csv "$OUT/runtimes-mobilenet_v2.csv" | tee "$OUT/runtimes-mobilenet_v2.md"

@@ -225,6 +225,8 @@ def _add_bench(sub) -> None:
     _add_sample_flags(p)
     p.add_argument("--json", metavar="FILE", help="write the results as JSON ('-' for stdout)")
     p.add_argument("--csv", metavar="FILE", help="write the table as CSV")
+    p.add_argument("--latency-only", action="store_true",
+                   help="do not fail rows on the parity gates (for untrained models; parity numbers are still shown)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     _add_common_data(p)
     from edgeprune.remote.cli_glue import add_device_arguments
@@ -244,7 +246,8 @@ def _cmd_bench(a: argparse.Namespace) -> int:
     cfg = BenchConfig(model=a.model, targets=[t for t in a.targets.split(",") if t],
                       precisions=[p for p in a.precisions.split(",") if p], data=a.data, out=a.out,
                       threads=a.threads, rounds=a.rounds, min_seconds=a.min_seconds, force=a.force,
-                      progress=not a.no_progress, holdout=a.holdout_images, calib=a.calib_images)
+                      progress=not a.no_progress, holdout=a.holdout_images, calib=a.calib_images,
+                      latency_only=a.latency_only)
     from edgeprune.remote.cli_glue import devices_from_args
 
     cfg.devices = devices_from_args(a)

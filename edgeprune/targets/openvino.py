@@ -23,9 +23,11 @@ inside the functions that need them.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
 import os
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -156,8 +158,10 @@ def _quantize(model, items: list[np.ndarray]):
         raise RuntimeUnavailable("int8 for openvino needs nncf, which is not installed",
                                  f"install it with: pip install 'edgeprune[{EXTRA}]'") from exc
     try:
-        return nncf.quantize(model, nncf.Dataset(items), preset=nncf.QuantizationPreset.PERFORMANCE,
-                             subset_size=len(items))
+        # NNCF draws its progress bar on stdout; stdout carries results (tables, JSON), so send it to stderr.
+        with contextlib.redirect_stdout(sys.stderr):
+            return nncf.quantize(model, nncf.Dataset(items), preset=nncf.QuantizationPreset.PERFORMANCE,
+                                 subset_size=len(items))
     except Exception as exc:  # NNCF wraps many backend failures in different types
         raise CompileError(f"NNCF int8 quantization failed: {_one_line(exc)}", "try --precision fp32") from exc
 
