@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeprune.deploy_check import Holdout, compile_checked
+from edgeprune.deploy_check import Holdout, compile_checked, make_holdout
 from edgeprune.errors import UserInputError
 from edgeprune.measure.protocol import MeasureSettings, measure_interleaved
 from edgeprune.profiles import load_profile, profile_names
@@ -76,11 +76,8 @@ def _holdout(onnx_path: Path, cfg: BenchConfig, shape: list[int]) -> tuple[Holdo
 
     test = load_dataset(cfg.data, "test", image_size=shape[2], channels=shape[1])
     train = load_dataset(cfg.data, "train", image_size=shape[2], channels=shape[1])
-    n = min(cfg.holdout, len(test))
-    x = calibration_batch(test, n, seed=0)
-    idx = np.random.default_rng(0).permutation(len(test))[:n]
-    labels = np.array([int(test[int(i)][1]) for i in idx])
-    return Holdout(x, labels, onnx_outputs(onnx_path, x)), calibration_batch(train, cfg.calib, seed=1)
+    holdout = make_holdout(test, cfg.holdout, lambda x: onnx_outputs(onnx_path, x))
+    return holdout, calibration_batch(train, cfg.calib, seed=1)
 
 
 def _row(r: dict[str, Any]) -> dict[str, Any]:

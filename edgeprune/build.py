@@ -15,12 +15,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from edgeprune import __version__
 from edgeprune.data import calibration_batch, load_dataset
-from edgeprune.deploy_check import Holdout, compile_checked
+from edgeprune.deploy_check import compile_checked, make_holdout
 from edgeprune.errors import GateFailed, UserInputError
 from edgeprune.export import export_onnx, torch_outputs
 from edgeprune.loading import check_out_dir, check_ratio, count_flops_params, load_model
@@ -98,14 +97,6 @@ def channel_multiple(profile: dict[str, Any]) -> int:
     return int(profile.get(f"{profile['precision']}_channel_multiple", profile["channel_multiple"]))
 
 
-def _holdout(model, test_ds, n: int, seed: int) -> Holdout:
-    n = min(n, len(test_ds))
-    x = calibration_batch(test_ds, n, seed=seed)
-    idx = np.random.default_rng(seed).permutation(len(test_ds))[:n]
-    labels = np.array([int(test_ds[int(i)][1]) for i in idx])
-    return Holdout(x, labels, torch_outputs(model, x))
-
-
 def _describe_model(model, input_shape, accuracy: float | None) -> dict[str, Any]:
     macs, params = count_flops_params(model, input_shape)
     return {"accuracy": accuracy, "flops": macs, "params": params}
@@ -151,7 +142,7 @@ def _deploy(stage: Path, cfg: BuildConfig, profile: dict[str, Any], ctx: dict[st
     calib = ctx["calib"]
     rows = {}
     for name, model in models.items():
-        holdout = _holdout(model, ctx["test_ds"], cfg.holdout, cfg.seed)
+        holdout = make_holdout(ctx["test_ds"], cfg.holdout, lambda x, m=model: torch_outputs(m, x), cfg.seed)
         onnx_path = stage / "onnx" / f"{name}.onnx"
         exported = export_onnx(model, ctx["input_shape"], onnx_path, check_inputs=holdout.x[:32])
         if ctx.get("device") is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -20,11 +20,19 @@ from edgeprune.targets import require_runtime
 
 @dataclass
 class Holdout:
-    """Held-out inputs, their labels and the PyTorch model's logits on them."""
+    """Held-out inputs, their labels and the reference model's logits on them."""
 
     x: np.ndarray
     labels: np.ndarray
     reference: np.ndarray
+
+
+def make_holdout(test_ds, n: int, reference: Callable[[np.ndarray], np.ndarray], seed: int = 0) -> Holdout:
+    """``n`` deterministic test images with labels, and ``reference(x)`` (the PyTorch model, or the fp32 ONNX)."""
+    from edgeprune.data import labeled_batch
+
+    x, labels = labeled_batch(test_ds, min(n, len(test_ds)), seed=seed)
+    return Holdout(x, labels, reference(x))
 
 
 def compile_checked(onnx_path: Path, profile: dict[str, Any], precision: str, out_dir: Path,
