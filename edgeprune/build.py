@@ -52,6 +52,8 @@ class BuildConfig:
     lr: float = 0.01
     batch_size: int = 128
     augment: bool = False  # random crop + flip; helps long fine-tunes, hurts one-epoch ones
+    kd_alpha: float = 0.0  # weight of the distillation loss from the unpruned teacher (0 = off)
+    kd_temperature: float = 4.0
     image_size: int | None = None
     threads: int | None = None
     rounds: int = 3
@@ -80,6 +82,8 @@ def _validate(cfg: BuildConfig) -> dict[str, Any]:
     if precision not in profile["precisions"]:
         raise UserInputError(f"target {profile['name']} does not offer precision {precision!r}",
                              f"choose one of: {', '.join(profile['precisions'])}")
+    if not 0.0 <= cfg.kd_alpha <= 1.0:
+        raise UserInputError(f"--kd-alpha must be in [0, 1], got {cfg.kd_alpha}")
     if cfg.finetune_epochs < 0:
         raise UserInputError(f"--finetune-epochs must be >= 0, got {cfg.finetune_epochs}")
     if cfg.budget is not None:
@@ -124,11 +128,14 @@ def prune_and_finetune(cfg: BuildConfig, ctx: dict[str, Any], steps: Steps) -> d
     acc_before = evaluate(pruned, test_ds, progress=cfg.progress, limit=cfg.eval_limit)
     steps.done(f"{result.summary()['channels_before']} -> {result.summary()['channels_after']} channels, "
                f"top-1 before fine-tuning {acc_before:.4f}")
-    steps.start(f"fine-tuning for {cfg.finetune_epochs} epoch(s)")
+    kd = f", distilling from the unpruned model (alpha {cfg.kd_alpha}, T {cfg.kd_temperature})" if cfg.kd_alpha else ""
+    steps.start(f"fine-tuning for {cfg.finetune_epochs} epoch(s){kd}")
     history = {}
     if cfg.finetune_epochs > 0:
+        teacher = model if cfg.kd_alpha > 0 else None  # knowledge distillation from the unpruned model
         history = train(pruned, train_ds, epochs=cfg.finetune_epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                        augment=cfg.augment, progress=cfg.progress, desc="fine-tune", seed=cfg.seed)
+                        augment=cfg.augment, progress=cfg.progress, desc="fine-tune", seed=cfg.seed,
+                        teacher=teacher, kd_alpha=cfg.kd_alpha, kd_temperature=cfg.kd_temperature)
     pruned.eval()
     acc_after = evaluate(pruned, test_ds, progress=cfg.progress, limit=cfg.eval_limit)
     steps.done(f"top-1 {acc_after:.4f}")

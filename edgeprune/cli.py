@@ -61,6 +61,13 @@ def _add_sample_flags(p: argparse.ArgumentParser) -> None:
                    help="training images for int8 calibration. Default: %(default)s")
 
 
+def _add_kd_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kd-alpha", type=float, default=0.0,
+                   help="knowledge distillation while fine-tuning: weight of the loss against the unpruned model's "
+                        "soft outputs, in [0,1] (0 = off). Default: %(default)s")
+    p.add_argument("--kd-temperature", type=float, default=4.0, help="distillation temperature. Default: %(default)s")
+
+
 def _add_build(sub) -> None:
     p = sub.add_parser("build", help="prune, fine-tune, export, compile and measure on a target",
                        description="Prune a trained model, fine-tune it, export ONNX, compile the baseline and the "
@@ -85,6 +92,7 @@ def _add_build(sub) -> None:
     p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate. Default: %(default)s")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--augment", action="store_true", help="random crop + flip while fine-tuning (helps runs of many epochs)")
+    _add_kd_flags(p)
     p.add_argument("--threads", type=int, help="runtime threads for measurement; default: the target's (0 = all cores)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds per model. Default: %(default)s")
     p.add_argument("--min-seconds", type=float, default=2.0, help="minimum timed seconds per measurement. Default: %(default)s")
@@ -111,7 +119,8 @@ def _cmd_build(a: argparse.Namespace) -> int:
                       min_seconds=a.min_seconds, eval_limit=a.eval_limit, force=a.force,
                       trust_checkpoint=a.trust_checkpoint, progress=not a.no_progress, budget=a.budget,
                       budget_attempts=a.budget_attempts, flops_target=a.flops_target,
-                      method_options=dict(a.method_option), holdout=a.holdout_images, calib=a.calib_images)
+                      method_options=dict(a.method_option), holdout=a.holdout_images, calib=a.calib_images,
+                      kd_alpha=a.kd_alpha, kd_temperature=a.kd_temperature)
     with _one_device(a, cfg.target) as device:
         cfg.device = device
         report = run_build(cfg)
@@ -312,6 +321,7 @@ def _add_prune(sub) -> None:
     p.add_argument("--round-to", type=int, help="channel multiple; default: the target's")
     p.add_argument("--finetune-epochs", type=float, default=1.0)
     p.add_argument("--lr", type=float, default=0.01)
+    _add_kd_flags(p)
     p.add_argument("--threads", type=int)
     p.add_argument("--force", action="store_true")
     p.add_argument("--trust-checkpoint", action="store_true")
@@ -327,7 +337,7 @@ def _cmd_prune(a: argparse.Namespace) -> int:
                       ratio=a.ratio, round_to=a.round_to, finetune_epochs=a.finetune_epochs, lr=a.lr,
                       image_size=a.image_size, threads=a.threads, force=a.force, trust_checkpoint=a.trust_checkpoint,
                       progress=not a.no_progress, budget=a.budget, flops_target=a.flops_target,
-                      method_options=dict(a.method_option))
+                      method_options=dict(a.method_option), kd_alpha=a.kd_alpha, kd_temperature=a.kd_temperature)
     s = run_prune(cfg)
     acc, flops = s["accuracy"], s["flops"]
     print(f"{s['prune']['method']}: {s['prune']['channels_before']} -> {s['prune']['channels_after']} channels, "

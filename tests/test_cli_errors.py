@@ -29,6 +29,8 @@ def _build(tmp_path, **over):
     ({"--data": "fashion-mnist:/nonexistent/fmnist"}, "not found"),
     ({"--data": "nosuchformat:/tmp"}, "nosuchformat"),
     ({"--precision": "fp16", "--target": "onnxruntime"}, "does not offer precision 'fp16'"),
+    ({"--kd-alpha": "1.5"}, "--kd-alpha must be in [0, 1]"),
+    ({"--budget-ms": "fast"}, "cannot read latency budget 'fast'"),
 ])
 def test_bad_build_input(tmp_path, capsys, override, message):
     code = main(_build(tmp_path, **override))
