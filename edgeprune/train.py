@@ -6,7 +6,10 @@ SGD steps (Nesterov momentum, weight decay) with a cosine learning rate from
 generator seeded with ``seed``, so a run is reproducible. Per step: forward,
 loss (cross-entropy, or Hinton knowledge distillation when a teacher is given
 and ``kd_alpha > 0``), ``backward``, the ``after_backward(model)`` hook, then
-the optimizer step. It returns the model in eval mode. ``evaluate`` and
+the optimizer step. It returns the model in eval mode. Inside an initialised
+process group (``torchrun``), the model runs wrapped in DDP, each rank trains on
+its own shard of every epoch (``edgeprune.distributed``), only rank 0 shows
+progress, and every rank ends with rank 0's buffers. ``evaluate`` and
 ``predict_logits`` never change weights or BN statistics.
 """
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from edgeprune import distributed as ddp
 from edgeprune.data.memory import fetch
 from edgeprune.errors import UserInputError
 
@@ -107,9 +111,13 @@ def train(model: nn.Module, train_ds, *, epochs: float, lr: float = 0.05, batch_
           progress: bool = True, desc: str = "train", seed: int = 0, num_threads: int | None = None) -> dict:
     """Train ``model`` in place; returns {"loss": [...], "acc": [...], "steps", "epochs", "seconds", ...} per epoch."""
     _check_args(train_ds, epochs, lr, batch_size, kd_alpha, kd_temperature)
-    per_epoch, total = _plan(len(train_ds), batch_size, epochs, max_steps)
+    rank, world = (ddp.rank(), ddp.world_size()) if ddp.is_distributed() else (0, 1)
+    per_epoch, total = _plan(ddp.shard_plan_size(len(train_ds), world), batch_size, epochs, max_steps)
     use_kd = teacher is not None and kd_alpha > 0
-    state = {"step": 0, "total": total, "gen": torch.Generator().manual_seed(seed),
+    progress = progress and rank == 0
+    state = {"step": 0, "total": total, "gen": torch.Generator().manual_seed(seed + 7919 * rank),
+             "rank": rank, "world": world, "seed": seed, "epoch": 0, "samples": 0, "fingerprint": 0,
+             "net": ddp.wrap(model) if world > 1 else model,
              "opt": _optimizer(model, lr, momentum, weight_decay), "lr": lr, "device": _device(model),
              "flip": augment and _flip_ok(train_ds), "augment": augment,
              "teacher": teacher.eval() if use_kd else None, "alpha": kd_alpha, "t": kd_temperature,
@@ -123,6 +131,7 @@ def train(model: nn.Module, train_ds, *, epochs: float, lr: float = 0.05, batch_
         epoch = 0
         while state["step"] < total:
             epoch += 1
+            state["epoch"] = epoch
             steps = min(per_epoch, total - state["step"])
             t0 = time.perf_counter()
             loss, acc = _run_epoch(model, train_ds, steps, state, progress, f"{desc} {epoch}/{math.ceil(epochs)}")
@@ -130,24 +139,33 @@ def train(model: nn.Module, train_ds, *, epochs: float, lr: float = 0.05, batch_
             history["acc"].append(acc)
             history["epoch_seconds"].append(time.perf_counter() - t0)
         model.eval()
+    if world > 1:
+        ddp.sync_buffers(model)
     history["steps"] = state["step"]
+    history["samples"], history["fingerprint"] = state["samples"], state["fingerprint"]
     history["seconds"] = time.perf_counter() - start
     return history
 
 
 def _run_epoch(model: nn.Module, ds, steps: int, state: dict, progress: bool, desc: str) -> tuple[float, float]:
-    order = torch.randperm(len(ds), generator=state["gen"])
+    if state["world"] > 1:
+        order = ddp.epoch_shard(len(ds), state["seed"], state["epoch"], state["rank"], state["world"])
+    else:
+        order = torch.randperm(len(ds), generator=state["gen"])
     bs, opt = state["bs"], state["opt"]
     loss_sum, correct, seen = 0.0, 0, 0
     bar = tqdm(range(steps), desc=desc, disable=not progress, file=sys.stderr, leave=False, dynamic_ncols=True)
     for i in bar:
-        x, y = fetch(ds, order[i * bs:(i + 1) * bs].tolist())
+        index = order[i * bs:(i + 1) * bs].tolist()
+        x, y = fetch(ds, index)
+        state["samples"] += len(index)
+        state["fingerprint"] = (state["fingerprint"] + ddp.fingerprint(index)) % (1 << 64)
         if state["augment"]:
             x = augment_batch(x, state["gen"], flip=state["flip"])
         x, y = x.to(state["device"]), y.to(state["device"])
         for group in opt.param_groups:
             group["lr"] = 0.5 * state["lr"] * (1.0 + math.cos(math.pi * state["step"] / state["total"]))
-        logits = model(x)
+        logits = state["net"](x)
         if state["teacher"] is not None:
             with torch.no_grad():
                 t_logits = state["teacher"](x)
