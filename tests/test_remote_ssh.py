@@ -464,6 +464,7 @@ def test_remote_build_matches_local_build(sshd, tmp_path):
         # measured on the device, fresh process per round; agreement with local timings is a benchmark figure
         # (see the README), not a test assertion on this shared, noisy box
         assert remote[name]["latency"]["p50_ms"] > 0 and len(remote[name]["latency_rounds_p50_ms"]) == 2
+        print(f"{name}: p50 local {local[name]['latency']['p50_ms']:.4f} ms, remote {remote[name]['latency']['p50_ms']:.4f} ms")
 
 
 def test_bench_on_two_devices_gives_a_row_each(sshd, tiny_onnx, tmp_path, capsys):
