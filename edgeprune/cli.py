@@ -130,6 +130,14 @@ def _cmd_build(a: argparse.Namespace) -> int:
         print()
         print(verdict(report))
         print(f"report: {a.out}/report.md, {a.out}/report.json")
+    search = report.get("search")
+    if search and not search["met"]:
+        spread = max((n or {}).get("spread", 1.0) for n in report["comparison"]["noise"].values())
+        print(f"edgeprune: error: the final build measured {search['final_measured_ms']:.3f} ms, over the "
+              f"{search['budget_ms']:.3f} ms budget (round-to-round spread {spread:.2f}x; the search's own check "
+              f"measured {search['attempts'][-1]['measured_ms']:.3f} ms) (rerun on a quieter machine or with more "
+              "--rounds, or tighten the budget)", file=sys.stderr)
+        return 1
     return 0
 
 
