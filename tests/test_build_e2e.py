@@ -70,10 +70,12 @@ def test_pruned_checkpoint_reloads_without_pickle(trained, tmp_path):
 def test_build_with_latency_budget(trained, tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEPRUNE_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "budget"
-    assert main(["build", "--target", "onnxruntime", "--weights", str(trained / "model.pt"), "--data", DATA,
+    code = main(["build", "--target", "onnxruntime", "--weights", str(trained / "model.pt"), "--data", DATA,
                  "--budget", "0.7x", "--finetune-epochs", "0", "--threads", "1", "--rounds", "1",
-                 "--min-seconds", "0.3", "--out", str(out), "--no-progress"]) == 0
+                 "--min-seconds", "0.3", "--out", str(out), "--no-progress"])
     search = json.loads((out / "report.json").read_text())["search"]
+    # the final interleaved measurement decides the exit code: 0 within budget, 1 over it (noise on a shared box)
+    assert code == (0 if search["met"] else 1)
     last = search["attempts"][-1]
     assert last["predicted_ms"] <= search["budget_ms"] and last["measured_ms"] <= search["budget_ms"]
     assert search["budget_ms"] == pytest.approx(0.7 * search["baseline_measured_ms"])
