@@ -171,12 +171,7 @@ def _graph_report(model_path: Path, level: str) -> dict[str, Any]:
 def _build_int8(onnx_path: Path, calib: np.ndarray, out_path: Path, progress: bool) -> dict[str, Any]:
     from edgeprune.targets import qdq
 
-    stats = qdq.quantize_qdq(onnx_path, out_path, calib, per_channel=True, progress=progress)
-    problems = qdq.check_qdq_tensorrt_compatible(out_path)
-    if problems:
-        raise CompileError(f"int8 Q/DQ graph is not symmetric per-channel int8: {problems[0]} "
-                           f"({len(problems)} problem(s) in all)", "use --precision fp32")
-    return stats
+    return qdq.quantize_checked(onnx_path, out_path, calib, progress=progress, fallback="fp32")
 
 
 def _require_precision(requested: str, report: dict[str, Any]) -> None:

@@ -322,3 +322,14 @@ def check_qdq_tensorrt_compatible(onnx_path: str | os.PathLike) -> list[str]:
         if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in consts:
             problems.extend(_check_weight_dq(dq, node, consts))
     return problems
+
+
+def quantize_checked(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike, calib_data: np.ndarray, *,
+                     progress: bool = False, fallback: str = "fp32") -> dict[str, Any]:
+    """``quantize_qdq`` then ``check_qdq_tensorrt_compatible``: a graph with any problem is a CompileError."""
+    stats = quantize_qdq(onnx_in, onnx_out, calib_data, per_channel=True, progress=progress)
+    problems = check_qdq_tensorrt_compatible(onnx_out)
+    if problems:
+        raise CompileError(f"the int8 Q/DQ graph is not symmetric per-channel int8 as TensorRT takes it: {problems[0]} "
+                           f"({len(problems)} problem(s) in all)", f"use --precision {fallback}")
+    return stats

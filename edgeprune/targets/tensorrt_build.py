@@ -234,12 +234,7 @@ def check_calibration(calib_data: np.ndarray | None, input_shape: list[int]) -> 
 def _prepare_int8(onnx_path: Path, calib: np.ndarray, out_path: Path, progress: bool) -> dict[str, Any]:
     from edgeprune.targets import qdq
 
-    stats = qdq.quantize_qdq(onnx_path, out_path, calib, per_channel=True, progress=progress)
-    problems = qdq.check_qdq_tensorrt_compatible(out_path)
-    if problems:
-        raise CompileError(f"the int8 Q/DQ graph is not what TensorRT takes: {problems[0]} "
-                           f"({len(problems)} problem(s) in all)", "use --precision fp16")
-    return stats
+    return qdq.quantize_checked(onnx_path, out_path, calib, progress=progress, fallback="fp16")
 
 
 def prepare_onnx(onnx_path: str | os.PathLike, precision: str, calib_data: np.ndarray | None,
