@@ -1,0 +1,284 @@
+"""How well does the calibrated latency-table predictor match whole-model measurements?
+
+Per target runtime and model: build the target's latency table for the model (timed, in a
+child process so a table that takes too long can be abandoned), calibrate the predictor the
+way the ``--budget-ms`` driver does (``HardwareSearch.calibrate``: the unpruned model plus
+one uniformly pruned variant, each measured once), then draw N random pruned variants
+(every group's kept count drawn uniformly from the target's channel-multiple grid between
+``min_keep`` and full width, seed fixed). Every variant is exported, compiled and measured
+in fresh processes, interleaved in rounds (v1 v2 ... vN, v1 v2 ... vN, ...) with the
+unpruned model among them; a variant's figure is its median round's p50.
+
+Reported per variant: predicted (calibrated), raw table sum (uncalibrated) and measured ms.
+Per case: share of variants whose prediction is within +/-10% of the measurement, median
+and max |error|, the same for the raw sum, the best a straight line through the raw sums
+could do (fit on all variants, in-sample: separates the table's shape error from the
+two-point calibration's noise), table build time and points measured.
+
+Usage: python bench/predictor_accuracy.py [--targets x86,arm64] [--models resnet20,mobilenet_v2]
+           [--variants 30] [--rounds 3] [--table-limit-min 25] [--cache DIR] [--out bench/results]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SHAPES = {"resnet20": (1, 1, 28, 28), "mobilenet_v2": (1, 3, 224, 224)}
+PRECISION = "fp32"
+THREADS = 1
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CACHE = Path(os.path.expanduser("~")) / ".cache" / "edgeprune" / "bench-lut"
+
+
+def log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def build_net(name: str):
+    import torch
+
+    from edgeprune.models import build_model
+
+    torch.manual_seed(0)
+    shape = SHAPES[name]
+    return build_model(name, num_classes=10, in_channels=shape[1]).eval(), torch.zeros(*shape)
+
+
+def table_only(target: str, model_name: str) -> int:
+    """Child mode: build (or read from cache) the table; print {"seconds", "meta"} as JSON."""
+    from edgeprune.measure.lut_build import build_table
+    from edgeprune.profiles import load_profile
+    from edgeprune.prune.graph import PruneGraph
+    from edgeprune.search.plan import build_plan, table_requests
+
+    model, example = build_net(model_name)
+    plan = build_plan(PruneGraph(model, example))
+    start = time.perf_counter()
+    table = build_table(load_profile(target), table_requests(plan), precision=PRECISION, threads=THREADS)
+    print(json.dumps({"seconds": time.perf_counter() - start, "meta": table["meta"]}))
+    return 0
+
+
+def timed_table(target: str, model_name: str, limit_s: float, cache: str) -> dict:
+    """Build the table in a child process (own session); kill the whole session past ``limit_s``."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--table-only", "--targets", target, "--models", model_name,
+           "--cache", cache]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True, cwd=REPO)
+    try:
+        out, _ = proc.communicate(timeout=limit_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.communicate()
+        return {"ok": False, "seconds": limit_s, "why": f"table not built within {limit_s / 60:.0f} min; skipped"}
+    except BaseException:  # interrupted: do not leave the child's session measuring
+        os.killpg(proc.pid, signal.SIGTERM)
+        raise
+    if proc.returncode != 0:
+        return {"ok": False, "seconds": None, "why": f"table build failed (exit {proc.returncode})"}
+    return {"ok": True, **json.loads(out.strip().splitlines()[-1])}
+
+
+def random_counts(rng: np.random.Generator, widths: list[int], multiple: int, min_ratio: float) -> list[int]:
+    from edgeprune.measure.lut import channel_grid
+    from edgeprune.prune.select import min_keep
+
+    counts = []
+    for w in widths:
+        floor = min_keep(w, multiple, min_ratio)
+        options = [c for c in channel_grid(w, multiple) if c >= floor] or [w]
+        counts.append(int(rng.choice(options)))
+    return counts
+
+
+def compile_model(hs, model, dest: Path) -> Path:
+    """Export + compile exactly as ``HardwareSearch.measure_model`` does, but keep the artifact."""
+    from edgeprune.export import export_onnx
+    from edgeprune.targets import require_runtime
+
+    mod = require_runtime(hs.profile["runtime"])
+    onnx_path = export_onnx(model, tuple(hs.example.shape), dest / "m.onnx")["path"]
+    return mod.compile(Path(onnx_path), hs.precision, hs.calib, hs.profile, dest / "art").path
+
+
+def error_stats(pred: list[float], meas: list[float]) -> dict:
+    err = [100.0 * (p - m) / m for p, m in zip(pred, meas)]
+    worst = max(err, key=abs)
+    return {"within_10pct": sum(abs(e) <= 10 for e in err) / len(err), "median_abs_pct": statistics.median(map(abs, err)),
+            "max_abs_pct": abs(worst), "max_signed_pct": worst, "mean_signed_pct": statistics.fmean(err)}
+
+
+def measure_variants(hs, variants: list[list[int]], rounds: int) -> tuple[dict, float, float]:
+    """Compile every variant (+ 'base', the unpruned model, and 'u50', the calibration's uniform variant),
+    measure all interleaved; name -> result."""
+    from edgeprune.measure.protocol import measure_interleaved
+
+    ones = [np.ones(w) for w in hs.widths]
+    with tempfile.TemporaryDirectory(prefix="edgeprune-predacc-") as tmp:
+        t0 = time.perf_counter()
+        arts = {"base": compile_model(hs, hs.model, Path(tmp) / "base"),
+                "u50": compile_model(hs, hs.prune_counts(hs.samples[1][0], ones), Path(tmp) / "u50")}
+        for i, counts in enumerate(variants):
+            log(f"      compiling variant {i + 1}/{len(variants)}")
+            arts[f"v{i}"] = compile_model(hs, hs.prune_counts(counts, ones), Path(tmp) / f"v{i}")
+        compile_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        res = measure_interleaved(arts, hs.settings, rounds=rounds, progress=True)
+        return res, compile_s, time.perf_counter() - t0
+
+
+def run_case(target: str, model_name: str, args) -> dict:
+    from edgeprune.measure.protocol import MeasureSettings
+    from edgeprune.profiles import load_profile
+    from edgeprune.search.hardware import HardwareSearch
+
+    profile = load_profile(target)
+    case = {"target": target, "runtime": profile["runtime"], "model": model_name, "input_shape": list(SHAPES[model_name])}
+    log(f"== {target} ({profile['runtime']}) {model_name}: latency table (limit {args.table_limit_min} min)")
+    table = timed_table(target, model_name, args.table_limit_min * 60, args.cache)
+    case["table"] = table
+    if not table["ok"]:
+        log(f"   {table['why']}")
+        return case
+    log(f"   table: {table['seconds']:.0f} s, {table['meta']['points_measured']} points measured, "
+        f"{table['meta']['rows_from_cache']} rows from cache")
+    model, example = build_net(model_name)
+    settings = MeasureSettings(threads=THREADS, warmup_s=0.5, min_seconds=1.0)
+    t0 = time.perf_counter()
+    hs = HardwareSearch(model, example, profile, PRECISION, THREADS, settings, progress=False)
+    case["setup_s"] = time.perf_counter() - t0
+    log(f"   search set up in {case['setup_s']:.1f} s ({hs.table['meta']['rows_from_cache']} table rows from cache); "
+        "calibrating (baseline + uniform 0.5 variant, one measurement each)")
+    t0 = time.perf_counter()
+    fit = hs.calibrate()
+    case["calibrate_s"] = time.perf_counter() - t0
+    case["calibration"] = {**fit, "measured": [{"counts": c, "ms": m} for c, m in hs.samples]}
+    multiple = int(profile["channel_multiple"])
+    rng = np.random.default_rng(args.seed)
+    variants = [random_counts(rng, hs.widths, multiple, 0.1) for _ in range(args.variants)]
+    log(f"   {len(variants)} random variants: compile, then {args.rounds} interleaved rounds")
+    res, compile_s, measure_s = measure_variants(hs, variants, args.rounds)
+    rows = []
+    for i, counts in enumerate(variants):
+        r = res[f"v{i}"]
+        rows.append({"counts": counts, "channels": sum(counts), "predicted_ms": hs.predictor.predict(counts),
+                     "raw_ms": hs.predictor.raw_ms(counts), "measured_ms": r["latency"]["p50_ms"],
+                     "rounds_ms": r["rounds"], "spread": r["noise"]["spread"]})
+    meas = [r["measured_ms"] for r in rows]
+    raw = [r["raw_ms"] for r in rows]
+    a, b = np.polyfit(raw, meas, 1)
+    # the same two-point calibration, but from the interleaved rounds' figures of the same two models
+    (r0, m0), (r1, m1) = [(hs.predictor.raw_ms(c), res[n]["latency"]["p50_ms"])
+                          for c, n in ((hs.widths, "base"), (hs.samples[1][0], "u50"))]
+    ia = (m0 - m1) / (r0 - r1)
+    ib = m0 - ia * r0
+    case.update({
+        "widths": hs.widths, "channel_multiple": multiple, "variants": rows, "compile_s": compile_s,
+        "measure_s": measure_s, "baseline": {"calibration_ms": hs.baseline_ms, "interleaved_ms": res["base"]["latency"]["p50_ms"],
+                                             "rounds_ms": res["base"]["rounds"], "predicted_ms": hs.predictor.predict(hs.widths),
+                                             "u50_interleaved_ms": res["u50"]["latency"]["p50_ms"], "u50_rounds_ms": res["u50"]["rounds"]},
+        "calibrated": error_stats([r["predicted_ms"] for r in rows], meas),
+        "raw_sum": error_stats(raw, meas),
+        "interleaved_calibration": {"scale": ia, "offset_ms": ib, **error_stats([ia * x + ib for x in raw], meas)},
+        "best_line": {"scale": float(a), "offset_ms": float(b), **error_stats([a * x + b for x in raw], meas)},
+        "noise_median_spread": statistics.median(r["spread"] for r in rows),
+        "measured_range_ms": [min(meas), max(meas)]})
+    log(f"   calibrated: {100 * case['calibrated']['within_10pct']:.0f}% within 10%, "
+        f"median |err| {case['calibrated']['median_abs_pct']:.1f}%")
+    return case
+
+
+def pct(x: float) -> str:
+    return f"{x:+.1f}%"
+
+
+def summary_table(cases: list[dict]) -> str:
+    head = ("| target (runtime) | model | table build | points measured | variants | measured range ms | "
+            "calibrated: within ±10% | median abs err | max err | raw sum: within ±10% | median abs err | max err | "
+            "two-point calibration from the interleaved rounds: within ±10% / median | "
+            "best line (in-sample): within ±10% / median | noise (median max/min of rounds) |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for c in cases:
+        tag = f"{c['target']} ({c['runtime']})"
+        if not c["table"]["ok"]:
+            lines.append(f"| {tag} | {c['model']} | {c['table']['why']} |" + " — |" * 12)
+            continue
+        cal, raw, best, inter = c["calibrated"], c["raw_sum"], c["best_line"], c["interleaved_calibration"]
+        lo, hi = c["measured_range_ms"]
+        lines.append(
+            f"| {tag} | {c['model']} | {c['table']['seconds']:.0f} s | {c['table']['meta']['points_measured']} | "
+            f"{len(c['variants'])} | {lo:.3f}–{hi:.3f} | {100 * cal['within_10pct']:.0f}% | "
+            f"{cal['median_abs_pct']:.1f}% | {pct(cal['max_signed_pct'])} | {100 * raw['within_10pct']:.0f}% | "
+            f"{raw['median_abs_pct']:.1f}% | {pct(raw['max_signed_pct'])} | "
+            f"{100 * inter['within_10pct']:.0f}% / {inter['median_abs_pct']:.1f}% | "
+            f"{100 * best['within_10pct']:.0f}% / {best['median_abs_pct']:.1f}% | {c['noise_median_spread']:.2f}x |")
+    return "\n".join(lines)
+
+
+def detail_table(c: dict) -> str:
+    fit = c["calibration"]
+    base = c["baseline"]
+    lines = [f"#### {c['target']} ({c['runtime']}), {c['model']} {c['input_shape']}, channel multiple "
+             f"{c['channel_multiple']}, widths {c['widths']}",
+             "",
+             f"Calibration (driver's `calibrate()`): scale {fit['scale']:.3f}, offset {fit['offset_ms']:+.3f} ms, from "
+             + ", ".join(f"{s['ms']:.3f} ms" for s in fit["measured"]) + " (unpruned, uniform 0.5). "
+             f"Unpruned model: {base['calibration_ms']:.3f} ms at calibration, {base['interleaved_ms']:.3f} ms in the "
+             f"interleaved rounds ({', '.join(f'{x:.3f}' for x in base['rounds_ms'])}), predicted {base['predicted_ms']:.3f} ms. "
+             f"Uniform 0.5 variant in the interleaved rounds: {base['u50_interleaved_ms']:.3f} ms "
+             f"({', '.join(f'{x:.3f}' for x in base['u50_rounds_ms'])}); the line through these two: scale "
+             f"{c['interleaved_calibration']['scale']:.3f}, offset {c['interleaved_calibration']['offset_ms']:+.3f} ms.",
+             "",
+             "| # | kept channels per group | predicted ms | raw sum ms | measured ms (rounds) | error | raw error |",
+             "|---|---|---|---|---|---|---|"]
+    for i, r in enumerate(c["variants"]):
+        m = r["measured_ms"]
+        lines.append(f"| {i} | {r['counts']} | {r['predicted_ms']:.3f} | {r['raw_ms']:.3f} | {m:.3f} "
+                     f"({', '.join(f'{x:.3f}' for x in r['rounds_ms'])}) | {pct(100 * (r['predicted_ms'] - m) / m)} | "
+                     f"{pct(100 * (r['raw_ms'] - m) / m)} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--targets", default="x86,arm64")
+    ap.add_argument("--models", default="resnet20,mobilenet_v2")
+    ap.add_argument("--variants", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--table-limit-min", type=float, default=25.0)
+    ap.add_argument("--cache", default=str(DEFAULT_CACHE), help="latency-table cache (EDGEPRUNE_CACHE)")
+    ap.add_argument("--out", default=str(REPO / "bench" / "results"))
+    ap.add_argument("--table-only", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    os.environ["EDGEPRUNE_CACHE"] = args.cache
+    if args.table_only:
+        return table_only(args.targets, args.models)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so a table child's session is ended too
+    started = time.perf_counter()
+    cases = [run_case(t, m, args) for m in args.models.split(",") for t in args.targets.split(",")]
+    result = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "command": " ".join(sys.argv),
+              "threads": THREADS, "precision": PRECISION, "seed": args.seed, "rounds": args.rounds,
+              "total_s": time.perf_counter() - started, "cases": cases}
+    text = summary_table(cases) + "\n\n" + "\n\n".join(detail_table(c) for c in cases if c["table"]["ok"])
+    print(text)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "predictor_accuracy.json").write_text(json.dumps(result, indent=1))
+    log(f"wrote {out / 'predictor_accuracy.json'} ({result['total_s'] / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
