@@ -1,7 +1,7 @@
 """Hardware-aware search vs uniform L1 vs FLOPs-targeted Torch-Pruning, at equal latency budgets.
 
 ResNet-20 on Fashion-MNIST (1x1x28x28), fp32, 1 thread. Per target (x86 = OpenVINO, arm64 = ncnn on
-this x86 host) and budget (a share of the unpruned model's measured p50), four candidates:
+this x86 host) and budget (a share of the unpruned model's p50, median of 3 fresh runs), four candidates:
 - hw: ``HardwareSearch.search`` (L1 scores), checked by measurement and retried like the ``--budget-ms``
   driver (a miss is fed back and the search aims lower; at most 3 attempts); every budget starts
   from the same two-point calibration.
@@ -183,7 +183,8 @@ def pick_uniform(sweep: list[dict], budget_ms: float) -> dict:
 
 
 
-def make_candidates(hs, model, example, scores, budgets, tp_sweeps, base_macs, tmp: Path) -> dict[str, dict]:
+def make_candidates(hs, model, example, scores, budgets, tp_sweeps, base_macs, anchor_ms: float,
+                    tmp: Path) -> dict[str, dict]:
     from edgeprune.loading import count_flops_params
     from edgeprune.prune.base import PruneContext
     from edgeprune.search.budget import BudgetError
@@ -193,7 +194,7 @@ def make_candidates(hs, model, example, scores, budgets, tp_sweeps, base_macs, t
     sweep = uniform_sweep(hs, scores, tmp)
     cands: dict[str, dict] = {}
     for b in budgets:
-        budget_ms = b * hs.baseline_ms
+        budget_ms = b * anchor_ms
         log(f"   budget {b}x = {budget_ms:.3f} ms")
         try:
             hw_model, counts, tries = hw_candidate(hs, ctx, budget_ms)
@@ -217,10 +218,10 @@ def make_candidates(hs, model, example, scores, budgets, tp_sweeps, base_macs, t
     return cands
 
 
-def measure_candidates(hs, cands: dict[str, dict], rounds: int, tmp: Path) -> dict:
+def measure_candidates(hs, cands: dict[str, dict], rounds: int, base_art: Path, tmp: Path) -> dict:
     from edgeprune.measure.protocol import measure_interleaved
 
-    arts = {"base": compile_model(hs, hs.model, tmp / "base")}
+    arts = {"base": base_art}
     for name, c in cands.items():
         arts[name] = c.get("artifact") or compile_model(hs, c["model"], tmp / name.replace("@", "_"))
     log(f"   final: {len(arts)} models x {rounds} interleaved rounds")
@@ -246,7 +247,7 @@ def fill_rows(hs, cands: dict[str, dict], res: dict) -> list[dict]:
 
 
 def run_target(target: str, model, example, scores, tp_sweeps, base_macs, args) -> dict:
-    from edgeprune.measure.protocol import MeasureSettings
+    from edgeprune.measure.protocol import MeasureSettings, measure_interleaved
     from edgeprune.profiles import load_profile
     from edgeprune.search.hardware import HardwareSearch
 
@@ -260,12 +261,18 @@ def run_target(target: str, model, example, scores, tp_sweeps, base_macs, args) 
     log(f"   table {table_s:.0f} s ({hs.table['meta']['rows_from_cache']} rows cached); baseline "
         f"{hs.baseline_ms:.3f} ms; fit scale {fit['scale']:.2f} offset {fit['offset_ms']:+.3f}")
     with tempfile.TemporaryDirectory(prefix="edgeprune-hwsearch-") as tmp:
-        cands = make_candidates(hs, model, example, scores, args.budget_list, tp_sweeps, base_macs, Path(tmp))
-        res = measure_candidates(hs, cands, args.rounds, Path(tmp))
+        # budgets are shares of a robust baseline: median of 3 more fresh-process runs (calibration's one run is noisy)
+        base_art = compile_model(hs, hs.model, Path(tmp) / "base")
+        anchor = measure_interleaved({"base": base_art}, settings, rounds=3, progress=False)["base"]
+        log(f"   budget anchor: unpruned p50 {anchor['p50_ms_median']:.3f} ms (median of {anchor['rounds']})")
+        cands = make_candidates(hs, model, example, scores, args.budget_list, tp_sweeps, base_macs,
+                                anchor["p50_ms_median"], Path(tmp))
+        res = measure_candidates(hs, cands, args.rounds, base_art, Path(tmp))
     rows = fill_rows(hs, cands, res)
     return {"target": target, "runtime": profile["runtime"], "channel_multiple": profile["channel_multiple"],
             "table_s": table_s, "table_meta": hs.table["meta"], "calibration": fit, "widths": hs.widths,
-            "baseline_calibration_ms": hs.baseline_ms, "baseline_ms": res["base"]["latency"]["p50_ms"],
+            "baseline_calibration_ms": hs.baseline_ms, "budget_anchor_ms": anchor["p50_ms_median"],
+            "budget_anchor_rounds_ms": anchor["rounds"], "baseline_ms": res["base"]["latency"]["p50_ms"],
             "baseline_rounds_ms": res["base"]["rounds"], "rows": rows, "models": {n: c["model"] for n, c in cands.items()},
             "keys": {n: c["key"] for n, c in cands.items()}}
 
@@ -301,7 +308,8 @@ def case_table(case: dict) -> str:
     fit = case["calibration"]
     lines = [f"### {case['target']} ({case['runtime']}), channel multiple {case['channel_multiple']}",
              "",
-             f"Unpruned: {case['baseline_calibration_ms']:.3f} ms at calibration, {case['baseline_ms']:.3f} ms in the final "
+             f"Unpruned: {case['baseline_calibration_ms']:.3f} ms at calibration; budget anchor {case['budget_anchor_ms']:.3f} ms "
+             f"(median of {', '.join(f'{x:.3f}' for x in case['budget_anchor_rounds_ms'])}); {case['baseline_ms']:.3f} ms in the final "
              f"interleaved rounds ({', '.join(f'{x:.3f}' for x in case['baseline_rounds_ms'])}). Predictor: scale "
              f"{fit['scale']:.3f}, offset {fit['offset_ms']:+.3f} ms (unpruned + uniform 0.5). Table: {case['table_s']:.0f} s, "
              f"{case['table_meta']['rows_from_cache']} of {case['table_meta']['rows_from_cache'] + case['table_meta']['rows_measured']} "

@@ -93,7 +93,7 @@ class PruneGraph:
         self.ignored = set(ignored_layers) | _output_layer_names(model, example_inputs)
         self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
         self._names = {mod: name for name, mod in names.items()}
-        shapes = _record_shapes(model, example_inputs)
+        self.shapes = shapes = _record_shapes(model, example_inputs)  # every conv/linear's in/out shape
         ignored_mods = [names[n] for n in self.ignored]
         self.groups: list[ChannelGroup] = []
         for tp_group in self.dg.get_all_groups(ignored_layers=ignored_mods,

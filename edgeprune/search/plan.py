@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from edgeprune.measure.lut import LayerSig
@@ -34,20 +33,6 @@ class PlanLayer:
         return cin, cout
 
 
-def _input_sizes(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[int, int]]:
-    sizes: dict[str, tuple[int, int]] = {}
-    hooks = [m.register_forward_hook(lambda mod, inp, out, n=n: sizes.__setitem__(
-        n, tuple(inp[0].shape[2:4]) if inp[0].dim() == 4 else (1, 1)))
-        for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in hooks:
-            h.remove()
-    return sizes
-
-
 def _sig(mod: nn.Module, in_hw: tuple[int, int]) -> LayerSig:
     if isinstance(mod, nn.Linear):
         return LayerSig("linear", relu=False)
@@ -61,7 +46,8 @@ def _sig(mod: nn.Module, in_hw: tuple[int, int]) -> LayerSig:
 
 def build_plan(graph: PruneGraph) -> list[PlanLayer]:
     """The latency plan of ``graph.model`` (call before ``graph.apply``)."""
-    sizes = _input_sizes(graph.model, graph.example_inputs)
+    sizes = {name: tuple(rec["in_shape"][2:4]) if len(rec["in_shape"]) == 4 else (1, 1)
+             for name, rec in graph.shapes.items()}
     out_owner, in_owner = {}, {}
     for g in graph.groups:
         for name in g.context["out_convs"]:
