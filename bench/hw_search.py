@@ -121,12 +121,24 @@ def predict(hs, counts) -> float | None:
 
 
 def hw_candidate(hs, ctx, budget_ms: float, attempts: int = 3) -> tuple[torch.nn.Module, list[int], list[dict]]:
-    """The driver's loop: search by prediction, measure, feed a miss back and aim lower."""
+    """The driver's loop: search by prediction, measure, feed a miss back and aim lower.
+
+    Unlike the driver (which then raises), a later attempt whose aim is unreachable by prediction ends the
+    loop and the last measured attempt is kept (marked over budget), so the budget is still compared."""
+    from edgeprune.search.budget import BudgetError
+
     calibrated = list(hs.samples)
     tries, target = [], budget_ms
     try:
         for attempt in range(1, attempts + 1):
-            result, found = hs.search(ctx, "l1", target)
+            try:
+                result, found = hs.search(ctx, "l1", target)
+            except BudgetError as exc:  # the fed-back predictor says the tightened aim is out of reach
+                if attempt == 1:
+                    raise
+                tries.append({"attempt": attempt, "aimed_ms": target, "gave_up": str(exc)})
+                log(f"      hw attempt {attempt}: gave up ({exc}); keeping attempt {attempt - 1}")
+                break
             measured = hs.measure_model(result.model)
             tries.append({"attempt": attempt, "aimed_ms": target, "predicted_ms": found.predicted_ms,
                           "measured_ms": measured, "counts": found.counts})
