@@ -20,9 +20,11 @@ import torch
 from edgeprune import __version__
 from edgeprune.data import calibration_batch, load_dataset
 from edgeprune.deploy_check import compile_checked, make_holdout
+from edgeprune.build_checks import BuildGateFailed, check_gates, check_ranges, gates  # noqa: F401 (BuildGateFailed is part of the API)
 from edgeprune.errors import GateFailed, UserInputError
 from edgeprune.export import export_onnx, torch_outputs
 from edgeprune.loading import check_out_dir, check_ratio, count_flops_params, load_model
+from edgeprune.models.checkpoint import save_checkpoint
 from edgeprune.measure.protocol import MeasureSettings, measure_interleaved
 from edgeprune.profiles import load_profile, resolve_threads
 from edgeprune.prune import prune_model
@@ -30,7 +32,7 @@ from edgeprune.prune.base import PruneContext
 from edgeprune.report import write_report
 from edgeprune.search.driver import parse_budget, prune_to_budget
 from edgeprune.targets import require_runtime
-from edgeprune.targets.base import staging_dir
+from edgeprune.targets.base import staging_dir, write_json_atomic
 from edgeprune.train import evaluate, train
 from edgeprune.ui import Steps, info
 
@@ -71,21 +73,32 @@ class BuildConfig:
     device: Any = None  # a connected edgeprune.remote.RemoteDevice: compile and measure there
     flops_target: float | None = None  # keep at most this share of MACs (methods that iterate, e.g. gate)
     method_options: dict[str, Any] = field(default_factory=dict)
+    keep_layers: tuple[str, ...] = ()  # layers (or prefixes) never pruned
+    min_width: float = 0.1  # every pruned group keeps at least this share of its channels
+    max_accuracy_drop: float | None = None  # accuracy bar, in percentage points of top-1
+
+    @classmethod
+    def from_args(cls, args: Any) -> "BuildConfig":
+        """A config from parsed command-line flags (each flag's dest is the field's name)."""
+        values = {f.name: getattr(args, f.name) for f in fields(cls)
+                  if f.name not in ("device", "progress") and getattr(args, f.name, None) is not None}
+        values["progress"] = not getattr(args, "no_progress", False)
+        values["method_options"] = dict(getattr(args, "method_options", None) or [])
+        values["keep_layers"] = tuple(getattr(args, "keep_layers", None) or ())
+        return cls(**values)
 
 
-def _validate(cfg: BuildConfig) -> dict[str, Any]:
+def _validate(cfg: BuildConfig, needs_runtime: bool = True) -> dict[str, Any]:
     profile = load_profile(cfg.target)
+    check_ranges(cfg)
     check_ratio(cfg.ratio)
     check_out_dir(cfg.out, cfg.force)
-    require_runtime(profile["runtime"])
+    if needs_runtime and cfg.device is None:
+        require_runtime(profile["runtime"])
     precision = cfg.precision or profile["default_precision"]
     if precision not in profile["precisions"]:
         raise UserInputError(f"target {profile['name']} does not offer precision {precision!r}",
                              f"choose one of: {', '.join(profile['precisions'])}")
-    if not 0.0 <= cfg.kd_alpha <= 1.0:
-        raise UserInputError(f"--kd-alpha must be in [0, 1], got {cfg.kd_alpha}")
-    if cfg.finetune_epochs < 0:
-        raise UserInputError(f"--finetune-epochs must be >= 0, got {cfg.finetune_epochs}")
     if cfg.budget is not None:
         parse_budget(cfg.budget)
         if cfg.device is not None:
@@ -93,7 +106,18 @@ def _validate(cfg: BuildConfig) -> dict[str, Any]:
                                  "run edgeprune on the device itself, or prune by --ratio for the remote build")
     if cfg.weights is not None and not Path(cfg.weights).is_file():
         raise UserInputError(f"weights file not found: {cfg.weights}", "pass the checkpoint written by 'edgeprune train'")
+    if needs_runtime and cfg.device is not None:
+        _check_device(cfg.device, profile["runtime"])
     return {**profile, "precision": precision}
+
+
+def _check_device(device: Any, runtime: str) -> None:
+    """Reach the remote device before any long step, and check it has the target's runtime."""
+    info = device.selfcheck()
+    if runtime not in (info.get("available") or []):
+        why = ((info.get("runtimes") or {}).get(runtime) or {}).get("reason") or "not installed"
+        raise UserInputError(f"device {device.label} cannot run {runtime}: {why}",
+                             f"install it there, or check with 'edgeprune device-check --device {device.label}'")
 
 
 def channel_multiple(profile: dict[str, Any]) -> int:
@@ -116,6 +140,7 @@ def prune_and_finetune(cfg: BuildConfig, ctx: dict[str, Any], steps: Steps) -> d
     if cfg.budget:
         steps.start(f"hardware-aware search ({cfg.method} scores) for budget {cfg.budget} on {ctx['profile']['name']}")
         pctx = PruneContext(example_inputs=example, round_to=ctx["round_to"], train_ds=train_ds,
+                            min_ratio=cfg.min_width, ignored_layers=tuple(cfg.keep_layers),
                             progress=cfg.progress, seed=cfg.seed, options={"method": cfg.method, **cfg.method_options})
         result, search = prune_to_budget(model, example, ctx["profile"], cfg.budget, cfg.method, pctx,
                                          ctx["threads"], ctx["calib"], cfg.budget_attempts, cfg.progress)
@@ -123,7 +148,7 @@ def prune_and_finetune(cfg: BuildConfig, ctx: dict[str, Any], steps: Steps) -> d
         steps.start(f"pruning ({cfg.method}, ratio {cfg.ratio}, channels rounded to {ctx['round_to']})")
         result = prune_model(model, example, cfg.method, cfg.ratio, ctx["round_to"], train_ds=train_ds,
                              progress=cfg.progress, seed=cfg.seed, flops_target=cfg.flops_target,
-                             **cfg.method_options)
+                             min_ratio=cfg.min_width, ignored_layers=tuple(cfg.keep_layers), **cfg.method_options)
     pruned = result.model
     acc_before = evaluate(pruned, test_ds, progress=cfg.progress, limit=cfg.eval_limit)
     steps.done(f"{result.summary()['channels_before']} -> {result.summary()['channels_after']} channels, "
@@ -153,7 +178,7 @@ def _deploy(stage: Path, cfg: BuildConfig, profile: dict[str, Any], ctx: dict[st
         onnx_path = stage / "onnx" / f"{name}.onnx"
         exported = export_onnx(model, ctx["input_shape"], onnx_path, check_inputs=holdout.x[:32])
         if ctx.get("device") is not None:
-            from edgeprune.remote.cli_glue import remote_compile_checked
+            from edgeprune.remote.checked import remote_compile_checked
 
             row = remote_compile_checked(ctx["device"], onnx_path, profile, profile["precision"],
                                          stage / "artifacts" / name, holdout, calib, _settings(cfg, ctx), measure=False)
@@ -197,10 +222,15 @@ def _entry(desc: dict, row: dict, meas: dict, profile: dict) -> dict[str, Any]:
             "onnx": row["onnx"], "parity": row["parity"], "inspect": row.get("inspect")}
 
 
-def prepare(cfg: BuildConfig, steps: Steps) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """Validate everything and load data and model: (profile, context, model spec)."""
+def prepare(cfg: BuildConfig, steps: Steps,
+            needs_runtime: bool = True) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Validate everything and load data and model: (profile, context, model spec).
+
+    ``needs_runtime``: the target's runtime must work here (or on the device) — false for pruning
+    by ratio, which compiles nothing.
+    """
     steps.start(f"checking inputs (target {cfg.target})")
-    profile = _validate(cfg)
+    profile = _validate(cfg, needs_runtime)
     torch.manual_seed(cfg.seed)
     train_ds = load_dataset(cfg.data, "train", image_size=cfg.image_size)
     test_ds = load_dataset(cfg.data, "test", image_size=cfg.image_size)
@@ -231,11 +261,10 @@ def run_build(cfg: BuildConfig) -> dict[str, Any]:
         report = _assemble(cfg, profile, ctx, spec, pf, rows, meas)
         report["seconds"] = round(time.time() - started, 1)
         steps.start("writing the report")
-        from edgeprune.models.checkpoint import save_checkpoint
-
         save_checkpoint(stage / "pruned.pt", pf["pruned"], spec, {"report": "report.json"})
         write_report(stage, report)
     steps.done(str(cfg.out))
+    check_gates(report)
     return report
 
 
@@ -252,16 +281,18 @@ def _assemble(cfg, profile, ctx, spec, pf, rows, meas) -> dict[str, Any]:
     pruned = _entry(_describe_model(pf["pruned"], shape, pf["acc_after_ft"]), rows["pruned"], meas["pruned"], profile)
     pruned["accuracy_before_finetune"] = pf["acc_before_ft"]
     b50, p50 = base["latency"]["p50_ms"], pruned["latency"]["p50_ms"]
+    search = _search_outcome(pf["search"], pruned)
     return {
         "edgeprune_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "config": {**{f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name != "device"},
                    "device": cfg.device.label if cfg.device is not None else None},
         "target": {"name": profile["name"], "runtime": profile["runtime"], "precision": profile["precision"],
-                   "threads": ctx["threads"], "channel_multiple": profile["channel_multiple"]},
+                   "threads": ctx["threads"], "channel_multiple": ctx["round_to"]},
         "model": {"spec": spec, "input_shape": list(shape)},
         "data": {"name": ctx["train_ds"].name, "train": len(ctx["train_ds"]), "test": len(ctx["test_ds"])},
-        "prune": pf["prune"], "finetune": pf["finetune"], "search": _search_outcome(pf["search"], pruned),
+        "prune": pf["prune"], "finetune": pf["finetune"], "search": search,
+        "gates": gates(cfg, search, base, pruned),
         "baseline": base, "pruned": pruned,
         "comparison": {"speedup_p50": b50 / p50, "latency_change_pct": 100.0 * (p50 - b50) / b50,
                        "accuracy_change": pruned["accuracy"] - base["accuracy"],
@@ -270,3 +301,29 @@ def _assemble(cfg, profile, ctx, spec, pf, rows, meas) -> dict[str, Any]:
                        "noise": {n: m.get("noise") for n, m in meas.items()}},
         "environment": meas["baseline"].get("environment"),
     }
+
+
+def run_prune(cfg: BuildConfig) -> dict[str, Any]:
+    """Prune (by ratio, FLOPs target or latency budget) and fine-tune, no deployment.
+
+    Writes ``cfg.out``/pruned.pt (pickle-free checkpoint) and prune.json (method, channels per
+    group, accuracy before/after fine-tuning, MACs and params, the budget search if any); the
+    folder appears only when both are complete. The target's runtime is needed only for a budget.
+    """
+    steps = Steps(4, quiet=not cfg.progress)
+    profile, ctx, spec = prepare(cfg, steps, needs_runtime=bool(cfg.budget))
+    with staging_dir(cfg.out, must_contain="prune.json") as stage:
+        pf = prune_and_finetune(cfg, ctx, steps)
+        shape = ctx["input_shape"]
+        base_macs, base_params = count_flops_params(ctx["model"], shape)
+        macs, params = count_flops_params(pf["pruned"], shape)
+        summary = {"model": spec, "target": profile["name"], "input_shape": list(shape), "prune": pf["prune"],
+                   "channel_multiple": ctx["round_to"],
+                   "accuracy": {"baseline": pf["baseline_acc"], "before_finetune": pf["acc_before_ft"],
+                                "after_finetune": pf["acc_after_ft"]},
+                   "flops": {"baseline": base_macs, "pruned": macs},
+                   "params": {"baseline": base_params, "pruned": params},
+                   "search": pf["search"], "finetune": pf["finetune"]}
+        save_checkpoint(stage / "pruned.pt", pf["pruned"], spec, {"prune": "prune.json"})
+        write_json_atomic(stage / "prune.json", summary)
+    return summary

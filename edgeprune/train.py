@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from edgeprune import distributed as ddp
+from edgeprune import ddp
 from edgeprune.data.memory import fetch
 from edgeprune.errors import UserInputError
 
@@ -220,3 +220,36 @@ def predict_logits(model: nn.Module, x, batch_size: int = 256) -> np.ndarray:
         for start in range(0, len(data), batch_size):
             outs.append(model(data[start:start + batch_size].to(device)).float().cpu())
     return torch.cat(outs).numpy() if outs else np.zeros((0,), np.float32)
+
+
+def train_baseline(model_name: str, data: str, out: str, *, epochs: float, lr: float, batch_size: int,
+                   image_size: int | None, force: bool, seed: int, progress: bool,
+                   augment: bool = False) -> dict:
+    """Train zoo model ``model_name`` on ``data`` from scratch and write ``out``/model.pt and train.json.
+
+    Both files appear together, only after training and evaluation succeeded (built in a
+    staging folder, renamed into place); returns what train.json holds.
+    """
+    from edgeprune.data import load_dataset
+    from edgeprune.loading import check_out_dir
+    from edgeprune.models import build_model, model_spec
+    from edgeprune.models.checkpoint import save_checkpoint
+    from edgeprune.targets.base import staging_dir, write_json_atomic
+
+    out_dir = check_out_dir(out, force)
+    if not (isinstance(epochs, (int, float)) and math.isfinite(epochs) and epochs > 0):
+        raise UserInputError(f"--epochs must be a finite number > 0, got {epochs}")
+    train_ds = load_dataset(data, "train", image_size=image_size)
+    test_ds = load_dataset(data, "test", image_size=image_size)
+    torch.manual_seed(seed)
+    model = build_model(model_name, num_classes=train_ds.num_classes, in_channels=train_ds.channels)
+    spec = model_spec(model_name, num_classes=train_ds.num_classes, in_channels=train_ds.channels)
+    history = train(model, train_ds, epochs=epochs, lr=lr, batch_size=batch_size, augment=augment,
+                    progress=progress, seed=seed)
+    accuracy = evaluate(model, test_ds, progress=progress)
+    result = {"model": model_name, "data": train_ds.name, "epochs": epochs, "accuracy": accuracy,
+              "image_size": train_ds.image_size, "channels": train_ds.channels, "history": history}
+    with staging_dir(out_dir, must_contain="train.json") as stage:
+        save_checkpoint(stage / "model.pt", model, spec, {"accuracy": accuracy, "data": train_ds.name})
+        write_json_atomic(stage / "train.json", result)
+    return result

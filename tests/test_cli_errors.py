@@ -23,13 +23,13 @@ def _build(tmp_path, **over):
 @pytest.mark.parametrize("override, message", [
     ({"--target": "nosuch"}, "unknown target 'nosuch'"),
     ({"--model": "resnet999"}, "resnet999"),
-    ({"--ratio": "1.5"}, "--ratio must be between 0 and 1"),
-    ({"--ratio": "0"}, "--ratio must be between 0 and 1"),
+    ({"--ratio": "1.5"}, "--ratio: 1.5 is outside (0, 1)"),
+    ({"--ratio": "0"}, "--ratio: 0 is outside (0, 1)"),
     ({"--weights": "/nonexistent/model.pt"}, "weights file not found"),
     ({"--data": "fashion-mnist:/nonexistent/fmnist"}, "not found"),
     ({"--data": "nosuchformat:/tmp"}, "nosuchformat"),
     ({"--precision": "fp16", "--target": "onnxruntime"}, "does not offer precision 'fp16'"),
-    ({"--kd-alpha": "1.5"}, "--kd-alpha must be in [0, 1]"),
+    ({"--kd-alpha": "1.5"}, "--kd-alpha: 1.5 is outside [0, 1]"),
     ({"--budget-ms": "fast"}, "cannot read latency budget 'fast'"),
 ])
 def test_bad_build_input(tmp_path, capsys, override, message):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgeprune import distributed
+from edgeprune import ddp as distributed
 from edgeprune.data import load_dataset
 from edgeprune.models import build_model, model_spec
 from edgeprune.models.checkpoint import load_checkpoint, save_checkpoint

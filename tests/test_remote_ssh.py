@@ -390,19 +390,14 @@ def test_remote_latency_table(device, tmp_path):
 
 
 def test_device_check_command_reads_the_profile_device_table(sshd, tmp_path, capsys):
-    import argparse
-
-    from edgeprune.remote.cli_glue import add_device_check
+    from edgeprune.cli import main
 
     profile = tmp_path / "board.toml"
     profile.write_text(Path(load_profile("x86")["path"]).read_text() + (
         f'\n[device]\nhost = "127.0.0.1"\nuser = "{sshd.user}"\nport = {sshd.port}\n'
         f'python = "{sys.executable}"\nidentity_file = "{sshd.client_key}"\nknown_hosts = "{sshd.known_hosts}"\n'
         f'cache_dir = "{tmp_path / "cache"}"\n'))
-    parser = argparse.ArgumentParser()
-    add_device_check(parser.add_subparsers())
-    args = parser.parse_args(["device-check", "--target", str(profile), "--json", str(tmp_path / "check.json")])
-    assert args.func(args) == 0
+    assert main(["device-check", "--target", str(profile), "--json", str(tmp_path / "check.json")]) == 0
     table = capsys.readouterr().out
     assert f"127.0.0.1:{sshd.port}" in table and "openvino 20" in table
     assert json.loads((tmp_path / "check.json").read_text())[0]["runtimes"]["openvino"]["available"]
@@ -412,7 +407,7 @@ def test_remote_compile_checked_gates_against_torch(device, tiny_onnx, tiny_mode
     import torch
 
     from edgeprune.deploy_check import Holdout
-    from edgeprune.remote.cli_glue import remote_compile_checked
+    from edgeprune.remote.checked import remote_compile_checked
 
     reference = tiny_model(torch.from_numpy(random_inputs)).detach().numpy()
     holdout = Holdout(random_inputs, reference.argmax(1), reference)

@@ -122,7 +122,7 @@ def _bench_local(cfg, profiles, onnx_path, holdout, calib, settings, stage, step
 
 def _bench_remote(cfg, profiles, onnx_path, holdout, calib, settings, stage, steps) -> list[dict[str, Any]]:
     """Every target x precision compiled, gated and measured on every device (devices concurrently)."""
-    from edgeprune.remote.cli_glue import remote_bench_rows
+    from edgeprune.remote.checked import remote_bench_rows
 
     steps.start(f"compiling and measuring on {len(cfg.devices)} device(s), {cfg.rounds} rounds each")
     results = []

@@ -1,15 +1,32 @@
 """``edgeprune targets``: every profile, its runtime, and whether that runtime works here."""
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
-from edgeprune.errors import EdgepruneError
-from edgeprune.profiles import load_profile, profile_names
-from edgeprune.targets import get_runtime
-from edgeprune.ui import markdown_table
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("targets", help="list target profiles and whether their runtime works here",
+                       description="List every target profile (deploy/targets/*.toml and $EDGEPRUNE_PROFILES), its "
+                                   "runtime, precisions and channel multiple, and whether that runtime is available "
+                                   "on this machine (or what to install). A broken profile is listed with its error.")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    rows = list_targets()
+    print(json.dumps(rows, indent=2) if args.json else targets_table(rows))
+    return 0
 
 
 def list_targets() -> list[dict[str, Any]]:
+    from edgeprune.errors import EdgepruneError
+    from edgeprune.profiles import load_profile, profile_names
+    from edgeprune.targets import get_runtime
+
     rows = []
     for name in profile_names():
         try:
@@ -34,6 +51,8 @@ def list_targets() -> list[dict[str, Any]]:
 
 
 def targets_table(rows: list[dict[str, Any]]) -> str:
+    from edgeprune.ui import markdown_table
+
     table = []
     for r in rows:
         name = r["name"] + (f" -> {r['resolves_to']}" if r.get("resolves_to") else "")

@@ -1,0 +1,51 @@
+"""A zoo model's latency lookup table on a target: every distinct layer, measured in its real context.
+
+Invariant: the table's rows come from ``measure.lut_build.build_table`` (measured on the target's
+runtime, cached and reused); the per-layer view looks each layer up at its full width.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from edgeprune.errors import UserInputError
+from edgeprune.measure.lut_build import build_table
+from edgeprune.models import build_model, default_input_size
+from edgeprune.profiles import load_profile, resolve_threads
+from edgeprune.prune.graph import PruneGraph
+from edgeprune.search.plan import build_plan, table_requests
+from edgeprune.targets import require_runtime
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 4 or min(shape) <= 0 or shape[0] != 1 or max(shape[2:]) > 4096 or shape[1] > 64:
+        raise UserInputError(f"--input-shape {text!r} is not 1,C,H,W (C <= 64, H and W <= 4096)",
+                             "e.g. --input-shape 1,3,224,224")
+    return shape
+
+
+def model_table(target: str, model_name: str, input_shape: str | None, precision: str | None,
+                threads: int | None, num_classes: int, in_stride: int, progress: bool) -> dict[str, Any]:
+    """Build (or reuse) the table of ``model_name`` on ``target``: {"meta", "layers", "rows"}."""
+    profile = load_profile(target)
+    precision = precision or profile["default_precision"]
+    if precision not in profile["precisions"]:
+        raise UserInputError(f"target {profile['name']} does not offer precision {precision!r}",
+                             f"choose one of: {', '.join(profile['precisions'])}")
+    shape = parse_shape(input_shape) if input_shape else (1, 3, default_input_size(model_name),
+                                                          default_input_size(model_name))
+    threads = resolve_threads(profile, threads)
+    require_runtime(profile["runtime"])
+    model = build_model(model_name, num_classes=num_classes, in_channels=shape[1]).eval()
+    plan = build_plan(PruneGraph(model, torch.zeros(*shape)))
+    table = build_table(profile, table_requests(plan), precision=precision, threads=threads,
+                        in_stride=in_stride, progress=progress)
+    layers = [{"layer": layer.name, "signature": layer.sig.key(), "in": layer.in_c, "out": layer.out_c,
+               "ms_full_width": table["rows"][layer.sig.key()].lookup(layer.in_c, layer.out_c)} for layer in plan]
+    rows = {k: r.to_dict() for k, r in table["rows"].items()}
+    return {"meta": {**table["meta"], "model": model_name, "input_shape": list(shape)}, "layers": layers, "rows": rows}
