@@ -3,7 +3,7 @@
 Invariant checked for every case: the expected exit code; stderr ends with exactly one
 ``edgeprune: error: ...`` line (no traceback, no argparse usage dump); and nothing new was
 left behind — no file or folder in the case's working folder beyond what the case made
-itself, and no ``edgeprune-*`` scratch folder in the temp directory.
+itself, and nothing in the temp directory (each case gets its own, through TMPDIR).
 """
 from __future__ import annotations
 
@@ -38,11 +38,6 @@ def snapshot(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*")}
 
 
-def scratch_dirs() -> set[str]:
-    tmp = Path(tempfile.gettempdir())
-    return {p.name for p in tmp.glob("edgeprune-*")}
-
-
 @contextlib.contextmanager
 def chdir(folder: Path):
     old = os.getcwd()
@@ -51,6 +46,22 @@ def chdir(folder: Path):
         yield
     finally:
         os.chdir(old)
+
+
+@contextlib.contextmanager
+def private_tmp(folder: Path):
+    """Point ``tempfile`` (and child processes, through TMPDIR) at ``folder`` for the duration."""
+    folder.mkdir(parents=True, exist_ok=True)
+    old_env, old_dir = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"], tempfile.tempdir = str(folder), str(folder)
+    try:
+        yield folder
+    finally:
+        tempfile.tempdir = old_dir
+        if old_env is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = old_env
 
 
 def assert_one_error_line(err: str, message: str) -> str:
@@ -71,15 +82,15 @@ def run_case(case: Case, folder: Path, capsys) -> str:
 
     if case.setup is not None:
         case.setup(folder)
-    before, scratch = snapshot(folder), scratch_dirs()
+    before = snapshot(folder)
     capsys.readouterr()
-    with chdir(folder):
+    with chdir(folder), private_tmp(folder.parent / f"{folder.name}-tmp") as scratch:
         code = main(case.resolve(folder))
     err = capsys.readouterr().err
     assert code == case.code, f"exit {code}, expected {case.code}; stderr:\n{err}"
     line = assert_one_error_line(err, case.message)
     assert snapshot(folder) == before, f"left behind: {sorted(snapshot(folder) - before)}"
-    assert scratch_dirs() <= scratch, f"scratch left: {sorted(scratch_dirs() - scratch)}"
+    assert not list(scratch.iterdir()), f"scratch left: {sorted(p.name for p in scratch.iterdir())}"
     return line
 
 

@@ -91,3 +91,34 @@ def test_impossible_budget_fails_clearly(trained, tmp_path, monkeypatch, capsys)
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and "cannot be met" in err and err.startswith("edgeprune: error:")
     assert not (tmp_path / "o").exists()
+
+
+def test_accuracy_bar_fails_the_build_with_figures(trained, tmp_path, capsys):
+    """--max-accuracy-drop is a gate: a build over the bar exits 1, prints the figures, keeps the report."""
+    out = tmp_path / "bar"
+    code = main(["build", "--target", "onnxruntime", "--weights", str(trained / "model.pt"), "--data", DATA,
+                 "--ratio", "0.9", "--min-width", "0", "--finetune-epochs", "0", "--threads", "1", "--rounds", "1",
+                 "--min-seconds", "0.1", "--max-accuracy-drop", "0.5", "--out", str(out), "--no-progress"])
+    captured = capsys.readouterr()
+    report = json.loads((out / "report.json").read_text())
+    gate = report["gates"]["accuracy"]
+    assert code == 1 and not gate["passed"] and gate["drop_points"] > 0.5
+    err = captured.err.strip().splitlines()[-1]
+    assert err.startswith("edgeprune: error: the pruned model's top-1 fell") and "--max-accuracy-drop" in err
+    assert "p50 ms" in captured.out  # the figures are printed before the verdict
+    code = main(["build", "--target", "onnxruntime", "--weights", str(trained / "model.pt"), "--data", DATA,
+                 "--ratio", "0.9", "--min-width", "0", "--finetune-epochs", "0", "--threads", "1", "--rounds", "1",
+                 "--min-seconds", "0.1", "--max-accuracy-drop", "100", "--out", str(tmp_path / "ok"), "--no-progress"])
+    assert code == 0 and json.loads((tmp_path / "ok" / "report.json").read_text())["gates"]["accuracy"]["passed"]
+
+
+def test_prune_by_ratio_needs_no_runtime(trained, tmp_path, capsys):
+    """prune compiles nothing: a TensorRT target's channel multiple is usable where TensorRT is missing."""
+    out = tmp_path / "p"
+    assert main(["prune", "--target", "jetson", "--weights", str(trained / "model.pt"), "--data", DATA,
+                 "--ratio", "0.5", "--finetune-epochs", "0", "--out", str(out), "--no-progress",
+                 "--json", str(tmp_path / "p.json")]) == 0
+    summary = json.loads((out / "prune.json").read_text())
+    assert summary["target"] == "jetson-orin" and summary["channel_multiple"] == 8
+    assert all(g["after"] % 8 == 0 for g in summary["prune"]["groups"])
+    assert json.loads((tmp_path / "p.json").read_text())["prune"] == summary["prune"]
