@@ -73,12 +73,12 @@ def test_bad_command_line(case, tmp_path, capsys):
 
 
 def test_unreachable_device_is_found_before_any_work(tmp_path, capsys):
-    """A --device nobody answers on fails at the input check, not after training and export."""
+    """A --device nobody answers on fails at the input check, before the data is even read."""
     import shutil
 
     if shutil.which("ssh") is None:
         pytest.skip("no ssh client")
     case = Case("build-device-unreachable",
-                _with(BUILD, "--device", "nobody@127.0.0.1:1", "--ssh-timeout", "10"), 1, "is unreachable")
+                _with(BUILD, "--device", "nobody@127.0.0.1:1", "--ssh-timeout", "10",
+                      "--data", "fashion-mnist:/nonexistent"), 1, "is unreachable")
     run_case(case, tmp_path, capsys)
-    assert "[2/7]" not in capsys.readouterr().err
