@@ -383,14 +383,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from edgeprune.interrupt import describe, signals_as_exceptions
+
     try:
-        return args.func(args)
+        with signals_as_exceptions():  # SIGINT/SIGTERM/SIGHUP unwind like Ctrl-C (see edgeprune.interrupt)
+            return args.func(args)
     except EdgepruneError as exc:
         print(f"edgeprune: error: {exc.one_line()}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("edgeprune: interrupted; nothing was written to the output folder", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        line, code = describe(exc)
+        print(f"edgeprune: error: {line}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":
