@@ -225,3 +225,120 @@ def test_thread_counts_in_range_and_profile_values():
     assert resolve_threads({"threads": 4096}) == CORES  # a board's profile value is capped at this machine
     assert resolve_threads({"threads": 0}, 8, cores=8) == 8  # a remote device's own core count
     assert MeasureSettings(threads=8, max_threads=8).threads == 8
+
+
+# ---- signals and child processes ----
+
+def _children_of(pid: int) -> dict[int, str]:
+    """Live (non-zombie) processes whose parent is ``pid``: pid -> command line."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_sigterm_mid_build_unwinds_and_kills_the_worker(tmp_path, private_tmp):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "TMPDIR": str(private_tmp)}
+    argv = [sys.executable, "-m", "edgeprune", *BUILD, "--rounds", "20", "--min-seconds", "2", "--out", "X"]
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    workers: dict[int, str] = {}
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None and not workers:
+            workers = {p: c for p, c in _children_of(proc.pid).items() if "edgeprune.measure.worker" in c}
+            time.sleep(0.05)
+        assert workers, f"no measurement worker seen; exit {proc.poll()}"
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert lines[-1].startswith("edgeprune: error: interrupted by SIGTERM"), err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "output or partial folder left"
+    assert not list(private_tmp.glob("edgeprune-*")), "scratch folder left"
+    time.sleep(0.2)
+    assert not [pid for pid in workers if _alive(pid)], "a measurement worker outlived edgeprune"
+
+
+def test_run_child_kills_its_whole_group_when_interrupted(tmp_path):
+    import signal
+    import sys
+    import threading
+    import time
+
+    from edgeprune import interrupt
+
+    pidfile = tmp_path / "grandchild.pid"
+    script = ("import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);"
+              f"open({str(pidfile)!r}, 'w').write(str(p.pid)); time.sleep(60)")
+
+    def term_when_started():
+        for _ in range(400):
+            if pidfile.exists() and pidfile.read_text():
+                break
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=term_when_started, daemon=True).start()
+    with pytest.raises(interrupt.Interrupted) as info:
+        with interrupt.signals_as_exceptions():
+            interrupt.run_child([sys.executable, "-c", script], timeout=60)
+    assert info.value.exit_code == 143
+    grandchild = int(pidfile.read_text())
+    for _ in range(50):
+        if not _alive(grandchild):
+            break
+        time.sleep(0.05)
+    assert not _alive(grandchild), "the child's own child survived"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+
+
+def test_deferred_holds_a_signal_until_the_swap_is_done():
+    import signal
+
+    from edgeprune import interrupt
+
+    done = []
+    with pytest.raises(interrupt.Interrupted) as info:
+        with interrupt.signals_as_exceptions():
+            with interrupt.deferred():
+                signal.raise_signal(signal.SIGINT)
+                done.append("swap finished")
+    assert done == ["swap finished"] and info.value.exit_code == 130
+
+
+def test_run_child_timeout_kills_and_reports(tmp_path):
+    import subprocess
+    import sys
+
+    from edgeprune import interrupt
+
+    with pytest.raises(subprocess.TimeoutExpired):
+        interrupt.run_child([sys.executable, "-c", "import time; print('started', flush=True); time.sleep(60)"],
+                            timeout=2)
+    assert not interrupt._children
