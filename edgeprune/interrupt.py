@@ -81,6 +81,9 @@ def signals_as_exceptions() -> Iterator[None]:
             _state.update(installed=False, fired=None, deferring=0, pending=None)
 
 
+handle_termination = signals_as_exceptions  # the name the CLI rewrite uses
+
+
 @contextlib.contextmanager
 def deferred() -> Iterator[None]:
     """Hold signals while the block runs (e.g. swapping a folder into place); raise one at its end."""
