@@ -6,7 +6,6 @@ with one line naming the bad value and what to do; nothing is written to disk. T
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 

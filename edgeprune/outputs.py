@@ -125,7 +125,8 @@ def check_out_dir(path: str | os.PathLike, force: bool = False, flag: str = "--o
         if not out.is_dir():
             raise UserInputError(f"{flag} {out} is an existing file, not a folder", f"choose a new {flag} folder")
         if not force:
-            raise UserInputError(f"output folder {out} already exists", f"choose a new {flag} or pass --force to replace it")
+            raise UserInputError(f"output folder {out} already exists",
+                                 f"choose a new {flag} or pass --force to replace it")
         check_replaceable(out, flag)
     parent = out.resolve().parent
     _check_parent(parent, flag, out)
@@ -148,7 +149,8 @@ def check_output_file(path: str | os.PathLike | None, flag: str) -> Path | None:
         return None
     out = Path(path)
     if str(path).endswith(os.sep) or out.is_dir():
-        raise UserInputError(f"{flag} {out} is a folder, not a file", f"pass a file name, e.g. {out / ('result.' + flag.lstrip('-'))}")
+        example = out / f"result.{flag.lstrip('-')}"
+        raise UserInputError(f"{flag} {out} is a folder, not a file", f"pass a file name, e.g. {example}")
     if out.exists():
         mode = out.stat().st_mode
         if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):

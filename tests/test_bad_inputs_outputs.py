@@ -294,7 +294,8 @@ def test_run_child_kills_its_whole_group_when_interrupted(tmp_path):
     from edgeprune import interrupt
 
     pidfile = tmp_path / "grandchild.pid"
-    script = ("import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);"
+    script = ("import subprocess, sys, time;"
+              "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);"
               f"open({str(pidfile)!r}, 'w').write(str(p.pid)); time.sleep(60)")
 
     def term_when_started():
