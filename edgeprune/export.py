@@ -84,7 +84,13 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | os.P
         try:
             _torch_export(model, tuple(input_shape), tmp, opset)
             onnx.checker.check_model(str(tmp))
+        except OSError:  # a full disk or unwritable folder is not the model's fault: let the caller name it
+            raise
         except Exception as exc:  # the exporter's failures are many types; report the first line
+            from edgeprune.outputs import find_no_space
+
+            if find_no_space(exc) is not None:  # a full disk, wrapped by the exporter: not an operator problem
+                raise
             raise CompileError(f"ONNX export failed: {str(exc).strip().splitlines()[0]}",
                                "the model has an operator the exporter cannot handle") from exc
         slimmed = _slim(tmp) if slim else False

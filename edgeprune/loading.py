@@ -1,11 +1,11 @@
 """Resolve what the CLI names — a model, its weights, a dataset, an output folder — or fail clearly.
 
 Invariant: every function here either returns a usable object or raises ``UserInputError``
-with one line naming the bad value and what to do; nothing is written to disk.
+with one line naming the bad value and what to do; nothing is written to disk. The output checks
+(``check_out_dir``, ``check_output_file``) live in ``edgeprune.outputs`` and are re-exported here.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -13,19 +13,7 @@ import torch
 from torch import nn
 
 from edgeprune.errors import UserInputError
-
-
-def check_out_dir(path: str | os.PathLike, force: bool = False) -> Path:
-    """An output folder that does not exist yet (or ``force``), whose parent is writable."""
-    out = Path(path)
-    if out.exists() and not force:
-        raise UserInputError(f"output folder {out} already exists", "choose a new --out or pass --force to replace it")
-    parent = out.resolve().parent
-    if not parent.exists():
-        raise UserInputError(f"parent folder of --out does not exist: {parent}")
-    if not os.access(parent, os.W_OK):
-        raise UserInputError(f"cannot write to {parent}")
-    return out
+from edgeprune.outputs import check_out_dir, check_output_file  # noqa: F401  (re-exported: the CLI's checks)
 
 
 def check_ratio(ratio: float) -> float:

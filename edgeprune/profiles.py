@@ -15,6 +15,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from edgeprune.cores import check_threads, usable_cores
 from edgeprune.errors import UserInputError
 
 REQUIRED = ("name", "runtime", "precisions", "default_precision", "channel_multiple", "threads")
@@ -75,7 +76,17 @@ def load_profile(name: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
     return data
 
 
-def resolve_threads(profile: dict[str, Any], override: int | None = None) -> int:
-    """Thread count to use: the override, else the profile's, where 0 means all cores."""
-    threads = override if override is not None else int(profile.get("threads", 0))
-    return threads if threads > 0 else (os.cpu_count() or 1)
+def resolve_threads(profile: dict[str, Any], override: int | None = None, cores: int | None = None) -> int:
+    """Thread count to use: the override, else the profile's, where 0 means all cores.
+
+    The override must lie in ``0..cores`` (default: the cores this process may use), else a one-line
+    error; the profile's value describes a typical board, so it is capped at ``cores`` (it must still
+    be a count >= 0). ``cores`` is the measuring machine's count when that is not this one (a remote device).
+    """
+    limit = usable_cores() if cores is None else cores
+    if override is not None:
+        threads = check_threads(override, "--threads", limit)
+    else:
+        threads = min(check_threads(profile.get("threads", 0), f"threads in target profile {profile.get('name')}",
+                                    1 << 20), limit)
+    return threads if threads > 0 else limit

@@ -54,10 +54,10 @@ def make_parser() -> Parser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from edgeprune.interrupt import Interrupted, handle_termination
+    from edgeprune.interrupt import describe, signals_as_exceptions
 
     try:
-        with handle_termination():
+        with signals_as_exceptions():  # SIGINT/SIGTERM/SIGHUP unwind like Ctrl-C (see edgeprune.interrupt)
             args = make_parser().parse_args(argv)
             if not getattr(args, "func", None):
                 make_parser().print_help(sys.stderr)
@@ -66,13 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EdgepruneError as exc:
         print(f"edgeprune: error: {exc.one_line()}", file=sys.stderr)
         return exc.exit_code
-    except Interrupted as exc:
-        print(f"edgeprune: error: interrupted by {exc.signal_name}; nothing was written to the output folder",
-              file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("edgeprune: error: interrupted; nothing was written to the output folder", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        line, code = describe(exc)
+        print(f"edgeprune: error: {line}", file=sys.stderr)
+        return code
     except BrokenPipeError:  # stdout closed early (``edgeprune targets | head``): not an error of ours
         import os
 

@@ -4,7 +4,10 @@ Invariants:
 - Every measurement is one fresh ``python -m edgeprune.measure.worker`` process
   (``sys.executable``), so no measurement sees another's caches, allocations or
   peak memory. A worker that fails or overruns ``timeout_s`` raises
-  ``MeasurementError`` carrying the last line of its stderr.
+  ``MeasurementError`` carrying the last line of its stderr. Workers run through
+  ``interrupt.run_child`` (own process group, killed with everything it started
+  whenever the parent stops waiting), so none outlives an interruption.
+- ``MeasureSettings.threads`` lies in ``0..max_threads`` (the measuring machine's cores).
 - ``measure_interleaved`` runs candidates in rounds A B C A B C ..., so a slow
   window of the machine hits every candidate alike. Each candidate's result is
   its *median round* (the measurement whose p50 is the median of its rounds'
@@ -26,7 +29,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import edgeprune
+from edgeprune.cores import check_threads
 from edgeprune.errors import EdgepruneError, UserInputError
+from edgeprune.interrupt import run_child
 from edgeprune.measure.worker import ERROR_PREFIX
 from edgeprune.targets.base import Artifact
 
@@ -52,10 +57,13 @@ class MeasureSettings:
     max_seconds: float = 60.0
     timeout_s: float = 300.0
     cooldown_s: float = 0.0
+    max_threads: int | None = None  # cores of the measuring machine; None: this one's (see ``cores``)
+
+    def __post_init__(self) -> None:
+        self.validate()  # a bad thread count fails here, before any compile or measurement starts
 
     def validate(self) -> None:
-        if self.threads < 0:
-            raise UserInputError(f"threads must be >= 0 (0 = runtime default), got {self.threads}")
+        self.threads = check_threads(self.threads, "--threads", self.max_threads)
         if self.min_iters < 1:
             raise UserInputError(f"min_iters must be >= 1, got {self.min_iters}")
         if min(self.warmup_s, self.min_seconds, self.cooldown_s) < 0 or self.max_seconds <= 0:
@@ -97,8 +105,7 @@ def measure(artifact_dir: str | os.PathLike, settings: MeasureSettings | None = 
                "--seed", str(seed), "--out", str(out)]
         started = time.perf_counter()
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=settings.timeout_s,
-                                  env=_child_env(), check=False)
+            proc = run_child(cmd, timeout=settings.timeout_s, env=_child_env())
         except subprocess.TimeoutExpired as exc:
             said = f": {_last_line(exc.stderr)}" if exc.stderr else ""
             raise MeasurementError(f"measuring {artifact.path} timed out after {settings.timeout_s:g} s{said}",

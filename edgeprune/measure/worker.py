@@ -12,7 +12,8 @@ artifact (timed), build one seeded random float32 input of the artifact's input
 shape, warm up by time (>= warmup_s and >= 5 runs), then time each ``run`` with
 ``perf_counter_ns`` until both >= min_iters runs and >= min_seconds have passed,
 or max_seconds is reached (at least one timed run). The garbage collector is
-off during the timed runs (as in ``timeit``). The result is one JSON object
+off during the timed runs (as in ``timeit``). A worker never outlives the process that
+started it (``die_with_parent``; the parent also kills its process group, see ``interrupt``). The result is one JSON object
 (see ``measure_artifact``); a failure is one line on stderr and a non-zero exit.
 """
 from __future__ import annotations
@@ -138,8 +139,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _check_args(args: argparse.Namespace) -> str | None:
     """A one-line complaint about an out-of-range option, or None."""
-    if args.threads < 0:
-        return f"--threads must be >= 0 (0 = runtime default), got {args.threads}"
+    from edgeprune.cores import usable_cores
+
+    if not 0 <= args.threads <= usable_cores():
+        return f"--threads must be in 0..{usable_cores()} on this machine (0 = runtime default), got {args.threads}"
     if args.min_iters < 1:
         return f"--min-iters must be >= 1, got {args.min_iters}"
     if min(args.warmup_s, args.min_seconds) < 0 or args.max_seconds <= 0:
@@ -149,7 +152,22 @@ def _check_args(args: argparse.Namespace) -> str | None:
     return None
 
 
+def die_with_parent() -> None:
+    """On Linux, have the kernel SIGKILL this worker if the process that started it dies (even by SIGKILL)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # no prctl here: the parent's process-group kill still applies
+        return
+
+
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent()
     args = _parser().parse_args(argv)
     problem = _check_args(args)
     if problem:

@@ -33,6 +33,7 @@ from torch import nn
 
 from edgeprune.errors import UserInputError
 from edgeprune.models import build_from_spec, is_user_ref
+from edgeprune.outputs import shared_mode
 
 FORMAT = "edgeprune-checkpoint/1"
 _FORMAT_FAMILY = "edgeprune-checkpoint/"
@@ -142,7 +143,7 @@ def _cpu_state_dict(model: nn.Module) -> OrderedDict:
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: dict[str, Any],
                     meta: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` (possibly pruned) with the ``spec`` that rebuilds it, atomically."""
+    """Write ``model`` (possibly pruned) with the ``spec`` that rebuilds it, atomically, with the umask's mode."""
     if not isinstance(spec, dict) or "name" not in spec:
         raise TypeError("spec must be a dict from edgeprune.models.model_spec")
     json.dumps(spec)  # a spec must stay JSON-able (it is also written into reports)
@@ -155,6 +156,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: dict[str, A
             torch.save(payload, fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, shared_mode())  # mkstemp makes it 0600; checkpoints are shared like any result
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

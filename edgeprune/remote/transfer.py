@@ -2,8 +2,8 @@
 
 Invariants:
 - The device package is the device-side subset of the installed ``edgeprune`` —
-  ``__init__``, ``errors``, ``profiles`` and every ``.py`` under ``targets/`` and
-  ``measure/`` — plus ``deploy/edgeprune_device.py`` at its top. Its hash is the sha256 of
+  ``__init__``, ``errors``, ``profiles``, ``cores``, ``outputs``, ``interrupt`` and every ``.py``
+  under ``targets/`` and ``measure/`` — plus ``deploy/edgeprune_device.py`` at its top. Its hash is the sha256 of
   every (name, content) pair in sorted order, so a changed file gives a new cache folder
   on the device and an unchanged package is never sent twice.
 - ``extract_stream`` accepts only regular files and folders whose names stay inside the
@@ -26,7 +26,7 @@ from edgeprune.remote.errors import RemoteError
 from edgeprune.targets.base import MANIFEST, sha256_file
 
 ENTRY_POINT = "edgeprune_device.py"
-_PACKAGE_FILES = ("__init__.py", "errors.py", "profiles.py")
+_PACKAGE_FILES = ("__init__.py", "errors.py", "profiles.py", "cores.py", "outputs.py", "interrupt.py")
 _PACKAGE_DIRS = ("targets", "measure")
 # tarfile's "data" filter (Python 3.10.12+/3.11.4+) on top of our own member check.
 _DATA_FILTER = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}

@@ -38,6 +38,9 @@ from typing import Any, Iterator, Protocol
 import numpy as np
 
 from edgeprune.errors import UserInputError
+from edgeprune.interrupt import deferred
+from edgeprune.outputs import (check_replaceable, follow_umask, make_sibling_dir, mark_output, shared_mode,
+                               sibling_name, writing)
 
 PRECISIONS = ("fp32", "fp16", "int8")
 MANIFEST = "manifest.json"
@@ -128,14 +131,17 @@ def sha256_file(path: Path) -> str:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` via a temp file and rename, so readers never see half a file."""
+    """Write JSON to ``path`` via a temp file and rename, so readers never see half a file.
+
+    The file gets the umask's mode (0644 under umask 022), not mkstemp's owner-only 0600.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:
             json.dump(data, fh, indent=2, sort_keys=False, default=_json_default)
             fh.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; results are meant to be shared
+        os.chmod(tmp, shared_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -189,20 +195,47 @@ def staging_dir(out_dir: str | os.PathLike, must_contain: str = MANIFEST) -> Ite
     """Yield an empty hidden sibling folder; on success it replaces ``out_dir``, on error it is removed.
 
     The caller writes every file and finally ``must_contain`` (the manifest, a report) into it.
+    An existing ``out_dir`` is replaced only if it is edgeprune's own output (``outputs.check_replaceable``,
+    checked before and again at the swap). A full disk becomes one ``OutOfSpace`` line naming ``out_dir``.
+    On success the folder gets the umask's modes and (unless it is an artifact, recognised by its
+    manifest) the ``outputs.MARKER`` file; the swap itself is never cut in half by a signal.
     """
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    if out_dir.exists() or out_dir.is_symlink():
+        check_replaceable(out_dir)
+    with writing(out_dir):
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        stage = make_sibling_dir(out_dir, "partial")
     try:
-        yield stage
-        if not (stage / must_contain).is_file():
-            raise RuntimeError(f"internal error: {stage} finished without a manifest")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(stage, out_dir)
+        with writing(out_dir, inside=stage):
+            yield stage
+            if not (stage / must_contain).is_file():
+                raise RuntimeError(f"internal error: {stage} finished without {must_contain}")
+            if must_contain != MANIFEST:
+                mark_output(stage, must_contain)
+            follow_umask(stage)
+        with deferred():
+            _swap_into_place(stage, out_dir)
     finally:
         if stage.exists():
             shutil.rmtree(stage, ignore_errors=True)
+
+
+def _swap_into_place(stage: Path, out_dir: Path) -> None:
+    """Rename ``stage`` to ``out_dir``; an existing (own) ``out_dir`` is moved aside first, removed after."""
+    old = None
+    if out_dir.exists() or out_dir.is_symlink():
+        check_replaceable(out_dir)  # again: the folder may have changed while the work ran
+        old = sibling_name(out_dir, "old")
+        os.rename(out_dir, old)
+    try:
+        os.rename(stage, out_dir)
+    except BaseException:
+        if old is not None:
+            os.rename(old, out_dir)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def onnx_input_shape(onnx_path: Path) -> list[int]:
