@@ -30,6 +30,7 @@ TEST_FRACTION = 0.2
 MAX_PIXELS = 8192 * 8192  # per image, checked from its header before decoding (PIL's own limit is a warning)
 MAX_SPLIT_BYTES = 16 * 1024 ** 3  # decoded pixels of one split
 _IGNORED = ("Thumbs.db", "desktop.ini")
+_SHRINK = "remove the file, or shrink it first"
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -105,11 +106,13 @@ def _probe(paths: list[Path]) -> tuple[str, set[tuple[int, int]]]:
                 with Image.open(path) as im:
                     grey &= im.mode in _GREY_MODES
                     h, w = im.height, im.width
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        except Image.DecompressionBombError as exc:
+            raise UserInputError(f"image {path} is too large: {_first_line(exc)}", _SHRINK) from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise UserInputError(f"cannot read image {path}: {_first_line(exc)}", "remove or replace the file") from None
         if h * w > MAX_PIXELS:
-            raise UserInputError(f"image {path} declares {w}x{h} pixels, more than {MAX_PIXELS // 1_000_000} million",
-                                 "remove the file, or shrink it first")
+            raise UserInputError(f"image {path} is too large: {w}x{h} pixels, more than "
+                                 f"{MAX_PIXELS // 1_000_000} million", _SHRINK)
         sizes.add((h, w))
     return ("L" if grey else "RGB"), sizes
 

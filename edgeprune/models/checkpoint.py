@@ -121,7 +121,7 @@ def read_file(path: str | os.PathLike, trust: bool = False) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust)
     except Exception as exc:  # torch raises many types for foreign/corrupt files; all mean "unreadable"
-        if not trust and "weights only load failed" in str(exc).lower() and "invalid load key" not in str(exc):
+        if not trust and "unsupported global" in str(exc).lower():  # a class or function, not just tensors
             raise UserInputError(f"{path} holds pickled Python objects, refused for safety", _PICKLE_HINT) from None
         raise UserInputError(f"cannot read {path}: {_why_unreadable(path, exc)}", _READ_HINT) from None
 
