@@ -127,7 +127,7 @@ def check_fields(data: dict[str, Any], path: Path) -> None:
         raise UserInputError(f"target profile {path} lacks {', '.join(missing)}", _FIX)
     for key, (ok, want) in _CHECKS.items():
         if key in data and not ok(data[key]):
-            if key == "runtime" and isinstance(data[key], str):
+            if key == "runtime":
                 want = f"one of {', '.join(_runtimes())}"
             raise _field_error(path, key, want, data[key])
     if data["default_precision"] not in data["precisions"]:

@@ -187,7 +187,7 @@ CASES = [
     # 4. target profiles
     Case("profile-channel-multiple-string", _build_target, 2, "channel_multiple must be a whole number",
          _toml(_profile(channel_multiple='"abc"'))),
-    Case("profile-runtime-list", _build_target, 2, "runtime must be a runtime name", _toml(_profile(runtime='["ncnn"]'))),
+    Case("profile-runtime-list", _build_target, 2, "runtime must be one of", _toml(_profile(runtime='["ncnn"]'))),
     Case("profile-not-utf8", _build_target, 2, "not UTF-8", _toml(GOOD_PROFILE.encode() + b"# caf\xe9\n")),
     Case("profile-invalid-toml", _build_target, 2, "not valid TOML", _toml("name = \n")),
     Case("profile-options-wrong-type", _build_target, 2, "options must be a table", _toml(_profile(options='"fast"'))),

@@ -113,7 +113,15 @@ def check_spec(spec: Any, source: str = "model spec") -> dict[str, Any]:
 
     Raises ``UserInputError`` starting with ``source`` (e.g. the checkpoint's path); returns a plain copy.
     """
-    where = f"{source}: "
+    try:
+        return _checked_spec(spec, f"{source}: ")
+    except UserInputError as exc:
+        if exc.hint:
+            raise
+        raise UserInputError(exc.message, "the file is damaged or was not written by edgeprune") from None
+
+
+def _checked_spec(spec: Any, where: str) -> dict[str, Any]:
     if not isinstance(spec, Mapping):
         raise UserInputError(f"{where}the model spec is a {type(spec).__name__}, not a table",
                              "the file is damaged or was not written by edgeprune")
@@ -147,4 +155,5 @@ def build_from_spec(spec: Mapping[str, Any]) -> nn.Module:
     return build_model(spec["name"], spec["num_classes"], spec["in_channels"], **spec["kwargs"])
 
 
-__all__ = ["MODEL_NAMES", "MAX_CLASSES", "MAX_IN_CHANNELS", "build_model", "build_from_spec", "check_spec", "default_input_size", "model_spec", "is_user_ref"]
+__all__ = ["MODEL_NAMES", "MAX_CLASSES", "MAX_IN_CHANNELS", "build_model", "build_from_spec", "check_spec",
+           "default_input_size", "model_spec", "is_user_ref"]
