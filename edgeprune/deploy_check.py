@@ -27,11 +27,17 @@ class Holdout:
     reference: np.ndarray
 
 
-def make_holdout(test_ds, n: int, reference: Callable[[np.ndarray], np.ndarray], seed: int = 0) -> Holdout:
-    """``n`` deterministic test images with labels, and ``reference(x)`` (the PyTorch model, or the fp32 ONNX)."""
-    from edgeprune.data import labeled_batch
+def make_holdout(test_ds, n: int, reference: Callable[[np.ndarray], np.ndarray], seed: int = 0,
+                 flag: str = "--holdout-images") -> Holdout:
+    """``n`` deterministic test images with labels, and ``reference(x)`` (the PyTorch model, or the fp32 ONNX).
 
-    x, labels = labeled_batch(test_ds, min(n, len(test_ds)), seed=seed)
+    ``n`` below 1 is a ``UserInputError`` naming ``flag``; more than the test set holds uses all of it, with a note.
+    """
+    from edgeprune.data import labeled_batch
+    from edgeprune.data.memory import check_count
+
+    n = check_count(n, len(test_ds), flag, "held-out test images")
+    x, labels = labeled_batch(test_ds, n, seed=seed)
     return Holdout(x, labels, reference(x))
 
 

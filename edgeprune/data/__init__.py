@@ -20,11 +20,11 @@ from typing import Callable
 import numpy as np
 
 from edgeprune.data import cifar, folder, idx
-from edgeprune.data.memory import (ArrayDataset, RawSplit, calibration_batch, fetch, labeled_batch,
+from edgeprune.data.memory import (ArrayDataset, RawSplit, calibration_batch, check_count, fetch, labeled_batch,
                                    sample_indices, split_holdout)
 from edgeprune.errors import UserInputError
 
-__all__ = ["ArrayDataset", "RawSplit", "calibration_batch", "dataset_info", "fetch", "labeled_batch",
+__all__ = ["ArrayDataset", "RawSplit", "calibration_batch", "check_count", "dataset_info", "fetch", "labeled_batch",
            "load_dataset", "parse_spec", "sample_indices", "split_holdout", "SPEC_FORMS"]
 
 DEFAULT_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
@@ -117,6 +117,9 @@ def load_dataset(spec: str, split: str, *, image_size: int | None = None, channe
     raw = _limit(READERS[kind](path, split, image_size), limit)
     if len(raw.labels) == 0:
         raise UserInputError(f"the {split} split of {raw.name} at {path} has no images", "add images to it")
+    if len(raw.classes) < 2:
+        raise UserInputError(f"{raw.name} at {path} has {len(raw.classes)} class; a classifier needs at least 2",
+                             "add the other classes' images")
     return ArrayDataset(raw, image_size=image_size, channels=channels)
 
 

@@ -7,9 +7,13 @@ error. The single-level layout is split per class by a hash of each file's name
 when the class has two or more images). Every image of the set is decoded to the
 same mode, 1 channel if all are greyscale else RGB, and the same square size:
 ``image_size`` when given (PIL bilinear), else the images' common size.
+A set has at least 2 classes, no empty class folder and no non-image file in one;
+every image's declared size is bounded (``MAX_PIXELS``) from its header before any
+is decoded; an unreadable or truncated image is a ``UserInputError`` naming it.
 """
 from __future__ import annotations
 
+import warnings
 import zlib
 from pathlib import Path
 
@@ -23,10 +27,28 @@ EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif")
 MEAN, STD = (0.5,), (0.5,)
 _GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 TEST_FRACTION = 0.2
+MAX_PIXELS = 8192 * 8192  # per image, checked from its header before decoding (PIL's own limit is a warning)
+MAX_SPLIT_BYTES = 16 * 1024 ** 3  # decoded pixels of one split
+_IGNORED = ("Thumbs.db", "desktop.ini")
+_SHRINK = "remove the file, or shrink it first"
 
 
 def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS)
+
+
+def _class_images(folder: Path) -> list[Path]:
+    """The images of one class folder; a class folder with none, or with a file that is not an image, is an error."""
+    stray = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() not in EXTENSIONS
+                   and not p.name.startswith(".") and p.name not in _IGNORED)
+    if stray:
+        raise UserInputError(f"{stray[0]} is not an image edgeprune reads ({', '.join(EXTENSIONS)})",
+                             "remove it or move it out of the class folder")
+    images = _images_in(folder)
+    if not images:
+        raise UserInputError(f"class folder {folder} holds no images",
+                             "add images to it or remove the folder")
+    return images
 
 
 def _class_dirs(folder: Path) -> list[Path]:
@@ -49,7 +71,7 @@ def _hash_split(files: list[Path]) -> tuple[list[Path], list[Path]]:
 
 
 def list_split(root: Path, split: str) -> tuple[tuple[str, ...], dict[str, list[tuple[Path, int]]]]:
-    """(classes, {"train": [(file, label)], "test": [...]}) for either layout."""
+    """(classes, {"train": [(file, label)], "test": [...]}) for either layout; at least 2 classes, none empty."""
     if is_split_layout(root):
         classes = tuple(d.name for d in _class_dirs(root / "train"))
         unknown = sorted({d.name for d in _class_dirs(root / "test")} - set(classes))
@@ -57,31 +79,46 @@ def list_split(root: Path, split: str) -> tuple[tuple[str, ...], dict[str, list[
             raise UserInputError(f"{root}/test has classes {unknown} that {root}/train lacks",
                                  "every test class needs a train folder of the same name")
         files = {s: [(f, i) for i, c in enumerate(classes) if (root / s / c).is_dir()
-                     for f in _images_in(root / s / c)] for s in ("train", "test")}
+                     for f in _class_images(root / s / c)] for s in ("train", "test")}
     else:
         classes = tuple(d.name for d in _class_dirs(root))
         files = {"train": [], "test": []}
         for i, c in enumerate(classes):
-            train, test = _hash_split(_images_in(root / c))
+            train, test = _hash_split(_class_images(root / c))
             files["train"] += [(f, i) for f in train]
             files["test"] += [(f, i) for f in test]
     if not classes or not files["train"]:
         raise UserInputError(f"no class folders with images under {root}",
-                             f"lay it out as DIR/train/<class>/*.png and DIR/test/<class>/*.png, or DIR/<class>/*.png")
+                             "lay it out as DIR/train/<class>/*.png and DIR/test/<class>/*.png, or DIR/<class>/*.png")
+    if len(classes) < 2:
+        raise UserInputError(f"{root} has one class ({classes[0]}); a classifier needs at least 2",
+                             "add a folder of images for every other class")
     return classes, files
 
 
 def _probe(paths: list[Path]) -> tuple[str, set[tuple[int, int]]]:
-    """Decode mode ('L' or 'RGB') and the set of (h, w) sizes, from headers only."""
+    """Decode mode ('L' or 'RGB') and the set of (h, w) sizes, from headers only; oversized images refused."""
     grey, sizes = True, set()
     for path in paths:
         try:
-            with Image.open(path) as im:
-                grey &= im.mode in _GREY_MODES
-                sizes.add((im.height, im.width))
-        except (UnidentifiedImageError, OSError) as exc:
-            raise UserInputError(f"cannot read image {path}: {exc}", "remove or replace the file") from exc
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, by our own bound
+                with Image.open(path) as im:
+                    grey &= im.mode in _GREY_MODES
+                    h, w = im.height, im.width
+        except Image.DecompressionBombError as exc:
+            raise UserInputError(f"image {path} is too large: {_first_line(exc)}", _SHRINK) from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            raise UserInputError(f"cannot read image {path}: {_first_line(exc)}", "remove or replace the file") from None
+        if h * w > MAX_PIXELS:
+            raise UserInputError(f"image {path} is too large: {w}x{h} pixels, more than "
+                                 f"{MAX_PIXELS // 1_000_000} million", _SHRINK)
+        sizes.add((h, w))
     return ("L" if grey else "RGB"), sizes
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
 
 
 def _target_size(root: Path, sizes: set[tuple[int, int]], image_size: int | None) -> int:
@@ -95,11 +132,16 @@ def _target_size(root: Path, sizes: set[tuple[int, int]], image_size: int | None
 
 
 def _decode(path: Path, mode: str, size: int) -> np.ndarray:
-    with Image.open(path) as im:
-        im = im.convert(mode)
-        if im.size != (size, size):
-            im = im.resize((size, size), Image.BILINEAR)
-        arr = np.asarray(im, dtype=np.uint8)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # sizes were bounded by _probe
+            with Image.open(path) as im:
+                im = im.convert(mode)
+                if im.size != (size, size):
+                    im = im.resize((size, size), Image.BILINEAR)
+                arr = np.asarray(im, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise UserInputError(f"cannot decode image {path}: {_first_line(exc)}", "remove or replace the file") from None
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
@@ -109,6 +151,9 @@ def load_folder(root: Path, split: str, image_size: int | None = None) -> RawSpl
     size = _target_size(root, sizes, image_size)
     chosen = files[split]
     channels = 1 if mode == "L" else 3
+    if len(chosen) * channels * size * size > MAX_SPLIT_BYTES:
+        raise UserInputError(f"the {split} split under {root} would take {len(chosen) * channels * size * size / 1e9:.1f}"
+                             f" GB decoded at {size}x{size}", "pass a smaller --image-size")
     images = np.empty((len(chosen), channels, size, size), dtype=np.uint8)
     for k, (path, _) in enumerate(chosen):
         images[k] = _decode(path, mode, size)

@@ -6,7 +6,8 @@ and its labels as int64; every read, one item (``ds[i]``) or many
 adapt channels (1 -> 3 repeats, 3 -> 1 takes luma), resize bilinearly to
 ``image_size`` and normalize with the set's mean/std. So ``ds[i]`` equals
 ``ds.batch([i])[0][0]``, and ``calibration_batch`` rows are exactly the items
-``sample_indices`` names.
+``sample_indices`` names. A requested count below 1 is a ``UserInputError`` naming
+its flag and range; more than the set holds is clamped with a note (``check_count``).
 """
 from __future__ import annotations
 
@@ -122,11 +123,30 @@ def fetch(dataset, indices) -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.as_tensor([int(it[1]) for it in items], dtype=torch.int64)
 
 
-def calibration_batch(dataset, n: int, seed: int = 0) -> np.ndarray:
-    """``n`` deterministic samples as float32 (n, C, H, W): rows ``sample_indices(len(dataset), n, seed)``."""
+def check_count(n, available: int, flag: str, what: str) -> int:
+    """How many of ``available`` items to take for ``flag``: an integer >= 1; more than there are is
+    clamped to all of them with a note on stderr (a small data set is not an error)."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        upto = f" to {available}" if available >= 1 else ""
+        raise UserInputError(f"{flag} must be a whole number from 1{upto} ({what}), got {n!r}",
+                             f"pass {flag} N with N >= 1")
+    if available < 1:
+        raise UserInputError(f"there are no {what} to take {flag} {n} from", "pass a data set with images")
+    if n > available:
+        from edgeprune.ui import info
+
+        info(f"note: {flag} {n} is more than the {available} {what}; using all {available}")
+        return available
+    return int(n)
+
+
+def calibration_batch(dataset, n: int, seed: int = 0, flag: str = "--calib-images") -> np.ndarray:
+    """``n`` deterministic samples as float32 (n, C, H, W): rows ``sample_indices(len(dataset), n, seed)``.
+
+    ``n`` is checked by ``check_count`` (``flag`` names it in the message).
+    """
+    n = check_count(n, len(dataset), flag, "training images to calibrate on")
     idx = sample_indices(len(dataset), n, seed)
-    if len(idx) == 0:
-        raise UserInputError("the data set is empty, nothing to calibrate on", "pass a data set with images")
     return np.ascontiguousarray(fetch(dataset, idx)[0].numpy(), dtype=np.float32)
 
 

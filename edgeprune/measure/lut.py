@@ -12,11 +12,20 @@ Micro-models are plain ONNX graphs (Conv [+ bias] [+ Relu], or Gemm) built with 
 helper, so tables can be built where torch is absent (a device). Invariant: ``lookup`` at a
 measured grid point returns the measured value; between samples it interpolates linearly;
 outside the measured range it raises ``KeyError``.
+
+Rows are cached on disk by ``RowCache``: one JSON file per ``cache_key``, written atomically.
+A cache file that cannot be read back as the row its key names (truncated, corrupt, wrong
+shape) is a miss, never an error: one warning on stderr per cache, then the row is measured
+again and the file replaced.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
+import sys
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -146,3 +155,68 @@ def cache_key(context: dict[str, Any], sig: LayerSig, ins: list[int], outs: list
     """Stable hash of what makes a measurement reusable: target, runtime versions, host, threads, grid."""
     blob = json.dumps({"context": context, "sig": sig.key(), "ins": ins, "outs": outs}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def _row_problem(row: SigTable, sig: LayerSig, ins: list[int], outs: list[int]) -> str | None:
+    """Why ``row`` is not the measured row of ``sig`` over (ins, outs), or None when it is."""
+    want_outs = [ins[-1]] if sig.kind == "depthwise" else outs
+    if row.sig != sig or row.ins != ins or row.outs != want_outs:
+        return "its channel grid is not the one its name promises"
+    if not isinstance(row.ms, list) or len(row.ms) != len(ins):
+        return "its latency grid has the wrong number of rows"
+    for line in row.ms:
+        if not isinstance(line, list) or len(line) != len(want_outs):
+            return "its latency grid has a row of the wrong length"
+        for v in line:
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                  or not math.isfinite(v) or v < 0):
+                return f"it holds a latency that is not a number of milliseconds ({str(v)[:20]})"
+    return None
+
+
+class RowCache:
+    """Measured rows on disk under ``folder``, one ``<cache_key>.json`` each; unreadable files are misses."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.warned = False
+
+    def path(self, key: str) -> Path:
+        return self.folder / f"{key}.json"
+
+    def get(self, key: str, sig: LayerSig, ins: list[int], outs: list[int]) -> SigTable | None:
+        """The cached row for ``key`` (``sig`` over ins x outs), or None if absent or unreadable."""
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            row = SigTable.from_dict(json.loads(path.read_text(encoding="utf-8")))
+            problem = _row_problem(row, sig, ins, outs)
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+            problem = f"it is not a readable table row ({type(exc).__name__})"
+        if problem is None:
+            return row
+        self._warn(path, problem)
+        return None
+
+    def put(self, key: str, row: SigTable) -> Path:
+        """Write ``row`` for ``key`` atomically: a reader sees the old file or the whole new one."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.path(key)
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(row.to_dict(), fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    def _warn(self, path: Path, problem: str) -> None:
+        if not self.warned:
+            print(f"edgeprune: warning: latency-table cache file {path} is damaged ({problem}); "
+                  "measuring that row again and replacing the file", file=sys.stderr, flush=True)
+            self.warned = True

@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from edgeprune.errors import EdgepruneError
-from edgeprune.measure.lut import LayerSig, SigTable, cache_key, channel_grid, sampled_inputs, thin
+from edgeprune.measure.lut import LayerSig, RowCache, SigTable, cache_key, channel_grid, sampled_inputs, thin
 
 MAX_OUT_POINTS = 16  # per layer: every channel multiple up to this many, strided beyond
 MAX_IN_POINTS = 6
-from edgeprune.targets.base import write_json_atomic
 
 
 class LutError(EdgepruneError):
@@ -99,20 +98,22 @@ def build_table(profile: dict[str, Any], layers: Iterable[tuple], *, precision: 
     context = table_context(profile, precision, threads)
     cache = cache_dir or default_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
+    store = RowCache(cache)
     multiple = int(profile["channel_multiple"])
     rows, hits, points = {}, 0, 0
     bar = _bar(len(widest), progress)
     for sig, (cin, cout, fixed) in widest.items():
         ins, outs = plan_points(sig, cin, cout, multiple, in_stride, fixed)
-        path = cache / f"{cache_key(context, sig, ins, outs)}.json"
+        key = cache_key(context, sig, ins, outs)
         if bar is not None:
             bar.set_postfix_str(sig.key())
-        if path.is_file():
-            rows[sig.key()] = SigTable.from_dict(json.loads(path.read_text()))
+        cached = store.get(key, sig, ins, outs)  # a damaged file is a miss (warned once), then overwritten
+        if cached is not None:
+            rows[sig.key()] = cached
             hits += 1
         else:
             row = _measure_row(profile, precision, threads, sig, ins, outs, rounds, timeout_s)
-            write_json_atomic(path, row.to_dict())
+            store.put(key, row)
             rows[sig.key()] = row
             points += len(ins) * (1 if sig.kind == "depthwise" else len(outs))
         if bar is not None:

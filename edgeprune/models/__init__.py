@@ -4,6 +4,8 @@ Invariant: ``build_model(name, ...)`` returns a freshly initialised ``nn.Module`
 name in ``MODEL_NAMES`` and for a user factory ``package.module:factory``, or raises
 ``UserInputError`` listing the choices; ``model_spec`` returns a JSON-able dict that
 ``build_model(**...)`` (through ``build_from_spec``) rebuilds the same architecture from.
+Sizes are bounded (``MAX_CLASSES``, ``MAX_IN_CHANNELS``, numeric options) and ``check_spec``
+validates a spec read from a file field by field before anything is built.
 Every zoo model takes ``num_classes`` and ``in_channels`` (1 for grey images, 3 for RGB).
 """
 from __future__ import annotations
@@ -33,6 +35,10 @@ _ZOO: Mapping[str, tuple[Callable[..., nn.Module], int]] = MappingProxyType({
 
 MODEL_NAMES: tuple[str, ...] = tuple(_ZOO)
 SPEC_KEYS = ("name", "num_classes", "in_channels", "kwargs")
+# Bounds that keep a hostile spec from allocating without limit (ImageNet-21k has 21,841 classes).
+MAX_CLASSES = 100_000
+MAX_IN_CHANNELS = 64
+_OPTION_BOUNDS: Mapping[str, tuple[float, float]] = MappingProxyType({"width_mult": (0.05, 4.0)})
 
 
 def is_user_ref(name: str) -> bool:
@@ -40,25 +46,35 @@ def is_user_ref(name: str) -> bool:
     return ":" in name
 
 
-def _zoo_entry(name: str) -> tuple[Callable[..., nn.Module], int]:
+def _zoo_entry(name: str, source: str = "") -> tuple[Callable[..., nn.Module], int]:
     if name not in _ZOO:
-        raise UserInputError(f"unknown model '{name}'",
+        raise UserInputError(f"{source}unknown model '{name}'",
                              f"choose one of {', '.join(MODEL_NAMES)}, or package.module:factory")
     return _ZOO[name]
 
 
-def _check_sizes(num_classes: Any, in_channels: Any) -> None:
-    for label, value in (("num_classes", num_classes), ("in_channels", in_channels)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise UserInputError(f"{label} must be a positive integer, got {value!r}")
+def _check_sizes(num_classes: Any, in_channels: Any, source: str = "") -> None:
+    for label, value, top in (("num_classes", num_classes, MAX_CLASSES), ("in_channels", in_channels, MAX_IN_CHANNELS)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+            raise UserInputError(f"{source}{label} must be an integer from 1 to {top}, got {_short(value)}")
 
 
-def _check_options(name: str, factory: Callable[..., nn.Module], kwargs: dict[str, Any]) -> None:
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check_options(name: str, factory: Callable[..., nn.Module], kwargs: Mapping[str, Any], source: str = "") -> None:
     accepted = set(inspect.signature(factory).parameters) - {"num_classes", "in_channels"}
-    for key in kwargs:
+    for key, value in kwargs.items():
         if key not in accepted:
             options = ", ".join(sorted(accepted)) or "none"
-            raise UserInputError(f"model '{name}' takes no option '{key}'", f"its options: {options}")
+            raise UserInputError(f"{source}model '{name}' takes no option '{key}'", f"its options: {options}")
+        low, high = _OPTION_BOUNDS.get(key, (None, None))
+        if low is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                or not low <= value <= high):
+            raise UserInputError(f"{source}option {key} of model '{name}' must be a number from {low} to {high}, "
+                                 f"got {_short(value)}")
 
 
 def build_model(name: str, num_classes: int = 10, in_channels: int = 3, **kwargs: Any) -> nn.Module:
@@ -92,12 +108,52 @@ def model_spec(name: str, num_classes: int = 10, in_channels: int = 3, **kwargs:
     return {"name": name, "num_classes": num_classes, "in_channels": in_channels, "kwargs": dict(kwargs)}
 
 
-def build_from_spec(spec: Mapping[str, Any]) -> nn.Module:
-    """``build_model`` from a ``model_spec`` dict (no checks on who may name a factory)."""
+def check_spec(spec: Any, source: str = "model spec") -> dict[str, Any]:
+    """``spec`` checked field by field before anything is built: exactly ``SPEC_KEYS``, right types, bounded sizes.
+
+    Raises ``UserInputError`` starting with ``source`` (e.g. the checkpoint's path); returns a plain copy.
+    """
+    try:
+        return _checked_spec(spec, f"{source}: ")
+    except UserInputError as exc:
+        if exc.hint:
+            raise
+        raise UserInputError(exc.message, "the file is damaged or was not written by edgeprune") from None
+
+
+def _checked_spec(spec: Any, where: str) -> dict[str, Any]:
+    if not isinstance(spec, Mapping):
+        raise UserInputError(f"{where}the model spec is a {type(spec).__name__}, not a table",
+                             "the file is damaged or was not written by edgeprune")
     missing = [k for k in SPEC_KEYS if k not in spec]
-    if missing:
-        raise UserInputError(f"model spec lacks {missing[0]!r}", "the checkpoint was not written by edgeprune")
-    return build_model(str(spec["name"]), int(spec["num_classes"]), int(spec["in_channels"]), **dict(spec["kwargs"]))
+    extra = sorted(str(k) for k in spec if k not in SPEC_KEYS)
+    if missing or extra:
+        what = f"lacks the field {missing[0]!r}" if missing else f"has the unexpected field {_short(extra[0])}"
+        raise UserInputError(f"{where}the model spec {what}", "the file is damaged or was not written by edgeprune")
+    name, kwargs = spec["name"], spec["kwargs"]
+    if not isinstance(name, str) or not name or len(name) > 200:
+        raise UserInputError(f"{where}the model name must be a short string, got {_short(name)}")
+    _check_sizes(spec["num_classes"], spec["in_channels"], where)
+    if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
+        raise UserInputError(f"{where}the model options must be a table of names, got {_short(kwargs)}")
+    if is_user_ref(name):
+        from edgeprune.models.user import parse_ref
+
+        try:
+            parse_ref(name)
+        except UserInputError as exc:
+            raise UserInputError(f"{where}{exc.message}", exc.hint) from None
+    else:
+        _check_options(name, _zoo_entry(name, where)[0], kwargs, where)
+    return {"name": name, "num_classes": spec["num_classes"], "in_channels": spec["in_channels"],
+            "kwargs": dict(kwargs)}
 
 
-__all__ = ["MODEL_NAMES", "build_model", "build_from_spec", "default_input_size", "model_spec", "is_user_ref"]
+def build_from_spec(spec: Mapping[str, Any]) -> nn.Module:
+    """``build_model`` from a ``model_spec`` dict, checked by ``check_spec`` (no checks on who may name a factory)."""
+    spec = check_spec(spec)
+    return build_model(spec["name"], spec["num_classes"], spec["in_channels"], **spec["kwargs"])
+
+
+__all__ = ["MODEL_NAMES", "MAX_CLASSES", "MAX_IN_CHANNELS", "build_model", "build_from_spec", "check_spec",
+           "default_input_size", "model_spec", "is_user_ref"]

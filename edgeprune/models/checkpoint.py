@@ -17,13 +17,17 @@ Invariants:
   what the saved model computed.
 - A spec naming user code (``package.module:factory``) is imported only when the user named
   that same factory (``allow_factory``): a checkpoint cannot choose code to run.
-- Every unreadable, foreign or mismatching file is a ``UserInputError`` naming the file.
+- Every unreadable, foreign or mismatching file is a ``UserInputError`` naming the file and why
+  (empty, truncated, not a torch file). The spec is checked field by field (types, bounded
+  sizes) and every layer record against the tensors saved for it before anything is built,
+  so a hostile file cannot make loading allocate more than the file itself holds.
 """
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping
@@ -32,88 +36,14 @@ import torch
 from torch import nn
 
 from edgeprune.errors import UserInputError
-from edgeprune.models import build_from_spec, is_user_ref
+from edgeprune.models import build_from_spec, check_spec, is_user_ref
+from edgeprune.models.records import layer_records, reshape_to_records
 from edgeprune.outputs import shared_mode
 
 FORMAT = "edgeprune-checkpoint/1"
 _FORMAT_FAMILY = "edgeprune-checkpoint/"
 _PICKLE_HINT = ("re-save it as a plain state_dict, or pass --trust-checkpoint if you trust the file: "
                 "loading it can run code")
-
-
-# ---- layer records: the shape of every Conv2d / BatchNorm2d / Linear ----
-
-def layer_record(module: nn.Module) -> dict[str, Any] | None:
-    """The constructor arguments of a Conv2d/BatchNorm2d/Linear (exact types only), else None."""
-    kind = type(module)
-    if kind is nn.Conv2d:
-        return {"type": "Conv2d", "in_channels": module.in_channels, "out_channels": module.out_channels,
-                "kernel_size": tuple(module.kernel_size), "stride": tuple(module.stride),
-                "padding": module.padding if isinstance(module.padding, str) else tuple(module.padding),
-                "dilation": tuple(module.dilation), "groups": module.groups, "bias": module.bias is not None,
-                "padding_mode": module.padding_mode}
-    if kind is nn.BatchNorm2d:
-        return {"type": "BatchNorm2d", "num_features": module.num_features, "eps": module.eps,
-                "momentum": module.momentum, "affine": module.affine,
-                "track_running_stats": module.track_running_stats}
-    if kind is nn.Linear:
-        return {"type": "Linear", "in_features": module.in_features, "out_features": module.out_features,
-                "bias": module.bias is not None}
-    return None
-
-
-def layer_records(model: nn.Module) -> dict[str, dict[str, Any]]:
-    return {name: rec for name, mod in model.named_modules() if (rec := layer_record(mod)) is not None}
-
-
-def _module_from_record(rec: Mapping[str, Any]) -> nn.Module:
-    """A new layer of the recorded shape; its values are left uninitialised (weights load next)."""
-    kind = rec.get("type")
-    if kind == "Conv2d":
-        padding = rec["padding"] if isinstance(rec["padding"], str) else tuple(rec["padding"])
-        return torch.nn.utils.skip_init(
-            nn.Conv2d, int(rec["in_channels"]), int(rec["out_channels"]), tuple(rec["kernel_size"]),
-            stride=tuple(rec["stride"]), padding=padding,
-            dilation=tuple(rec["dilation"]), groups=int(rec["groups"]), bias=bool(rec["bias"]),
-            padding_mode=str(rec["padding_mode"]))
-    if kind == "BatchNorm2d":
-        return torch.nn.utils.skip_init(
-            nn.BatchNorm2d, int(rec["num_features"]), eps=float(rec["eps"]), momentum=rec["momentum"],
-            affine=bool(rec["affine"]), track_running_stats=bool(rec["track_running_stats"]))
-    if kind == "Linear":
-        return torch.nn.utils.skip_init(nn.Linear, int(rec["in_features"]), int(rec["out_features"]),
-                                        bias=bool(rec["bias"]))
-    raise ValueError(f"unknown layer type {kind!r}")
-
-
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-
-def reshape_to_records(model: nn.Module, records: Mapping[str, Mapping[str, Any]], source: str) -> int:
-    """Give every recorded layer of ``model`` its recorded shape; returns how many were replaced."""
-    replaced = 0
-    for name, rec in records.items():
-        try:
-            current = model.get_submodule(name)
-        except AttributeError:
-            raise UserInputError(f"{source}: layer '{name}' is not in the model its spec builds",
-                                 "the checkpoint does not match this version of the model code") from None
-        now = layer_record(current)
-        if now is None or now["type"] != rec.get("type"):
-            raise UserInputError(f"{source}: layer '{name}' is a {type(current).__name__} in the model "
-                                 f"but a {rec.get('type')} in the checkpoint")
-        if now == dict(rec):
-            continue
-        try:
-            new = _module_from_record(rec)
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise UserInputError(f"{source}: bad record for layer '{name}': {exc}") from None
-        _replace(model, name, new.train(current.training))
-        replaced += 1
-    return replaced
 
 
 # ---- saving ----
@@ -166,54 +96,96 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: dict[str, A
 
 # ---- loading ----
 
+_READ_HINT = "pass a file written by torch.save or 'edgeprune train'"
+
+
+def _why_unreadable(path: Path, exc: Exception) -> str:
+    """Why ``torch.load`` failed, in words: truncated archive, damaged pickle, or not a torch file at all."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:100]
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head.startswith(b"PK\x03\x04"):
+        if not zipfile.is_zipfile(path):
+            return "it is truncated (its zip archive has no end: an interrupted save, copy or download?)"
+        return f"its archive is damaged ({first})"
+    if head[:1] == b"\x80":
+        return f"it is truncated or damaged ({first or 'ends early'})"
+    return "it is not a PyTorch file (torch.save writes a zip archive)"
+
+
 def read_file(path: str | os.PathLike, trust: bool = False) -> Any:
-    """``torch.load`` of ``path`` on CPU; pickled objects only with ``trust``. One-line errors."""
+    """``torch.load`` of ``path`` on CPU; pickled objects only with ``trust``. One-line errors saying why."""
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"checkpoint not found: {path}", "check the path")
+    if path.stat().st_size == 0:
+        raise UserInputError(f"cannot read {path}: the file is empty", _READ_HINT)
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust)
     except Exception as exc:  # torch raises many types for foreign/corrupt files; all mean "unreadable"
-        if not trust and "weights only load failed" in str(exc).lower() and "invalid load key" not in str(exc):
+        if not trust and "unsupported global" in str(exc).lower():  # a class or function, not just tensors
             raise UserInputError(f"{path} holds pickled Python objects, refused for safety", _PICKLE_HINT) from None
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:100]
-        raise UserInputError(f"cannot read {path}: not a PyTorch checkpoint or corrupt ({first})",
-                             "pass a file written by torch.save or 'edgeprune train'") from None
+        raise UserInputError(f"cannot read {path}: {_why_unreadable(path, exc)}", _READ_HINT) from None
 
 
-def _spec_of(obj: Any, path: Path) -> dict[str, Any]:
-    if not isinstance(obj, Mapping) or not str(obj.get("format", "")).startswith(_FORMAT_FAMILY):
+def is_checkpoint_obj(obj: Any) -> bool:
+    """True for what ``read_file`` returns from an edgeprune checkpoint (any version of the format)."""
+    return isinstance(obj, Mapping) and str(obj.get("format", "")).startswith(_FORMAT_FAMILY)
+
+
+def checkpoint_spec(obj: Any, path: Path) -> dict[str, Any]:
+    """The checkpoint's model spec, validated field by field (``check_spec``) before anything is built."""
+    if not is_checkpoint_obj(obj):
         raise UserInputError(f"{path} is not an edgeprune checkpoint",
                              "to load a plain state_dict, pass --model NAME together with --weights")
     if obj["format"] != FORMAT:
-        raise UserInputError(f"{path} has format {obj['format']!r}; this edgeprune reads {FORMAT!r}",
+        raise UserInputError(f"{path} has format {str(obj['format'])[:60]!r}; this edgeprune reads {FORMAT!r}",
                              "upgrade edgeprune")
-    spec = obj.get("spec")
-    if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
+    if "spec" not in obj:
         raise UserInputError(f"{path} has no model spec", "the file is damaged or was not written by edgeprune")
     for key in ("layers", "state_dict"):
         if not isinstance(obj.get(key), Mapping):
             raise UserInputError(f"{path} lacks its {key!r} entry", "the file is damaged")
-    return dict(spec)
+    return check_spec(obj["spec"], str(path))
+
+
+def check_fits_data(spec: Mapping[str, Any], path: Path, num_classes: int, in_channels: int,
+                    data: str = "the data set") -> None:
+    """The checkpoint's classes and input channels must be the data's: say which is which and what to do."""
+    if spec["num_classes"] != num_classes:
+        raise UserInputError(f"{path} is a {spec['name']} for {spec['num_classes']} classes but {data} has "
+                             f"{num_classes}", "pass the --data it was trained on, or train a model for this data "
+                                               "with 'edgeprune train'")
+    if spec["in_channels"] != in_channels:
+        kind = {1: "greyscale", 3: "RGB"}
+        raise UserInputError(f"{path} takes {spec['in_channels']}-channel images but {data} has {in_channels}-"
+                             f"channel ({kind.get(in_channels, 'other')}) images",
+                             f"pass {kind.get(spec['in_channels'], 'matching')} data, or train a model for this data "
+                             "with 'edgeprune train'")
+
+
+def model_from_checkpoint(obj: Any, path: Path, allow_factory: str | None = None
+                          ) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """(model in eval mode, spec, meta) from what ``read_file`` returned for a checkpoint."""
+    spec = checkpoint_spec(obj, path)
+    name = spec["name"]
+    if is_user_ref(name) and name != allow_factory:
+        raise UserInputError(f"{path} was made from user code {name}, which is imported only on request",
+                             f"pass --model {name} if you trust that code")
+    state = obj["state_dict"]
+    model = build_from_spec(spec)
+    reshape_to_records(model, obj["layers"], str(path), state)
+    check_state_dict(model, state, path)
+    model.load_state_dict(state, strict=True)
+    meta = obj.get("meta")
+    return model.eval(), spec, dict(meta) if isinstance(meta, Mapping) else {}
 
 
 def load_checkpoint(path: str | os.PathLike, allow_factory: str | None = None,
                     trust: bool = False) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
     """(model in eval mode with the saved shapes and weights, spec, meta) from ``save_checkpoint``'s file."""
     path = Path(path)
-    obj = read_file(path, trust)
-    spec = _spec_of(obj, path)
-    name = spec["name"]
-    if is_user_ref(name) and name != allow_factory:
-        raise UserInputError(f"{path} was made from user code {name}, which is imported only on request",
-                             f"pass --model {name} if you trust that code")
-    model = build_from_spec(spec)
-    reshape_to_records(model, obj["layers"], str(path))
-    state = obj["state_dict"]
-    check_state_dict(model, state, path)
-    model.load_state_dict(state, strict=True)
-    meta = obj.get("meta")
-    return model.eval(), spec, dict(meta) if isinstance(meta, Mapping) else {}
+    return model_from_checkpoint(read_file(path, trust), path, allow_factory)
 
 
 def _extract_state_dict(obj: Any, path: Path) -> Mapping[str, Any]:
@@ -221,7 +193,7 @@ def _extract_state_dict(obj: Any, path: Path) -> Mapping[str, Any]:
     if isinstance(obj, nn.Module):
         return obj.state_dict()
     if isinstance(obj, Mapping):
-        if str(obj.get("format", "")).startswith(_FORMAT_FAMILY):
+        if is_checkpoint_obj(obj):
             obj = obj.get("state_dict")
         else:
             for key in ("state_dict", "model"):
@@ -244,6 +216,26 @@ def _strip_prefix(state: Mapping[str, Any], model_keys: set[str], prefix: str = 
     return state
 
 
+def _io_layers(model: nn.Module) -> tuple[str | None, str | None]:
+    """State keys of the first conv's weight (input channels) and the last linear's weight (classes)."""
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return (f"{convs[0]}.weight" if convs else None), (f"{linears[-1]}.weight" if linears else None)
+
+
+def _mismatch_meaning(key: str, got: torch.Tensor, want: torch.Tensor, model: nn.Module) -> tuple[str, str]:
+    """What a mis-shaped first conv or classifier means, and what to do; generic words otherwise."""
+    first_conv, classifier = _io_layers(model)
+    if key == first_conv and got.ndim == 4 and got.shape[1] != want.shape[1]:
+        return (f": the weights take {got.shape[1]}-channel images, the model built for the data takes "
+                f"{want.shape[1]}", f"pass data with {got.shape[1]}-channel images, or weights trained on "
+                                    f"{want.shape[1]}-channel ones")
+    if key == classifier and got.ndim == 2 and got.shape[0] != want.shape[0]:
+        return (f": the weights are for {got.shape[0]} classes, the data has {want.shape[0]}",
+                "pass the --data they were trained on, or weights for this data's classes")
+    return "", "check --model and the data's classes and channels"
+
+
 def check_state_dict(model: nn.Module, state: Mapping[str, Any], path: Path) -> None:
     """Raise ``UserInputError`` naming the first missing, unexpected or mis-shaped key."""
     expected = model.state_dict()
@@ -253,21 +245,28 @@ def check_state_dict(model: nn.Module, state: Mapping[str, Any], path: Path) -> 
                              "is it a checkpoint for this --model?")
     unexpected = [k for k in state if k not in expected]
     if unexpected:
-        raise UserInputError(f"{path} has {len(unexpected)} weights the model lacks, first '{unexpected[0]}'",
+        raise UserInputError(f"{path} has {len(unexpected)} weights the model lacks, first '{str(unexpected[0])[:80]}'",
                              "is it a checkpoint for this --model?")
     for key, want in expected.items():
         got = state[key]
         if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(want.shape):
-            shape = list(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
-            raise UserInputError(f"{path}: '{key}' has shape {shape} but the model expects {list(want.shape)}",
-                                 "check --model and the data's classes and channels")
+            if not isinstance(got, torch.Tensor):
+                raise UserInputError(f"{path}: '{key}' is a {type(got).__name__}, not a tensor", "the file is damaged")
+            meaning, hint = _mismatch_meaning(key, got, want, model)
+            raise UserInputError(f"{path}: '{key}' has shape {list(got.shape)} but the model expects "
+                                 f"{list(want.shape)}{meaning}", hint)
+
+
+def load_weights_from(model: nn.Module, obj: Any, path: Path) -> nn.Module:
+    """Load the state_dict inside ``obj`` (what ``read_file(path)`` returned) into ``model``, strictly."""
+    state = _extract_state_dict(obj, path)
+    state = _strip_prefix(state, set(model.state_dict()))
+    check_state_dict(model, state, path)
+    model.load_state_dict(state, strict=True)
+    return model
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike, trust: bool = False) -> nn.Module:
     """Load a torchvision-style state_dict file into ``model`` (strict: same keys and shapes)."""
     path = Path(path)
-    state = _extract_state_dict(read_file(path, trust), path)
-    state = _strip_prefix(state, set(model.state_dict()))
-    check_state_dict(model, state, path)
-    model.load_state_dict(state, strict=True)
-    return model
+    return load_weights_from(model, read_file(path, trust), path)
