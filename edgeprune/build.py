@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from edgeprune import __version__
-from edgeprune.data import calibration_batch, load_dataset
+from edgeprune.data import calibration_batch, check_count, load_dataset
 from edgeprune.deploy_check import compile_checked, make_holdout
 from edgeprune.build_checks import BuildGateFailed, check_gates, check_ranges, gates  # noqa: F401 (BuildGateFailed is part of the API)
 from edgeprune.errors import GateFailed, UserInputError
@@ -174,7 +174,7 @@ def _deploy(stage: Path, cfg: BuildConfig, profile: dict[str, Any], ctx: dict[st
     calib = ctx["calib"]
     rows = {}
     for name, model in models.items():
-        holdout = make_holdout(ctx["test_ds"], cfg.holdout, lambda x, m=model: torch_outputs(m, x), cfg.seed)
+        holdout = make_holdout(ctx["test_ds"], ctx["holdout"], lambda x, m=model: torch_outputs(m, x), cfg.seed)
         onnx_path = stage / "onnx" / f"{name}.onnx"
         exported = export_onnx(model, ctx["input_shape"], onnx_path, check_inputs=holdout.x[:32])
         if ctx.get("device") is not None:
@@ -234,11 +234,12 @@ def prepare(cfg: BuildConfig, steps: Steps,
     torch.manual_seed(cfg.seed)
     train_ds = load_dataset(cfg.data, "train", image_size=cfg.image_size)
     test_ds = load_dataset(cfg.data, "test", image_size=cfg.image_size)
+    holdout = check_count(cfg.holdout, len(test_ds), "--holdout-images", "held-out test images")
     model, spec = load_model(cfg.model, cfg.weights, num_classes=train_ds.num_classes,
-                             in_channels=train_ds.channels, trust=cfg.trust_checkpoint)
+                             in_channels=train_ds.channels, trust=cfg.trust_checkpoint, data=train_ds.name)
     if cfg.weights is None:
         info("warning: no --weights given: pruning an untrained model, accuracies are meaningless")
-    ctx = {"model": model, "train_ds": train_ds, "test_ds": test_ds,
+    ctx = {"model": model, "train_ds": train_ds, "test_ds": test_ds, "holdout": holdout,
            "input_shape": (1, train_ds.channels, train_ds.image_size, train_ds.image_size),
            "round_to": cfg.round_to if cfg.round_to is not None else channel_multiple(profile),
            "threads": resolve_threads(profile, cfg.threads), "profile": profile, "device": cfg.device,
