@@ -54,7 +54,10 @@ Winograd (profile option ``winograd = true|false``, recorded as
 (cortex-a76 under qemu) fp16 arithmetic with winograd moved a Conv-ReLU-Conv net's
 outputs by 5.5% of their range, 0.4% with winograd off. ``precision_attempts``
 is the policy: fp16 is tried with winograd on, then off if the parity gate fails;
-the caller records which settings passed.
+the caller records which settings passed. On an ARMv8.0 core (cortex-a72 under
+qemu, no ``asimdhp``) every blob stays fp32 and turning ``use_fp16_arithmetic``
+off changes nothing, so fp16 is reported as fp32 and ``load`` refuses it; only
+InnerProduct's fp16-storage path (ARMv8.0 has fp16 conversions) moves its output.
 
 Nothing here imports torch; ncnn and onnx are imported inside the functions.
 """
