@@ -94,6 +94,10 @@ class LocalTransport:
             timer.start()
             try:
                 consume(proc.stdout)
+                # Read to EOF as ssh would: tarfile stops at the end-of-archive blocks, and closing the pipe
+                # before the device flushed its tar padding would fail the device with a broken pipe.
+                while proc.stdout.read(1 << 16):
+                    pass
             except BaseException:
                 proc.kill()
                 raise
