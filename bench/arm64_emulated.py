@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROWS = [("arm64-a76-emulated", "fp32"), ("arm64-a76-emulated", "fp16"), ("arm64-a72-emulated", "fp32"),
-        ("arm64-a72-emulated", "fp16"), ("arm64-a76-mnn-emulated", "fp32"), ("arm64-a76-mnn-emulated", "fp16"),
-        ("arm64-a72-mnn-emulated", "fp32"), ("arm64-a72-mnn-emulated", "fp16")]
+ROWS = [("emulated-a76-ncnn", "fp32"), ("emulated-a76-ncnn", "fp16"), ("emulated-a72-ncnn", "fp32"),
+        ("emulated-a72-ncnn", "fp16"), ("emulated-a76-mnn", "fp32"), ("emulated-a76-mnn", "fp16"),
+        ("emulated-a72-mnn", "fp32"), ("emulated-a72-mnn", "fp16")]
 
 
 def _model(work: Path):

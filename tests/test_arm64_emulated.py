@@ -55,7 +55,7 @@ def a72():
 @emulated
 def test_ncnn_fp16_on_a76_computes_in_fp16_and_passes_the_gate(a76, tiny, tmp_path):
     onnx_path, holdout = tiny
-    row = host_compiled.check_on_device(a76, onnx_path, load_profile("arm64-a76-emulated"), "fp16", holdout, None,
+    row = host_compiled.check_on_device(a76, onnx_path, load_profile("emulated-a76-ncnn"), "fp16", holdout, None,
                                         tmp_path / "fp16")
     assert row["status"] == "ok", row["reason"]
     assert row["device"] == "qemu-aarch64 cortex-a76 (emulated)" and row["latency"] == NOT_MEASURED
@@ -71,7 +71,7 @@ def test_ncnn_fp16_on_a76_computes_in_fp16_and_passes_the_gate(a76, tiny, tmp_pa
 @emulated
 def test_ncnn_fp32_on_a76_matches_torch(a76, tiny, tmp_path):
     onnx_path, holdout = tiny
-    row = host_compiled.check_on_device(a76, onnx_path, load_profile("arm64-a76-emulated"), "fp32", holdout, None,
+    row = host_compiled.check_on_device(a76, onnx_path, load_profile("emulated-a76-ncnn"), "fp32", holdout, None,
                                         tmp_path / "fp32")
     assert row["status"] == "ok", row["reason"]
     assert row["inspect"]["precision"] == "fp32" and row["parity"]["max_rel_diff"] < 1e-4
@@ -82,7 +82,7 @@ def test_a72_control_refuses_fp16_and_reports_fp32_arithmetic(a72, tiny, tmp_pat
     from edgeprune.targets import ncnn
 
     onnx_path, holdout = tiny
-    profile = load_profile("arm64-a72-emulated")
+    profile = load_profile("emulated-a72-ncnn")
     row = host_compiled.check_on_device(a72, onnx_path, profile, "fp16", holdout, None, tmp_path / "fp16")
     assert row["status"] == "unsupported" and "fp32 arithmetic" in row["reason"], row["reason"]
     assert row["reason"].startswith("qemu-aarch64 cortex-a72 (emulated): ")
@@ -98,7 +98,7 @@ def test_a72_control_refuses_fp16_and_reports_fp32_arithmetic(a72, tiny, tmp_pat
 @emulated
 def test_mnn_low_precision_on_a76_is_fp16_and_passes_the_gate(a76, tiny, tmp_path):
     onnx_path, holdout = tiny
-    row = host_compiled.check_on_device(a76, onnx_path, load_profile("arm64-a76-mnn-emulated"), "fp16", holdout,
+    row = host_compiled.check_on_device(a76, onnx_path, load_profile("emulated-a76-mnn"), "fp16", holdout,
                                         None, tmp_path / "mnn")
     assert row["status"] == "ok", row["reason"]
     info = row["inspect"]
@@ -116,8 +116,8 @@ def test_setup_is_fast_when_done():
 
 
 def test_emulated_profiles_and_cores():
-    for name, core in (("arm64-a76-emulated", "cortex-a76"), ("arm64-a72-emulated", "cortex-a72"),
-                       ("arm64-a76-mnn-emulated", "cortex-a76"), ("arm64-a72-mnn-emulated", "cortex-a72")):
+    for name, core in (("emulated-a76-ncnn", "cortex-a76"), ("emulated-a72-ncnn", "cortex-a72"),
+                       ("emulated-a76-mnn", "cortex-a76"), ("emulated-a72-mnn", "cortex-a72")):
         prof = load_profile(name)
         assert is_emulated(prof) and prof["emulate"]["core"] == core
     assert not is_emulated(load_profile("arm64"))
@@ -150,7 +150,7 @@ def test_ncnn_fp16_falls_back_to_winograd_off_and_says_so(tiny, tmp_path, monkey
         return {"outputs": holdout.reference + noise, "inspect": {"precision": "fp16"}, "versions": {}}
 
     monkeypatch.setattr(host_compiled, "run_on_device", fake_run)
-    row = host_compiled.check_on_device(_FakeDevice(), onnx_path, load_profile("arm64-a76-emulated"), "fp16",
+    row = host_compiled.check_on_device(_FakeDevice(), onnx_path, load_profile("emulated-a76-ncnn"), "fp16",
                                         holdout, None, tmp_path / "out")
     assert seen == [True, False]
     assert row["status"] == "ok" and row["settings"] == {"winograd": False}

@@ -146,7 +146,7 @@ class EmulatedDevice(RemoteDevice):
         table = profile.get("emulate")
         if not isinstance(table, Mapping) or "core" not in table:
             raise UserInputError(f"target {profile.get('name')!r} has no [emulate] table with a core",
-                                 "use an *-emulated target, e.g. arm64-a76-emulated")
+                                 "use an *-emulated target, e.g. emulated-a76-ncnn")
         kwargs.setdefault("timeout", float(table.get("timeout_s", 900.0)))
         return cls(str(table["core"]), **kwargs)
 
