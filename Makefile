@@ -11,8 +11,10 @@ demo: setup
 
 test:
 	EDGEPRUNE_TEST_DEPS=1 bash scripts/setup.sh
+	EDGEPRUNE_VENV=$(VENV) bash scripts/arm64-setup.sh --optional
 	$(VENV)/bin/pytest -q
 
 test-all:
 	EDGEPRUNE_TEST_DEPS=1 bash scripts/setup.sh
+	EDGEPRUNE_VENV=$(VENV) bash scripts/arm64-setup.sh --optional
 	$(VENV)/bin/pytest -q -m "not tensorrt and not gpu"

@@ -9,6 +9,11 @@ stdin/stdout), where VERB is one of:
   compiles through ``edgeprune.targets.<runtime>.compile`` into DIR/out/artifact, runs the
   held-out inputs through it into DIR/out/outputs.npy, and lists every file of DIR/out
   with its size and sha256.
+- ``run``: job ``{"dir", "artifact", "holdout", "threads"}``; an artifact compiled elsewhere (the
+  host, when the device has no converter) is inspected and loaded through its target module
+  here, the held-out inputs run through it into DIR/out/outputs.npy, and DIR/out is listed.
+  ``load`` refuses a precision this CPU would not honour (fp16 on a core without fp16
+  arithmetic), exactly as for a compile job.
 - ``measure``: job ``{"dir", "artifacts": {name: path}, "settings", "rounds", "seed"}``;
   ``edgeprune.measure.protocol.measure_interleaved`` here, each run in a fresh process.
 - ``lut``: job ``{"profile", "layers", "precision", "threads", "in_stride", "rounds",
@@ -154,6 +159,29 @@ def compile_job(job: dict) -> dict:
     return result
 
 
+def run_job(job: dict) -> dict:
+    import numpy as np
+
+    from edgeprune.measure.env import environment
+    from edgeprune.measure.parity import run_batched
+    from edgeprune.targets.base import Artifact
+
+    folder, threads = Path(job["dir"]), int(job.get("threads", 1))
+    artifact = Artifact.open(folder / job["artifact"])
+    mod = _runtime(artifact.runtime)
+    result = {"inspect": mod.inspect(artifact), "versions": mod.versions(), "outputs": None}
+    out = folder / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    if job.get("holdout"):
+        started = time.perf_counter()
+        x = np.load(folder / job["holdout"], allow_pickle=False)
+        outputs = run_batched(mod.load(artifact, threads), x, artifact.input_shape[0])
+        np.save(out / "outputs.npy", np.ascontiguousarray(outputs), allow_pickle=False)
+        result.update(outputs="outputs.npy", parity_s=time.perf_counter() - started)
+    result.update(files=_listing(out), environment=environment(threads))
+    return result
+
+
 def measure_job(job: dict) -> dict:
     from edgeprune.measure.protocol import MeasureSettings, measure_interleaved
     from edgeprune.targets.base import Artifact
@@ -183,7 +211,7 @@ def lut_job(job: dict) -> dict:
     return {"meta": table["meta"], "rows": {key: row.to_dict() for key, row in table["rows"].items()}}
 
 
-VERBS = {"selfcheck": selfcheck, "compile": compile_job, "measure": measure_job, "lut": lut_job}
+VERBS = {"selfcheck": selfcheck, "compile": compile_job, "run": run_job, "measure": measure_job, "lut": lut_job}
 
 
 def _json_default(obj):

@@ -122,12 +122,13 @@ def test_fp16_artifact_weights_flags_and_honest_inspect(fp16_artifact, fp32_arti
     assert "fp16=1" in m["options"]["converter"]["args"] and m["options"]["weights"] == "fp16"
     assert fp16_artifact.size_bytes() < 0.6 * fp32_artifact.size_bytes()
     info = ncnn_target.inspect(fp16_artifact)
-    assert (info["precision"], info["weights"]) == ("fp16", "fp16")
+    assert info["weights"] == "fp16"
     assert info["weight_blobs"]["tagged"] == {"fp16": 4} and info["weight_blobs"]["complete"]
     assert info["ncnn_options"] == FP16_FLAGS
     if _has_arm_fp16():
-        assert "fp16" in (info["storage"], info["arithmetic"]) and not info["fp16_emulated"]
+        assert info["precision"] == info["arithmetic"] == "fp16" and not info["fp16_emulated"]
     else:  # x86: ncnn keeps activations and arithmetic in fp32 even with every fp16 flag on
+        assert info["precision"] == "fp32"  # fp16 is reported only where fp16 arithmetic really ran
         assert (info["storage"], info["arithmetic"]) == ("fp32", "fp32")
         assert info["fp16_emulated"] is True and info["differs_from_fp32_runtime"] is False
 

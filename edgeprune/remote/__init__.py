@@ -1,9 +1,11 @@
-"""Remote devices over SSH: compile and measure on the device that will run the model.
+"""Remote devices over SSH (and emulated arm64 cores): compile and measure on the device that will run the model.
 
 The host (this package) talks to a device with the plain OpenSSH client; the device runs
 ``deploy/edgeprune_device.py`` with the device subset of edgeprune (targets, measure) and
-only numpy plus its runtime installed. Invariant: importing this package imports neither
-torch nor any runtime; names are loaded on first use.
+only numpy plus its runtime installed. An emulated arm64 core (``emulated.EmulatedDevice``,
+qemu-user here) speaks the same device protocol over a local transport, for correctness only.
+Invariant: importing this package imports neither torch nor any runtime; names are loaded on
+first use.
 """
 from __future__ import annotations
 
@@ -25,6 +27,10 @@ _EXPORTS = {
     "measure_many_remote": "remote_target",
     "remote_measure_interleaved": "remote_target",
     "remote_build_table": "remote_target",
+    "EmulatedDevice": "emulated",
+    "emulation_available": "emulated",
+    "check_on_device": "host_compiled",
+    "run_on_device": "host_compiled",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -119,7 +119,8 @@ def _mnn():
 def cpu_features() -> dict[str, bool]:
     """MNN's own CPU feature report (``The device supports: i8sdot:0, fp16:0, ...``), read from a fresh process."""
     try:
-        res = subprocess.run([sys.executable, "-c", "import MNN"], capture_output=True, text=True, timeout=60)
+        res = subprocess.run([*tools.child_python(), "-c", "import MNN"], capture_output=True, text=True,
+                             timeout=300)
     except (OSError, subprocess.TimeoutExpired):
         return {}
     line = next((ln for ln in (res.stdout + res.stderr).splitlines() if "device supports" in ln), "")

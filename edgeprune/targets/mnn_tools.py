@@ -17,6 +17,11 @@ Calibration for ``mnnquant``: it reads *images* (stb_image; RGBA converted to
 map that ``mean``/``normal`` invert (exact for data that came from 8-bit images,
 otherwise within half of (max - min) / 255). Other channel counts raise
 ``UnsupportedPrecision``. Nothing here imports torch or MNN.
+
+Child processes start with ``child_python()``: ``sys.executable``, or the argv list in
+``$EDGEPRUNE_CHILD_PYTHON`` (JSON) where this Python cannot start itself: under qemu user-mode
+emulation without binfmt an arm64 Python cannot exec its own binary, so the emulated device sets
+it to the same ``qemu-aarch64 ... python3.11`` command line it was started with.
 """
 from __future__ import annotations
 
@@ -60,10 +65,28 @@ def meaningful_line(output: str) -> str:
     return lines[-1] if lines else "no output"
 
 
+CHILD_PYTHON_ENV = "EDGEPRUNE_CHILD_PYTHON"
+
+
+def child_python() -> list[str]:
+    """The argv prefix that starts a Python like this one (see the module docstring)."""
+    text = os.environ.get(CHILD_PYTHON_ENV)
+    if text:
+        try:
+            argv = json.loads(text)
+        except ValueError:
+            argv = None
+        if isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv):
+            return argv
+        raise UserInputError(f"${CHILD_PYTHON_ENV} must be a JSON list of strings, got {text[:60]!r}",
+                             "unset it, or set it to the argv that starts Python")
+    return [sys.executable]
+
+
 def run_tool(tool: str, argv: list[str], timeout: float, what: str) -> str:
     """Run ``_tools.<tool>([tool, *argv])`` in a subprocess; its combined output."""
     try:
-        res = subprocess.run([sys.executable, "-c", _TOOL, tool, *argv], capture_output=True, text=True,
+        res = subprocess.run([*child_python(), "-c", _TOOL, tool, *argv], capture_output=True, text=True,
                              timeout=timeout)
     except subprocess.TimeoutExpired as exc:
         raise CompileError(f"MNN {tool} timed out after {timeout:.0f} s on {what}",
