@@ -30,7 +30,9 @@ from typing import Any
 import numpy as np
 
 from edgeprune.errors import CompileError, RuntimeUnavailable, UnsupportedPrecision, UserInputError
-from edgeprune.targets.base import Artifact, check_request, open_artifact, staging_dir, write_manifest
+from edgeprune.targets import onnx_input
+from edgeprune.targets.base import Artifact, open_artifact, staging_dir, write_manifest
+from edgeprune.targets.onnx_input import one_line as _one_line
 
 NAME = "onnxruntime"
 EXTRA = "onnxruntime"
@@ -39,6 +41,8 @@ PRECISIONS = ("fp32", "int8")
 MIN_CALIB_SAMPLES = 32
 MODEL_ONNX = "model.onnx"
 PROVIDER = "CPUExecutionProvider"
+# Operator domains ORT's CPU provider implements (its contrib ops live in com.microsoft).
+DOMAINS = frozenset({*onnx_input.STANDARD_DOMAINS, "ai.onnx.ml", "com.microsoft"})
 OPT_LEVELS = ("disable", "basic", "extended", "layout", "all")
 _ORT_LEVEL_NAMES = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
                     "layout": "ORT_ENABLE_LAYOUT", "all": "ORT_ENABLE_ALL"}
@@ -78,11 +82,6 @@ def _ort():
     return ort
 
 
-def _one_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return lines[-1] if lines else type(exc).__name__
-
-
 def _opt_level(profile: dict[str, Any] | None) -> str:
     level = str(((profile or {}).get("options") or {}).get("graph_optimization_level", "all")).lower()
     if level not in OPT_LEVELS:
@@ -94,39 +93,8 @@ def _opt_level(profile: dict[str, Any] | None) -> str:
 def _check_request(onnx_path: Path, precision: str, calib_data: np.ndarray | None) -> None:
     if precision == "fp16":
         raise UnsupportedPrecision("ONNX Runtime CPU has no fp16 kernels for this target; use fp32 or int8")
-    check_request(onnx_path, precision, calib_data, runtime=NAME, precisions=PRECISIONS, min_calib=MIN_CALIB_SAMPLES)
-
-
-def _read_onnx(onnx_path: Path):
-    """Load and check an ONNX model; a corrupt or invalid file is a CompileError."""
-    import onnx
-
-    try:
-        model = onnx.load(str(onnx_path))
-        onnx.checker.check_model(model)
-    except Exception as exc:  # protobuf DecodeError, onnx ValidationError, OSError on external data
-        raise CompileError(f"{onnx_path} is not a valid ONNX model: {_one_line(exc)}",
-                           "check that the file is a complete ONNX model (re-export it)") from exc
-    return model
-
-
-def _static_input_shape(model, onnx_path: Path) -> list[int]:
-    inits = {init.name for init in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
-    if len(inputs) != 1:
-        raise UserInputError(f"{onnx_path} has {len(inputs)} inputs; edgeprune targets take single-input models")
-    shape = [d.dim_value if d.HasField("dim_value") else -1 for d in inputs[0].type.tensor_type.shape.dim]
-    if not shape or any(v <= 0 for v in shape):
-        raise UserInputError(f"{onnx_path} has a dynamic input shape {shape}", "export with a static shape")
-    return shape
-
-
-def _calibration(calib_data: np.ndarray, input_shape: list[int]) -> np.ndarray:
-    calib = np.ascontiguousarray(calib_data, dtype=np.float32)
-    if calib.ndim != len(input_shape) or list(calib.shape[1:]) != input_shape[1:]:
-        raise UserInputError(f"calibration data has shape {list(calib.shape)}, the model takes {input_shape}",
-                             "pass samples shaped like the model input (N, C, H, W)")
-    return calib
+    onnx_input.check_request(onnx_path, precision, calib_data, runtime=NAME, precisions=PRECISIONS,
+                             min_calib=MIN_CALIB_SAMPLES)
 
 
 def _session(model_path: Path, level: str, threads: int, optimized_path: Path | None = None):
@@ -194,8 +162,9 @@ def compile(onnx_path: str | os.PathLike, precision: str, calib_data: np.ndarray
     _check_request(onnx_path, precision, calib_data)
     level = _opt_level(profile)
     _ort()
-    input_shape = _static_input_shape(_read_onnx(onnx_path), onnx_path)
-    calib = _calibration(calib_data, input_shape) if precision == "int8" else None
+    input_shape = onnx_input.read(onnx_path, runtime="ONNX Runtime", domains=DOMAINS).input_shape
+    calib = onnx_input.calibration(calib_data, input_shape, min_samples=MIN_CALIB_SAMPLES) \
+        if precision == "int8" else None
     options: dict[str, Any] = {"precision": precision, "provider": PROVIDER, "graph_optimization_level": level}
     with staging_dir(out_dir) as stage:
         model_path = stage / MODEL_ONNX

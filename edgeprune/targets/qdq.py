@@ -42,6 +42,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from edgeprune.errors import CompileError, UserInputError
+from edgeprune.targets import onnx_input
+from edgeprune.targets.onnx_input import one_line as _one_line
 
 MIN_OPSET = 13
 QUANTIZED_OP_TYPES = ("Conv", "Gemm", "MatMul", "Add")
@@ -91,21 +93,6 @@ class _BatchReader:
 def _stride(n_batches: int) -> int:
     """The largest divisor of ``n_batches`` up to ``MINMAX_CHUNK`` (ORT's strided MinMax needs an exact split)."""
     return max(d for d in range(1, min(MINMAX_CHUNK, n_batches) + 1) if n_batches % d == 0)
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return lines[-1] if lines else type(exc).__name__
-
-
-def _input_name_and_batch(model) -> tuple[str, int]:
-    inits = {init.name for init in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
-    if len(inputs) != 1:
-        raise UserInputError(f"the model has {len(inputs)} inputs; int8 calibration takes single-input models")
-    dims = inputs[0].type.tensor_type.shape.dim
-    batch = dims[0].dim_value if dims and dims[0].HasField("dim_value") else 1
-    return inputs[0].name, max(int(batch), 1)
 
 
 def _prepare(onnx_in: Path, work: Path):
@@ -181,7 +168,8 @@ def quantize_qdq(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike, calib_
         except Exception as exc:  # onnx/ORT raise many types on graphs they cannot infer or fold
             raise CompileError(f"int8 pre-processing of {Path(onnx_in).name} failed: {_one_line(exc)}",
                                "check the ONNX model or use --precision fp32") from exc
-        input_name, batch = _input_name_and_batch(model)
+        input_name, shape = onnx_input.input_spec(model, Path(onnx_in), ranks=(2, 3, 4, 5))
+        batch = shape[0]
         with tqdm(total=len(calib) // batch, desc="int8 calibration", unit="batch", disable=not progress,
                   leave=False) as bar:
             reader = _BatchReader(input_name, calib, batch, bar)
