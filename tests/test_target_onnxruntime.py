@@ -24,6 +24,7 @@ pytestmark = pytest.mark.skipif(not ort_target.available()[0], reason="onnxrunti
 
 MINI_FMNIST = Path(__file__).parent / "data" / "fashion-mnist-mini"
 PROFILE = {"name": "onnxruntime", "runtime": "onnxruntime", "options": {"graph_optimization_level": "all"}}
+TENSORRT_FORM = {**PROFILE, "options": {**PROFILE["options"], "int8_form": "tensorrt"}}
 
 
 def _leftovers(parent: Path, name: str) -> list[str]:
@@ -114,8 +115,8 @@ def test_int8_is_symmetric_per_channel_qdq_and_agrees_with_fp32(tiny_onnx, tmp_p
     from edgeprune.targets import qdq
 
     calib, held_out = _calibration_and_held_out()
-    art = ort_target.compile(tiny_onnx, "int8", calib, PROFILE, tmp_path / "int8")
-    assert art.precision == "int8"
+    art = ort_target.compile(tiny_onnx, "int8", calib, TENSORRT_FORM, tmp_path / "int8")
+    assert art.precision == "int8" and art.manifest["options"]["int8_form"] == "tensorrt"
     stats = art.manifest["options"]["qdq"]
     assert stats["calibration"] == "minmax" and stats["samples"] == len(calib) and stats["float_ops"] == 0
 
@@ -144,6 +145,29 @@ def test_int8_is_symmetric_per_channel_qdq_and_agrees_with_fp32(tiny_onnx, tmp_p
     assert np.abs(out_int8 - out_fp32).max() <= 0.1 * logit_range
     assert np.abs(out_int8 - out_fp32).mean() <= 0.02 * logit_range
     assert not np.array_equal(out_int8, out_fp32)
+
+
+def test_default_int8_is_the_cpu_form_with_every_conv_fused(tiny_onnx, tmp_path, fp32_artifact):
+    """uint8 activations with zero points, ReLUs folded: ORT runs every conv and the linear layer as int8 kernels."""
+    import onnx
+    from onnx import numpy_helper
+
+    calib, held_out = _calibration_and_held_out()
+    art = ort_target.compile(tiny_onnx, "int8", calib, PROFILE, tmp_path / "int8")
+    assert art.manifest["options"]["int8_form"] == "cpu"
+    assert art.manifest["options"]["qdq"]["activations"] == "uint8 asymmetric"
+    report = ort_target.inspect(art)
+    assert report["precision"] == "int8" and report["executed"]["fp32"] == 0 and report["executed"]["int8"] >= 4
+    graph = onnx.load(str(art.file("model"))).graph
+    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    zero_points = [consts[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear"]
+    assert zero_points and all(zp.dtype == np.uint8 for zp in zero_points)
+    out_int8 = _run_all(ort_target.load(art, 1), held_out)
+    out_fp32 = _run_all(ort_target.load(fp32_artifact, 1), held_out)
+    assert (out_int8.argmax(1) == out_fp32.argmax(1)).mean() >= 0.8
+    assert np.abs(out_int8 - out_fp32).max() <= 0.1 * (out_fp32.max() - out_fp32.min())
+    with pytest.raises(UserInputError, match="int8_form"):
+        ort_target.compile(tiny_onnx, "int8", calib, {"options": {"int8_form": "fast"}}, tmp_path / "x")
 
 
 def test_int8_request_that_leaves_float_ops_is_refused(tiny_onnx, tmp_path, monkeypatch):
