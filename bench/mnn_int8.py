@@ -20,6 +20,7 @@ import numpy as np
 
 from edgeprune.data import calibration_batch, load_dataset
 from edgeprune.deploy_check import make_holdout
+from edgeprune.errors import EdgepruneError
 from edgeprune.export import onnx_outputs
 from edgeprune.measure.parity import DEFAULT_GATES
 from edgeprune.targets import mnn
@@ -38,6 +39,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--data", default="fashion-mnist")
     parser.add_argument("--calib", type=int, default=300)
     parser.add_argument("--holdout", type=int, default=500)
+    parser.add_argument("--methods", default=",".join(f"{f}/{w}" for f, w in itertools.product(
+        ("KL", "ADMM", "EMA"), ("MAX_ABS", "ADMM"))), help="feature/weight pairs, comma-separated")
     parser.add_argument("--out")
     args = parser.parse_args(argv)
     shape = onnx_input.read(args.model).input_shape
@@ -51,9 +54,14 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="edgeprune-mnnint8-") as tmp:
         fp32 = mnn.compile(args.model, "fp32", None, {"options": {}}, Path(tmp) / "fp32")
         rows[0] = rows[0].format(*(f"{v:.3f}" for v in _score(fp32, holdout)))
-        for feature, weight in itertools.product(("KL", "ADMM", "EMA"), ("MAX_ABS", "ADMM")):
+        for pair in args.methods.split(","):
+            feature, weight = pair.split("/")
             profile = {"options": {"feature_quantize_method": feature, "weight_quantize_method": weight}}
-            art = mnn.compile(args.model, "int8", calib, profile, Path(tmp) / f"{feature}-{weight}")
+            try:
+                art = mnn.compile(args.model, "int8", calib, profile, Path(tmp) / f"{feature}-{weight}")
+            except EdgepruneError as exc:
+                rows.append(f"| {feature} / {weight} | {len(calib)} | - | - | failed: {exc.one_line()} |")
+                continue
             agree, acc = _score(art, holdout)
             ok = agree >= gate["min_top1_agreement"] and ref_acc - acc <= gate["max_accuracy_drop"]
             rows.append(f"| {feature} / {weight} | {len(calib)} | {agree:.3f} | {acc:.3f} | {'pass' if ok else 'FAIL'} |")
