@@ -218,7 +218,7 @@ def test_check_gates_messages_carry_numbers():
     ok, msg = check_gates({"top1_agreement": 0.99}, "fp16")
     assert not ok and "without labels" in msg
     assert check_gates({"top1_agreement": 0.5}, "int8", {"int8": {"min_top1_agreement": 0.4}})[0]
-    assert set(DEFAULT_GATES) == {"fp32", "fp16", "int8"}
+    assert set(DEFAULT_GATES) == {"fp32", "fp16", "bf16", "int8"}
     with pytest.raises(UserInputError, match="no parity gates"):
         check_gates({}, "bf16")
 
