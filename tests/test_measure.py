@@ -218,9 +218,9 @@ def test_check_gates_messages_carry_numbers():
     ok, msg = check_gates({"top1_agreement": 0.99}, "fp16")
     assert not ok and "without labels" in msg
     assert check_gates({"top1_agreement": 0.5}, "int8", {"int8": {"min_top1_agreement": 0.4}})[0]
-    assert set(DEFAULT_GATES) == {"fp32", "fp16", "int8"}
+    assert set(DEFAULT_GATES) == {"fp32", "fp16", "bf16", "int8"}
     with pytest.raises(UserInputError, match="no parity gates"):
-        check_gates({}, "bf16")
+        check_gates({}, "int4")
 
 
 def test_run_batched_pads_and_trims_on_a_real_runner(tiny_model, tiny_onnx, tmp_path, random_inputs):

@@ -9,7 +9,6 @@ bad input and failed conversions leave no output folder.
 from __future__ import annotations
 
 import gzip
-import json
 import struct
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeprune.errors import CompileError, UnsupportedPrecision, UserInputError
+from edgeprune.errors import UnsupportedPrecision, UserInputError
 from edgeprune.targets import base
 
 from tests.conftest import MINI_FMNIST, export_onnx, make_tiny_cnn
@@ -176,14 +175,6 @@ def test_fp16_artifact_is_honest_about_this_host(tiny_onnx, tmp_path, fp32_artif
     assert "in fp32" in msg and "allow_emulated=True" in msg and "\n" not in msg
 
 
-@pytest.mark.parametrize("n", [0, 8, 31])
-def test_int8_rejects_too_few_calibration_samples(tiny_onnx, tmp_path, n):
-    calib = None if n == 0 else np.zeros((n, 1, 28, 28), np.float32)
-    with pytest.raises(UserInputError, match=rf"at least {mnn_target.MIN_CALIB_SAMPLES} calibration samples, got {n}"):
-        mnn_target.compile(tiny_onnx, "int8", calib, PROFILE, tmp_path / "int8")
-    assert _leftovers(tmp_path, "int8") == []
-
-
 def test_int8_rejects_bad_calibration_and_channel_counts(tiny_onnx, tmp_path):
     with pytest.raises(UserInputError, match="calibration data has shape"):
         mnn_target.compile(tiny_onnx, "int8", np.zeros((40, 3, 28, 28), np.float32), PROFILE, tmp_path / "int8")
@@ -193,48 +184,8 @@ def test_int8_rejects_bad_calibration_and_channel_counts(tiny_onnx, tmp_path):
     assert _leftovers(tmp_path, "int8") == []
 
 
-def test_corrupt_onnx_is_rejected_without_leftovers(tmp_path):
-    bad = tmp_path / "broken.onnx"
-    bad.write_bytes(b"\x08\x07not an onnx model" * 8)
-    with pytest.raises(CompileError) as info:
-        mnn_target.compile(bad, "fp32", None, PROFILE, tmp_path / "out")
-    assert str(bad) in str(info.value) and "not onnx model" in str(info.value) and "\n" not in str(info.value)
-    assert _leftovers(tmp_path, "out") == []
-
-
-def test_unsupported_operator_is_named(tmp_path):
-    import onnx
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Relu", ["input"], ["a"]), helper.make_node("FancyOp", ["a"], ["output"], domain="x.y")],
-        "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 1, 4, 4])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1, 4, 4])])
-    path = tmp_path / "custom.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("x.y", 1)]),
-              str(path))
-    with pytest.raises(CompileError, match="operator\\(s\\) not supported by MNN: FancyOp"):
-        mnn_target.compile(path, "fp32", None, PROFILE, tmp_path / "out")
-    assert _leftovers(tmp_path, "out") == []
-
-
-def test_failed_rebuild_keeps_the_previous_artifact(fp32_artifact, tmp_path):
-    bad = tmp_path / "broken.onnx"
-    bad.write_bytes(b"garbage")
-    with pytest.raises(CompileError):
-        mnn_target.compile(bad, "fp32", None, PROFILE, fp32_artifact.path)
-    assert json.loads((fp32_artifact.path / base.MANIFEST).read_text()) == fp32_artifact.manifest
-
-
-def test_bad_requests_are_user_errors(tiny_onnx, tmp_path, fp32_artifact):
-    with pytest.raises(UserInputError, match="unknown precision"):
-        mnn_target.compile(tiny_onnx, "int4", None, PROFILE, tmp_path / "a")
-    with pytest.raises(UserInputError, match="does not exist"):
-        mnn_target.compile(tmp_path / "missing.onnx", "fp32", None, PROFILE, tmp_path / "a")
+def test_bad_requests_are_user_errors(tiny_onnx, tmp_path):
     calib = np.zeros((32, 1, 28, 28), np.float32)
     with pytest.raises(UserInputError, match="quantize method"):
         mnn_target.compile(tiny_onnx, "int8", calib, {"options": {"feature_quantize_method": "BEST"}}, tmp_path / "a")
     assert _leftovers(tmp_path, "a") == []
-    other = dict(fp32_artifact.manifest, runtime="openvino")
-    with pytest.raises(UserInputError, match="not an mnn one"):
-        mnn_target.load(base.Artifact(fp32_artifact.path, other), 1)

@@ -145,14 +145,6 @@ def test_fp16_load_refuses_emulation_unless_allowed(fp16_artifact, fp32_artifact
     assert (fp16.argmax(1) == fp32.argmax(1)).mean() >= 0.9
 
 
-def test_corrupt_onnx_is_rejected_and_leaves_nothing(tiny_onnx, tmp_path):
-    bad = tmp_path / "bad.onnx"
-    bad.write_bytes(tiny_onnx.read_bytes()[: tiny_onnx.stat().st_size // 2])
-    with pytest.raises(CompileError, match="not a valid ONNX model"):
-        ncnn_target.compile(bad, "fp32", None, None, tmp_path / "out")
-    assert _leftovers(tmp_path, "out") == []
-
-
 def test_unsupported_operator_is_named(tmp_path):
     from onnx import helper
 
@@ -188,10 +180,6 @@ def test_bad_requests(tiny_onnx, tiny_model, tmp_path):
 
     with pytest.raises(UnsupportedPrecision, match="ncnn2int8"):
         ncnn_target.compile(tiny_onnx, "int8", None, None, tmp_path / "a")
-    with pytest.raises(UserInputError, match="unknown precision"):
-        ncnn_target.compile(tiny_onnx, "fp8", None, None, tmp_path / "a")
-    with pytest.raises(UserInputError, match="does not exist"):
-        ncnn_target.compile(tmp_path / "missing.onnx", "fp32", None, None, tmp_path / "a")
     batch2 = export_onnx(tiny_model, (2, 1, 28, 28), tmp_path / "b2.onnx")
     with pytest.raises(UserInputError, match="batch size 1"):
         ncnn_target.compile(batch2, "fp32", None, None, tmp_path / "a")

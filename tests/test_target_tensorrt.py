@@ -111,6 +111,8 @@ def test_compile_refuses_bad_requests_before_tensorrt(tiny_onnx, tmp_path):
     nano = load_profile("jetson-orin-nano")
     out = tmp_path / "engine"
     with pytest.raises(UserInputError, match="unknown precision"):
+        trt_target.compile(tiny_onnx, "fp8", None, nano, out)
+    with pytest.raises(UnsupportedPrecision, match="does not offer bf16"):
         trt_target.compile(tiny_onnx, "bf16", None, nano, out)
     with pytest.raises(UserInputError, match="does not exist"):
         trt_target.compile(tmp_path / "missing.onnx", "fp32", None, nano, out)
@@ -122,7 +124,7 @@ def test_compile_refuses_bad_requests_before_tensorrt(tiny_onnx, tmp_path):
         trt_target.compile(tiny_onnx, "fp16", None, {"options": {"workspace_mb": 0}}, out)
     corrupt = tmp_path / "corrupt.onnx"
     corrupt.write_bytes(tiny_onnx.read_bytes()[:200])
-    with pytest.raises(CompileError, match="not a valid ONNX model"):
+    with pytest.raises(UserInputError, match="not a readable ONNX model"):
         trt_target.compile(corrupt, "fp32", None, nano, out)
     assert _leftovers(tmp_path, "engine") == []
 

@@ -20,6 +20,7 @@ from edgeprune.errors import UserInputError
 DEFAULT_GATES: dict[str, dict[str, float]] = {
     "fp32": {"max_rel_diff": 1e-3, "min_top1_agreement": 0.99},
     "fp16": {"min_top1_agreement": 0.98, "max_accuracy_drop": 0.01},
+    "bf16": {"min_top1_agreement": 0.98, "max_accuracy_drop": 0.01},  # gated like fp16
     "int8": {"min_top1_agreement": 0.95, "max_accuracy_drop": 0.02},
 }
 

@@ -1,6 +1,8 @@
 """The target protocol and the Artifact every runtime produces.
 
-A *target module* (one per runtime, in this package) exposes module-level verbs:
+A *target module* (one per runtime, in this package) exposes module-level verbs,
+written down as the ``Target`` Protocol (a module object satisfies it; ``protocol_problems``
+checks the signatures too, and ``tests/test_target_conformance.py`` checks every runtime):
 
 - ``NAME``: the runtime name; ``EXTRA``: the pip extra that installs it;
   ``PRECISIONS``: the precisions it can ever produce.
@@ -8,8 +10,10 @@ A *target module* (one per runtime, in this package) exposes module-level verbs:
 - ``versions() -> dict[str, str]``: versions of the runtime's packages/tools.
 - ``compile(onnx_path, precision, calib_data, profile, out_dir) -> Artifact``:
   ``calib_data`` is a float32 NCHW numpy array (or None); ``profile`` is the
-  target profile dict. An unsupported precision raises ``UnsupportedPrecision``;
-  it never silently falls back.
+  target profile dict. Precision is one of ``PRECISIONS`` (fp32, fp16, bf16, int8);
+  an unsupported one raises ``UnsupportedPrecision``; it never silently falls back.
+  The ONNX file and the calibration data are checked by ``onnx_input`` (shared by
+  every target) before anything is written.
 - ``load(artifact, threads) -> Runner``: a runner whose ``run(x)`` takes one
   float32 numpy array (the model's single input) and returns a list of numpy
   outputs.
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect as _inspect
 import json
 import os
 import shlex
@@ -33,7 +38,8 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from types import ModuleType
+from typing import Any, Iterator, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -41,8 +47,9 @@ from edgeprune.errors import UserInputError
 from edgeprune.interrupt import deferred
 from edgeprune.outputs import (check_replaceable, follow_umask, make_sibling_dir, mark_output, shared_mode,
                                sibling_name, writing)
+from edgeprune.targets import onnx_input
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 MANIFEST = "manifest.json"
 
 
@@ -50,6 +57,55 @@ class Runner(Protocol):
     """Runs a compiled artifact: float32 NCHW numpy in, list of numpy arrays out."""
 
     def run(self, x: np.ndarray) -> list[np.ndarray]: ...
+
+
+@runtime_checkable
+class Target(Protocol):
+    """The verbs a target *module* exposes (a module object satisfies this Protocol; see the module docstring).
+
+    ``isinstance(module, Target)`` checks the names exist; ``protocol_problems`` also checks the signatures.
+    """
+
+    NAME: str
+    EXTRA: str | None
+    PRECISIONS: tuple[str, ...]
+
+    def available(self) -> tuple[bool, str]: ...
+
+    def versions(self) -> dict[str, str]: ...
+
+    def compile(self, onnx_path: str | os.PathLike, precision: str, calib_data: np.ndarray | None,
+                profile: dict[str, Any] | None, out_dir: str | os.PathLike) -> "Artifact": ...
+
+    def load(self, artifact: "Artifact | str | os.PathLike", threads: int) -> Runner: ...
+
+    def inspect(self, artifact: "Artifact | str | os.PathLike") -> dict[str, Any]: ...
+
+
+_VERBS = ("available", "versions", "compile", "load", "inspect")
+
+
+def protocol_problems(module: ModuleType) -> list[str]:
+    """Why ``module`` does not satisfy ``Target`` (empty: it does).
+
+    Each verb must be callable with the Protocol's parameters, by position and by name, in
+    that order; any extra parameter a module adds must have a default.
+    """
+    problems = [f"missing {name}" for name in ("NAME", "EXTRA", "PRECISIONS", *_VERBS) if not hasattr(module, name)]
+    if problems:
+        return problems
+    unknown = set(module.PRECISIONS) - set(PRECISIONS)
+    if unknown:
+        problems.append(f"PRECISIONS has unknown {sorted(unknown)}")
+    for verb in _VERBS:
+        want = list(_inspect.signature(getattr(Target, verb)).parameters)[1:]  # without self
+        params = list(_inspect.signature(getattr(module, verb)).parameters.values())
+        got = [p.name for p in params[:len(want)]]
+        if got != want:
+            problems.append(f"{verb}{tuple(got)} should take {tuple(want)}")
+        problems += [f"{verb}: extra parameter {p.name!r} has no default" for p in params[len(want):]
+                     if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    return problems
 
 
 @dataclass
@@ -106,20 +162,6 @@ def open_artifact(artifact: "Artifact | str | os.PathLike", runtime: str) -> Art
         if not art.file(role).is_file():
             raise UserInputError(f"{art.file(role)} is missing from the artifact", "rebuild the artifact")
     return art
-
-
-def check_request(onnx_path: Path, precision: str, calib_data: "np.ndarray | None", *, runtime: str,
-                  precisions: tuple[str, ...], min_calib: int | None = None) -> None:
-    """The checks every ``compile`` makes first: known precision, existing ONNX, enough int8 calibration data."""
-    if precision not in precisions:
-        raise UserInputError(f"unknown precision {precision!r} for {runtime}", f"choose one of: {', '.join(precisions)}")
-    if not Path(onnx_path).is_file():
-        raise UserInputError(f"ONNX file {onnx_path} does not exist", "export the model first")
-    if precision == "int8" and min_calib:
-        got = 0 if calib_data is None else len(calib_data)
-        if got < min_calib:
-            raise UserInputError(f"int8 needs at least {min_calib} calibration samples, got {got}",
-                                 "pass more calibration data or use --precision fp32")
 
 
 def sha256_file(path: Path) -> str:
@@ -239,20 +281,5 @@ def _swap_into_place(stage: Path, out_dir: Path) -> None:
 
 
 def onnx_input_shape(onnx_path: Path) -> list[int]:
-    """Static input shape of a single-input ONNX model (without importing torch)."""
-    import onnx
-
-    try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as exc:  # protobuf raises DecodeError and friends for non-ONNX bytes
-        raise UserInputError(f"{onnx_path} is not a readable ONNX model ({type(exc).__name__})",
-                             "pass an .onnx file exported with 'edgeprune build' or torch.onnx.export") from exc
-    inits = {init.name for init in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
-    if len(inputs) != 1:
-        raise UserInputError(f"{onnx_path} has {len(inputs)} inputs; edgeprune targets take single-input models")
-    dims = inputs[0].type.tensor_type.shape.dim
-    shape = [d.dim_value for d in dims]
-    if any(v <= 0 for v in shape):
-        raise UserInputError(f"{onnx_path} has a dynamic input shape {shape}", "export with a static shape")
-    return shape
+    """Static input shape of a single-input ONNX model, fully checked by ``onnx_input.read`` (no torch)."""
+    return onnx_input.read(onnx_path).input_shape

@@ -52,9 +52,8 @@ import numpy as np
 
 from edgeprune.errors import CompileError, RuntimeUnavailable, UnsupportedPrecision, UserInputError
 from edgeprune.targets import mnn_tools as tools
-from edgeprune.targets.base import (
-    Artifact, check_request, onnx_input_shape, open_artifact, staging_dir, write_manifest,
-)
+from edgeprune.targets import onnx_input
+from edgeprune.targets.base import Artifact, open_artifact, staging_dir, write_manifest
 
 NAME = "mnn"
 EXTRA = "mnn"
@@ -233,13 +232,8 @@ def _report(model: Path, input_shape: list[int], outputs: list[str], mode: str) 
 
 # ----------------------------------------------------------------------------- protocol
 def _check_request(onnx_path: Path, precision: str, calib_data: np.ndarray | None) -> None:
-    check_request(onnx_path, precision, calib_data, runtime=NAME, precisions=PRECISIONS, min_calib=MIN_CALIB_SAMPLES)
-
-
-def _onnx_outputs(onnx_path: Path) -> list[str]:
-    import onnx
-
-    return [out.name for out in onnx.load(str(onnx_path), load_external_data=False).graph.output]
+    onnx_input.check_request(onnx_path, precision, calib_data, runtime=NAME, precisions=PRECISIONS,
+                             min_calib=MIN_CALIB_SAMPLES)
 
 
 def _require_built(precision: str, report: dict[str, Any]) -> None:
@@ -258,12 +252,15 @@ def compile(onnx_path: str | os.PathLike, precision: str, calib_data: np.ndarray
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     _check_request(onnx_path, precision, calib_data)
     methods = tools.quant_methods(profile) if precision == "int8" else None
+    spec = onnx_input.read(onnx_path, runtime="MNN")
+    input_shape, outputs = spec.input_shape, spec.outputs
+    if methods:
+        calib_data = onnx_input.calibration(calib_data, input_shape, min_samples=MIN_CALIB_SAMPLES)
     _require()
     with staging_dir(out_dir) as stage, tempfile.TemporaryDirectory(prefix="edgeprune-mnn-") as tmp:
         work, model = Path(tmp), stage / MODEL_FILE
         first = work / "float.mnn" if precision == "int8" else model
         command = tools.convert(onnx_path, first, fp16=precision == "fp16")
-        input_shape, outputs = onnx_input_shape(onnx_path), _onnx_outputs(onnx_path)
         quant = None
         if methods:  # quantized inside ``work``, where mnnquant's side files stay
             quant = tools.quantize(first, work / MODEL_FILE, calib_data, input_shape, work, methods)

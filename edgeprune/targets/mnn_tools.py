@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from edgeprune.errors import CompileError, UnsupportedPrecision, UserInputError
+from edgeprune.targets import onnx_input
 
 CONVERT_TIMEOUT_S = 600
 QUANTIZE_TIMEOUT_S = 1800
@@ -122,10 +123,7 @@ def quant_methods(profile: dict[str, Any] | None) -> tuple[str, str]:
 
 def write_calibration(calib: np.ndarray, input_shape: list[int], folder: Path) -> dict[str, Any]:
     """Write samples as 8-bit PGM/PPM images plus the mnnquant preprocessing that maps them back."""
-    calib = np.asarray(calib, dtype=np.float32)
-    if calib.ndim != 4 or list(calib.shape[1:]) != input_shape[1:]:
-        raise UserInputError(f"calibration data has shape {list(calib.shape)}, the model takes {input_shape}",
-                             "pass samples shaped like the model input (N, C, H, W)")
+    calib = onnx_input.calibration(calib, input_shape)
     n, channels, height, width = calib.shape
     if channels not in _IMAGE_FORMATS:
         raise UnsupportedPrecision(f"MNN int8 calibrates from 1- or 3-channel images; this model takes {channels} "

@@ -73,7 +73,8 @@ import numpy as np
 
 from edgeprune.errors import CompileError, RuntimeUnavailable, UnsupportedPrecision, UserInputError
 from edgeprune.targets import ncnn_convert as conv
-from edgeprune.targets.base import Artifact, check_request, open_artifact, staging_dir, write_manifest
+from edgeprune.targets import onnx_input
+from edgeprune.targets.base import Artifact, open_artifact, staging_dir, write_manifest
 from edgeprune.targets.ncnn_convert import BIN_FILE, PARAM_FILE
 from edgeprune.targets.ncnn_format import io_blobs, read_param, weight_storage, weights_precision
 
@@ -268,7 +269,7 @@ def _check_request(onnx_path: Path, precision: str) -> None:
     if precision == "int8":
         raise UnsupportedPrecision("ncnn int8 needs ncnn2table and ncnn2int8, which the ncnn wheel does not ship",
                                    "use fp32 or fp16 on ncnn, or an openvino/mnn/onnxruntime target for int8")
-    check_request(onnx_path, precision, None, runtime=NAME, precisions=PRECISIONS)
+    onnx_input.check_request(onnx_path, precision, None, runtime=NAME, precisions=PRECISIONS)
 
 
 def compile(onnx_path: str | os.PathLike, precision: str, calib_data: np.ndarray | None,
@@ -280,8 +281,8 @@ def compile(onnx_path: str | os.PathLike, precision: str, calib_data: np.ndarray
     flags = _runtime_flags(precision, profile)
     ncnn = _ncnn()
     exe, imports_torch = _require_pnnx()
-    model = conv.read_onnx(onnx_path)
-    input_shape = conv.input_shape(model, onnx_path)
+    spec = onnx_input.read(onnx_path, runtime="ncnn", ranks=(2, 3, 4))
+    model, input_shape = spec.model, conv.require_batch_one(spec.input_shape, onnx_path)
     with staging_dir(out_dir) as stage:
         converter = conv.convert(ncnn, exe, model, input_shape, precision, stage, onnx_path)
         storage = _check_weights(stage, precision)

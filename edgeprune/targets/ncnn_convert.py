@@ -56,34 +56,14 @@ def pnnx_exe() -> tuple[Path | None, bool]:
     return None, False
 
 # ----------------------------------------------------------------------------- ONNX in
-def read_onnx(onnx_path: Path):
-    import onnx
-    from google.protobuf.message import DecodeError
-
-    try:
-        model = onnx.load(str(onnx_path))
-        onnx.checker.check_model(model)
-    except (DecodeError, onnx.checker.ValidationError, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CompileError(f"{onnx_path} is not a valid ONNX model: {first}",
-                           "check that the file is complete (re-export it)") from exc
-    return model
-
-
 def static_shape(value_info) -> list[int] | None:
     dims = value_info.type.tensor_type.shape.dim
     shape = [d.dim_value for d in dims]
     return shape if shape and all(v > 0 for v in shape) else None
 
 
-def input_shape(model, onnx_path: Path) -> list[int]:
-    inits = {init.name for init in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
-    if len(inputs) != 1:
-        raise UserInputError(f"{onnx_path} has {len(inputs)} inputs; edgeprune targets take single-input models")
-    shape = static_shape(inputs[0])
-    if shape is None:
-        raise UserInputError(f"{onnx_path} has a dynamic input shape", "export with a static shape")
+def require_batch_one(shape: list[int], onnx_path: Path) -> list[int]:
+    """The (already static, single) input shape, if ncnn can take it: batch 1, rank 2 to 4."""
     if not 2 <= len(shape) <= 4 or shape[0] != 1:
         raise UserInputError(f"{onnx_path} has input shape {shape}; ncnn takes batch-1 inputs of rank 2 to 4",
                              "export with batch size 1 (edgeprune runs larger batches item by item)")

@@ -3,9 +3,10 @@
 Invariant: an artifact is a folder holding ``model.onnx`` that ONNX Runtime's CPU
 provider has opened, plus the manifest written last. Its manifest says
 ``precision = "int8"`` only if every Conv/Gemm/MatMul of that graph reads its
-data and weight through DequantizeLinear nodes with symmetric int8 (zero point 0)
-activations and per-channel int8 weights (``qdq.check_qdq_tensorrt_compatible``
-finds no problem) and ORT, at the artifact's optimization level, really fuses
+data and weight through DequantizeLinear nodes with per-channel int8 weights --
+activations uint8 with a zero point (``int8_form = "cpu"``, the default) or, with
+``int8_form = "tensorrt"``, symmetric int8 as TensorRT takes them
+(``qdq.check_qdq_tensorrt_compatible`` finds no problem) -- and ORT, at the artifact's optimization level, really fuses
 them into integer kernels (QLinearConv ...; levels "disable"/"basic" would
 run the Q/DQ graph in fp32 arithmetic); anything else raises and, through
 ``base.staging_dir``, leaves no output folder behind. ``inspect`` re-reads the precision from the graph
@@ -15,6 +16,12 @@ of the graph ORT runs after its optimizations.
 The graph optimization level comes from the target profile's
 ``options.graph_optimization_level`` ("disable", "basic", "extended", "layout",
 "all"; default "all"), is recorded in the manifest and applied by ``load``.
+Why "cpu" is the default int8 form (measured, ``bench/results/int8.md``): in the
+symmetric TensorRT form every ReLU stays between its Conv and QuantizeLinear, so ORT
+fuses only part of the convolutions into QLinearConv and runs the rest as fp32 Conv
+wrapped in DequantizeLinear/QuantizeLinear -- slower than plain fp32 (ResNet-20: 10
+of 21 convs fused, 2.3x the fp32 latency); the uint8 form folds each ReLU into its
+quantization range and all 21 fuse.
 Nothing here imports torch; onnxruntime and onnx are imported when used.
 """
 from __future__ import annotations
@@ -30,7 +37,9 @@ from typing import Any
 import numpy as np
 
 from edgeprune.errors import CompileError, RuntimeUnavailable, UnsupportedPrecision, UserInputError
-from edgeprune.targets.base import Artifact, check_request, open_artifact, staging_dir, write_manifest
+from edgeprune.targets import onnx_input
+from edgeprune.targets.base import Artifact, open_artifact, staging_dir, write_manifest
+from edgeprune.targets.onnx_input import one_line as _one_line
 
 NAME = "onnxruntime"
 EXTRA = "onnxruntime"
@@ -39,7 +48,10 @@ PRECISIONS = ("fp32", "int8")
 MIN_CALIB_SAMPLES = 32
 MODEL_ONNX = "model.onnx"
 PROVIDER = "CPUExecutionProvider"
+# Operator domains ORT's CPU provider implements (its contrib ops live in com.microsoft).
+DOMAINS = frozenset({*onnx_input.STANDARD_DOMAINS, "ai.onnx.ml", "com.microsoft"})
 OPT_LEVELS = ("disable", "basic", "extended", "layout", "all")
+INT8_FORMS = ("cpu", "tensorrt")
 _ORT_LEVEL_NAMES = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
                     "layout": "ORT_ENABLE_LAYOUT", "all": "ORT_ENABLE_ALL"}
 # Operators ORT's CPU provider runs with integer arithmetic once it has fused the Q/DQ pairs.
@@ -78,11 +90,6 @@ def _ort():
     return ort
 
 
-def _one_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return lines[-1] if lines else type(exc).__name__
-
-
 def _opt_level(profile: dict[str, Any] | None) -> str:
     level = str(((profile or {}).get("options") or {}).get("graph_optimization_level", "all")).lower()
     if level not in OPT_LEVELS:
@@ -94,39 +101,8 @@ def _opt_level(profile: dict[str, Any] | None) -> str:
 def _check_request(onnx_path: Path, precision: str, calib_data: np.ndarray | None) -> None:
     if precision == "fp16":
         raise UnsupportedPrecision("ONNX Runtime CPU has no fp16 kernels for this target; use fp32 or int8")
-    check_request(onnx_path, precision, calib_data, runtime=NAME, precisions=PRECISIONS, min_calib=MIN_CALIB_SAMPLES)
-
-
-def _read_onnx(onnx_path: Path):
-    """Load and check an ONNX model; a corrupt or invalid file is a CompileError."""
-    import onnx
-
-    try:
-        model = onnx.load(str(onnx_path))
-        onnx.checker.check_model(model)
-    except Exception as exc:  # protobuf DecodeError, onnx ValidationError, OSError on external data
-        raise CompileError(f"{onnx_path} is not a valid ONNX model: {_one_line(exc)}",
-                           "check that the file is a complete ONNX model (re-export it)") from exc
-    return model
-
-
-def _static_input_shape(model, onnx_path: Path) -> list[int]:
-    inits = {init.name for init in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
-    if len(inputs) != 1:
-        raise UserInputError(f"{onnx_path} has {len(inputs)} inputs; edgeprune targets take single-input models")
-    shape = [d.dim_value if d.HasField("dim_value") else -1 for d in inputs[0].type.tensor_type.shape.dim]
-    if not shape or any(v <= 0 for v in shape):
-        raise UserInputError(f"{onnx_path} has a dynamic input shape {shape}", "export with a static shape")
-    return shape
-
-
-def _calibration(calib_data: np.ndarray, input_shape: list[int]) -> np.ndarray:
-    calib = np.ascontiguousarray(calib_data, dtype=np.float32)
-    if calib.ndim != len(input_shape) or list(calib.shape[1:]) != input_shape[1:]:
-        raise UserInputError(f"calibration data has shape {list(calib.shape)}, the model takes {input_shape}",
-                             "pass samples shaped like the model input (N, C, H, W)")
-    return calib
+    onnx_input.check_request(onnx_path, precision, calib_data, runtime=NAME, precisions=PRECISIONS,
+                             min_calib=MIN_CALIB_SAMPLES)
 
 
 def _session(model_path: Path, level: str, threads: int, optimized_path: Path | None = None):
@@ -168,10 +144,21 @@ def _graph_report(model_path: Path, level: str) -> dict[str, Any]:
     return summary
 
 
-def _build_int8(onnx_path: Path, calib: np.ndarray, out_path: Path, progress: bool) -> dict[str, Any]:
+def _int8_form(profile: dict[str, Any] | None) -> str:
+    form = str(((profile or {}).get("options") or {}).get("int8_form", "cpu")).lower()
+    if form not in INT8_FORMS:
+        raise UserInputError(f"unknown ONNX Runtime int8_form {form!r} in the target profile",
+                             f"choose one of: {', '.join(INT8_FORMS)}")
+    return form
+
+
+def _build_int8(onnx_path: Path, calib: np.ndarray, out_path: Path, progress: bool, form: str) -> dict[str, Any]:
     from edgeprune.targets import qdq
 
-    return qdq.quantize_checked(onnx_path, out_path, calib, progress=progress, fallback="fp32")
+    if form == "tensorrt":
+        return qdq.quantize_checked(onnx_path, out_path, calib, progress=progress, fallback="fp32")
+    return qdq.quantize_qdq(onnx_path, out_path, calib, per_channel=True, progress=progress,
+                            symmetric_activations=False)
 
 
 def _require_precision(requested: str, report: dict[str, Any]) -> None:
@@ -193,16 +180,19 @@ def compile(onnx_path: str | os.PathLike, precision: str, calib_data: np.ndarray
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     _check_request(onnx_path, precision, calib_data)
     level = _opt_level(profile)
+    form = _int8_form(profile) if precision == "int8" else None
     _ort()
-    input_shape = _static_input_shape(_read_onnx(onnx_path), onnx_path)
-    calib = _calibration(calib_data, input_shape) if precision == "int8" else None
-    options: dict[str, Any] = {"precision": precision, "provider": PROVIDER, "graph_optimization_level": level}
+    input_shape = onnx_input.read(onnx_path, runtime="ONNX Runtime", domains=DOMAINS).input_shape
+    calib = onnx_input.calibration(calib_data, input_shape, min_samples=MIN_CALIB_SAMPLES) \
+        if precision == "int8" else None
+    options: dict[str, Any] = {"precision": precision, "provider": PROVIDER, "graph_optimization_level": level,
+                               "int8_form": form}
     with staging_dir(out_dir) as stage:
         model_path = stage / MODEL_ONNX
         if calib is None:
             shutil.copyfile(onnx_path, model_path)
         else:
-            options["qdq"] = _build_int8(onnx_path, calib, model_path, progress)
+            options["qdq"] = _build_int8(onnx_path, calib, model_path, progress, form)
         _session(model_path, level, 1)
         report = _graph_report(model_path, level)
         _require_precision(precision, report)

@@ -1,4 +1,4 @@
-"""OpenVINO target: ONNX -> OpenVINO IR (model.xml/.bin), fp32 / fp16 / int8 (NNCF PTQ).
+"""OpenVINO target: ONNX -> OpenVINO IR (model.xml/.bin), fp32 / fp16 / bf16 / int8 (NNCF PTQ).
 
 Invariant: an artifact's manifest says ``precision = p`` only if the OpenVINO
 runtime model, compiled on the artifact's device with the artifact's inference
@@ -10,13 +10,18 @@ output folder behind.
 
 Why the precision hint is stored and always applied: the CPU plugin's default
 ``INFERENCE_PRECISION_HINT`` follows the hardware. On CPUs with AVX512_BF16
-(this project's AMD EPYC included) the default is bf16, so an IR compiled
+(AMD EPYC, Intel Xeon since Cooper Lake) the default is bf16, so an IR compiled
 without a hint runs bf16 kernels, not fp32; and an f16 hint on a CPU without
 FP16 in ``OPTIMIZATION_CAPABILITIES`` is executed as bf16 (or f32). The IR
 cannot carry the hint (the CPU plugin ignores ``runtime_options`` in the IR for
 it), so the manifest records it and ``load``/``inspect`` pass it explicitly;
 OpenVINO's ``benchmark_app`` needs ``-infer_precision <hint>`` to run the same
 kernels.
+
+fp16 and bf16 are offered only where the device lists ``FP16`` / ``BF16`` in its
+``OPTIMIZATION_CAPABILITIES`` (AVX512-FP16 / AVX512_BF16 or AMX on x86; read from
+the runtime, never from a CPU name), checked before anything is written and again
+on the executed graph; bf16 keeps fp32 weights in the IR (the plugin converts them).
 
 Nothing here imports torch; openvino (and nncf, for int8 only) are imported
 inside the functions that need them.
@@ -35,11 +40,13 @@ from typing import Any
 import numpy as np
 
 from edgeprune.errors import CompileError, RuntimeUnavailable, UnsupportedPrecision, UserInputError
-from edgeprune.targets.base import Artifact, check_request, open_artifact, staging_dir, write_manifest
+from edgeprune.targets import onnx_input
+from edgeprune.targets.base import Artifact, open_artifact, staging_dir, write_manifest
+from edgeprune.targets.onnx_input import one_line as _one_line
 
 NAME = "openvino"
 EXTRA = "openvino"
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 MIN_CALIB_SAMPLES = 32
 PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
@@ -48,7 +55,9 @@ MODEL_XML, MODEL_BIN = "model.xml", "model.bin"
 
 # Precision requested -> inference precision hint given to the plugin. int8 keeps
 # the layers NNCF left unquantized in f32 (not the bf16 the CPU would pick by default).
-_HINTS = {"fp32": "f32", "fp16": "f16", "int8": "f32"}
+_HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}
+# Reduced float precisions -> the OPTIMIZATION_CAPABILITIES entry that says the device runs them natively.
+_NATIVE = {"fp16": "FP16", "bf16": "BF16"}
 # runtimePrecision of a kernel -> edgeprune's precision name.
 _PRECISION_NAMES = {"f32": "fp32", "f16": "fp16", "bf16": "bf16", "u8": "int8", "i8": "int8"}
 # Layer types that do the arithmetic that decides a model's precision.
@@ -96,13 +105,9 @@ def device_capabilities(device: str = "CPU", core: Any = None) -> dict[str, Any]
             "capabilities": [str(c) for c in core.get_property(device, "OPTIMIZATION_CAPABILITIES")]}
 
 
-def _one_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return lines[-1] if lines else type(exc).__name__
-
-
 def _check_request(onnx_path: Path, precision: str, calib_data: np.ndarray | None) -> None:
-    check_request(onnx_path, precision, calib_data, runtime=NAME, precisions=PRECISIONS, min_calib=MIN_CALIB_SAMPLES)
+    onnx_input.check_request(onnx_path, precision, calib_data, runtime=NAME, precisions=PRECISIONS,
+                             min_calib=MIN_CALIB_SAMPLES)
 
 
 def _device_options(profile: dict[str, Any] | None) -> tuple[str, str]:
@@ -127,26 +132,12 @@ def _read_onnx(onnx_path: Path):
                            "check that the file is a complete ONNX model (re-export it)") from exc
 
 
-def _static_input_shape(model, onnx_path: Path) -> list[int]:
-    if len(model.inputs) != 1:
-        raise UserInputError(f"{onnx_path} has {len(model.inputs)} inputs; edgeprune targets take single-input models")
-    shape = model.inputs[0].get_partial_shape()
-    if not shape.is_static:
-        raise UserInputError(f"{onnx_path} has a dynamic input shape {shape}", "export with a static shape")
-    return [int(d) for d in shape.to_shape()]
-
-
 def _calibration_items(calib_data: np.ndarray, input_shape: list[int]) -> list[np.ndarray]:
     """Calibration samples grouped into model-shaped batches (batch = the model's static batch)."""
-    calib = np.asarray(calib_data, dtype=np.float32)
-    if calib.ndim != len(input_shape) or list(calib.shape[1:]) != input_shape[1:]:
-        raise UserInputError(f"calibration data has shape {list(calib.shape)}, the model takes {input_shape}",
-                             "pass samples shaped like the model input (N, C, H, W)")
     batch = input_shape[0]
+    calib = onnx_input.calibration(calib_data, input_shape, min_samples=MIN_CALIB_SAMPLES)
     n = len(calib) // batch
-    if n * batch < MIN_CALIB_SAMPLES:
-        raise UserInputError(f"int8 needs at least {MIN_CALIB_SAMPLES} calibration samples, got {n * batch}",
-                             "pass more calibration data or use --precision fp32")
+    onnx_input.calibration(calib[:n * batch], input_shape, min_samples=MIN_CALIB_SAMPLES)  # whole batches only
     return [np.ascontiguousarray(calib[i * batch:(i + 1) * batch]) for i in range(n)]
 
 
@@ -207,13 +198,23 @@ def _decide_precision(counts: Counter[str]) -> str:
     return _PRECISION_NAMES.get(top, top)
 
 
+def _require_native(precision: str, caps: dict[str, Any]) -> None:
+    """fp16/bf16 are offered only where the device lists them in OPTIMIZATION_CAPABILITIES (never hard-coded)."""
+    flag = _NATIVE.get(precision)
+    if flag is None or flag in caps["capabilities"]:
+        return
+    raise UnsupportedPrecision(
+        f"OpenVINO on this {caps['device']} ({caps['name']}) has no native {flag}: its OPTIMIZATION_CAPABILITIES "
+        f"are {', '.join(caps['capabilities'])}", "use --precision fp32 or int8")
+
+
 def _require_executed(requested: str, report: dict[str, Any]) -> None:
     got = report["precision"]
     if got == requested:
         return
     device, caps = report["device"], report["capabilities"]
-    if requested == "fp16" and "FP16" not in caps:
-        why = f"{device} lacks native FP16"
+    if requested in _NATIVE and _NATIVE[requested] not in caps:
+        why = f"{device} lacks native {_NATIVE[requested]}"
     elif requested == "int8":
         why = "no convolution/matmul kernel runs in int8"
     else:
@@ -221,7 +222,7 @@ def _require_executed(requested: str, report: dict[str, Any]) -> None:
     raise UnsupportedPrecision(
         f"OpenVINO on this {device} ({report['device_name']}) executes {requested} requests in {got}: "
         f"{why} (capabilities: {', '.join(caps)})",
-        "use --precision fp32 or int8" if requested == "fp16" else "use --precision fp32")
+        "use --precision fp32 or int8" if requested in _NATIVE else "use --precision fp32")
 
 
 def compile(onnx_path: str | os.PathLike, precision: str, calib_data: np.ndarray | None,
@@ -233,9 +234,9 @@ def compile(onnx_path: str | os.PathLike, precision: str, calib_data: np.ndarray
     core = _core()
     import openvino
 
-    device_capabilities(device, core)  # fail early on an unknown device
+    _require_native(precision, device_capabilities(device, core))  # fail early: unknown device, no bf16/fp16
+    input_shape = onnx_input.read(onnx_path, runtime="OpenVINO").input_shape
     model = _read_onnx(onnx_path)
-    input_shape = _static_input_shape(model, onnx_path)
     items = _calibration_items(calib_data, input_shape) if precision == "int8" else None
     options = {"precision": precision, "device": device, "performance_hint": perf_hint,
                "inference_precision_hint": _HINTS[precision], "compress_to_fp16": precision == "fp16",

@@ -42,6 +42,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from edgeprune.errors import CompileError, UserInputError
+from edgeprune.targets import onnx_input
+from edgeprune.targets.onnx_input import one_line as _one_line
 
 MIN_OPSET = 13
 QUANTIZED_OP_TYPES = ("Conv", "Gemm", "MatMul", "Add")
@@ -93,21 +95,6 @@ def _stride(n_batches: int) -> int:
     return max(d for d in range(1, min(MINMAX_CHUNK, n_batches) + 1) if n_batches % d == 0)
 
 
-def _one_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return lines[-1] if lines else type(exc).__name__
-
-
-def _input_name_and_batch(model) -> tuple[str, int]:
-    inits = {init.name for init in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
-    if len(inputs) != 1:
-        raise UserInputError(f"the model has {len(inputs)} inputs; int8 calibration takes single-input models")
-    dims = inputs[0].type.tensor_type.shape.dim
-    batch = dims[0].dim_value if dims and dims[0].HasField("dim_value") else 1
-    return inputs[0].name, max(int(batch), 1)
-
-
 def _prepare(onnx_in: Path, work: Path):
     """Shape-infer and fold (BN into Conv, constants) with ORT's pre-processing; raise the opset to >= 13."""
     import onnx
@@ -122,14 +109,14 @@ def _prepare(onnx_in: Path, work: Path):
     return pre, onnx.load(str(pre))
 
 
-def _extra_options(method: str, percentile: float, n_batches: int) -> dict[str, Any]:
+def _extra_options(method: str, percentile: float, n_batches: int, symmetric: bool = True) -> dict[str, Any]:
     options: dict[str, Any] = {
-        "ActivationSymmetric": True,       # int8 activations, zero point 0
+        "ActivationSymmetric": symmetric,  # int8 activations, zero point 0 (else uint8 with a zero point)
         "WeightSymmetric": True,           # int8 weights, zero point 0
         "QuantizeBias": False,             # float bias: TensorRT has no int32 Q/DQ
-        "QDQKeepRemovableActivations": True,
+        "QDQKeepRemovableActivations": symmetric,  # uint8 ranges absorb a ReLU exactly; int8 symmetric cannot
         "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
-        "CalibTensorRangeSymmetric": True,
+        "CalibTensorRangeSymmetric": symmetric,
     }
     if method == "percentile":
         options["CalibPercentile"] = float(percentile)
@@ -139,7 +126,7 @@ def _extra_options(method: str, percentile: float, n_batches: int) -> dict[str, 
 
 
 def _run_quantizer(pre: Path, onnx_out: Path, reader: _BatchReader, *, per_channel: bool, method: str,
-                   percentile: float, op_types: tuple[str, ...]) -> None:
+                   percentile: float, op_types: tuple[str, ...], symmetric: bool = True) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     calibrate = {"percentile": CalibrationMethod.Percentile, "minmax": CalibrationMethod.MinMax,
@@ -148,8 +135,9 @@ def _run_quantizer(pre: Path, onnx_out: Path, reader: _BatchReader, *, per_chann
         with contextlib.redirect_stdout(io.StringIO()):  # ORT's histogram calibrators print to stdout
             quantize_static(str(pre), str(onnx_out), reader, quant_format=QuantFormat.QDQ,
                             op_types_to_quantize=list(op_types), per_channel=per_channel, reduce_range=False,
-                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=calibrate,
-                            extra_options=_extra_options(method, percentile, len(reader)))
+                            activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, calibrate_method=calibrate,
+                            extra_options=_extra_options(method, percentile, len(reader), symmetric))
     except Exception as exc:  # ORT's quantizer raises ValueError/RuntimeError/Fail on unsupported graphs
         raise CompileError(f"ONNX Runtime int8 quantization failed: {_one_line(exc)}", "use --precision fp32") from exc
 
@@ -166,8 +154,15 @@ def _require_activations_kept(before, onnx_out: str | os.PathLike) -> None:
 
 def quantize_qdq(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike, calib_data: np.ndarray, *,
                  per_channel: bool = True, method: str = "minmax", percentile: float = DEFAULT_PERCENTILE,
-                 op_types: tuple[str, ...] = QUANTIZED_OP_TYPES, progress: bool = False) -> dict[str, Any]:
-    """Write a symmetric int8 Q/DQ model of ``onnx_in`` to ``onnx_out``, calibrated on ``calib_data``; return stats."""
+                 op_types: tuple[str, ...] = QUANTIZED_OP_TYPES, progress: bool = False,
+                 symmetric_activations: bool = True) -> dict[str, Any]:
+    """Write an int8 Q/DQ model of ``onnx_in`` to ``onnx_out``, calibrated on ``calib_data``; return stats.
+
+    ``symmetric_activations=False`` is the CPU form (uint8 activations with a zero point, ReLUs folded
+    into their ranges): ONNX Runtime's CPU provider fuses every Conv of it into QLinearConv, while the
+    symmetric (TensorRT) form keeps a ReLU between Conv and QuantizeLinear that blocks about half of
+    those fusions (``bench/results/int8.md``). Not for TensorRT.
+    """
     from tqdm import tqdm
 
     if method not in CALIBRATION_METHODS:
@@ -181,7 +176,8 @@ def quantize_qdq(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike, calib_
         except Exception as exc:  # onnx/ORT raise many types on graphs they cannot infer or fold
             raise CompileError(f"int8 pre-processing of {Path(onnx_in).name} failed: {_one_line(exc)}",
                                "check the ONNX model or use --precision fp32") from exc
-        input_name, batch = _input_name_and_batch(model)
+        input_name, shape = onnx_input.input_spec(model, Path(onnx_in), ranks=(2, 3, 4, 5))
+        batch = shape[0]
         with tqdm(total=len(calib) // batch, desc="int8 calibration", unit="batch", disable=not progress,
                   leave=False) as bar:
             reader = _BatchReader(input_name, calib, batch, bar)
@@ -189,10 +185,11 @@ def quantize_qdq(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike, calib_
                 raise UserInputError(f"{len(calib)} calibration samples make no full batch of {batch}",
                                      "pass more calibration data")
             _run_quantizer(pre, Path(onnx_out), reader, per_channel=per_channel, method=method,
-                           percentile=percentile, op_types=op_types)
-        _require_activations_kept(model, onnx_out)
+                           percentile=percentile, op_types=op_types, symmetric=symmetric_activations)
+        if symmetric_activations:
+            _require_activations_kept(model, onnx_out)
     summary = summarize_graph(onnx_out)
-    return {"format": "QDQ", "activations": "int8 symmetric",
+    return {"format": "QDQ", "activations": "int8 symmetric" if symmetric_activations else "uint8 asymmetric",
             "weights": f"int8 symmetric {'per-channel' if per_channel else 'per-tensor'}", "calibration": method,
             "percentile": percentile if method == "percentile" else None, "samples": len(reader) * batch,
             "batches": len(reader), "op_types": list(op_types), "opset": summary["opset"],

@@ -39,9 +39,8 @@ from edgeprune.errors import CompileError, RuntimeUnavailable, UnsupportedPrecis
 from edgeprune.targets import tensorrt_build as build
 from edgeprune.targets import tensorrt_inspect as trt_inspect
 from edgeprune.targets import tensorrt_runner as runner
-from edgeprune.targets.base import (
-    Artifact, check_request, onnx_input_shape, open_artifact, sha256_file, staging_dir, write_manifest,
-)
+from edgeprune.targets import onnx_input
+from edgeprune.targets.base import Artifact, open_artifact, sha256_file, staging_dir, write_manifest
 
 NAME = "tensorrt"
 EXTRA = None  # never a pip extra: TensorRT comes from JetPack or NVIDIA's wheels
@@ -123,7 +122,7 @@ def _trt():
 
 
 def _check_request(onnx_path: Path, precision: str) -> None:
-    check_request(onnx_path, precision, None, runtime=NAME, precisions=PRECISIONS)
+    onnx_input.check_request(onnx_path, precision, None, runtime=NAME, precisions=PRECISIONS)
 
 
 def _inspect_engine(trt, logger, engine_bytes: bytes) -> dict[str, Any]:
@@ -155,8 +154,7 @@ def compile(onnx_path: str | os.PathLike, precision: str, calib_data: np.ndarray
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     _check_request(onnx_path, precision)
     settings = build.build_settings(profile, precision)
-    build.read_onnx(onnx_path)
-    input_shape = onnx_input_shape(onnx_path)
+    input_shape = onnx_input.read(onnx_path, runtime="TensorRT").input_shape
     if precision == "int8":
         build.check_calibration(calib_data, input_shape)  # refuse too little calibration data before any work
     trt = _trt()

@@ -41,6 +41,8 @@ from typing import Any
 import numpy as np
 
 from edgeprune.errors import CompileError, UserInputError
+from edgeprune.targets import onnx_input
+from edgeprune.targets.onnx_input import one_line
 
 DEFAULT_WORKSPACE_MB = 1024
 DEFAULT_OPT_LEVEL = 3  # TensorRT's own default; 0-5, higher builds longer and may find faster tactics
@@ -125,22 +127,9 @@ def apply_settings(trt, config, settings: BuildSettings) -> None:
 
 # ---------------------------------------------------------------- ONNX preparation (no TensorRT needed)
 
-def one_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return lines[-1] if lines else type(exc).__name__
-
-
 def read_onnx(onnx_path: Path):
-    """Load and check an ONNX model; a corrupt or invalid file is a CompileError."""
-    import onnx
-
-    try:
-        model = onnx.load(str(onnx_path))
-        onnx.checker.check_model(model)
-    except Exception as exc:  # protobuf DecodeError, onnx ValidationError, OSError on external data
-        raise CompileError(f"{onnx_path} is not a valid ONNX model: {one_line(exc)}",
-                           "check that the file is a complete ONNX model (re-export it)") from exc
-    return model
+    """The checked ONNX model (``onnx_input.read``: a bad file is a one-line UserInputError)."""
+    return onnx_input.read(onnx_path, runtime="TensorRT").model
 
 
 def _subgraph_inputs(node) -> set[str]:
@@ -220,15 +209,7 @@ def convert_fp16(model) -> tuple[Any, dict[str, Any]]:
 
 
 def check_calibration(calib_data: np.ndarray | None, input_shape: list[int]) -> np.ndarray:
-    got = 0 if calib_data is None else len(calib_data)
-    if got < MIN_CALIB_SAMPLES:
-        raise UserInputError(f"int8 needs at least {MIN_CALIB_SAMPLES} calibration samples, got {got}",
-                             "pass more calibration data or use --precision fp16")
-    calib = np.ascontiguousarray(calib_data, dtype=np.float32)
-    if calib.ndim != len(input_shape) or list(calib.shape[1:]) != list(input_shape[1:]):
-        raise UserInputError(f"calibration data has shape {list(calib.shape)}, the model takes {input_shape}",
-                             "pass samples shaped like the model input (N, C, H, W)")
-    return calib
+    return onnx_input.calibration(calib_data, input_shape, min_samples=MIN_CALIB_SAMPLES, fallback="fp16")
 
 
 def _prepare_int8(onnx_path: Path, calib: np.ndarray, out_path: Path, progress: bool) -> dict[str, Any]:
