@@ -60,12 +60,14 @@ def resolve_onnx(model: str) -> Path:
 
 
 def resolve_target(name: str) -> dict[str, Any]:
-    """A profile by name, or the first profile whose runtime is ``name``."""
+    """A profile by name, or the first profile whose runtime is ``name`` (emulated profiles only by name)."""
+    from edgeprune.remote.emulated import is_emulated
+
     if name in profile_names():
         return load_profile(name)
     for prof_name in profile_names():
         prof = load_profile(prof_name)
-        if prof["runtime"] == name:
+        if prof["runtime"] == name and not is_emulated(prof):
             return prof
     raise UserInputError(f"unknown target or runtime {name!r}", f"choose from: {', '.join(profile_names())}")
 
@@ -82,6 +84,8 @@ def _holdout(onnx_path: Path, cfg: BenchConfig, shape: list[int]) -> tuple[Holdo
 
 def _row(r: dict[str, Any]) -> dict[str, Any]:
     lat = (r.get("measurement") or {}).get("latency") or {}
+    if isinstance(r.get("latency"), str):  # emulated: "not measured (emulated)"
+        lat = {"p50_ms": r["latency"]}
     parity = r.get("parity") or {}
     return {"device": r.get("device") or "local", "target": r["target"], "runtime": r["runtime"], "precision": r["precision"], "status": r["status"],
             "size_mb": r.get("size_mb"), "accuracy": r.get("accuracy"), "top1_agreement": parity.get("top1_agreement"),
@@ -101,16 +105,29 @@ def bench_csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+def _check_one(cfg, prof, prec, onnx_path, holdout, calib, out_dir) -> dict[str, Any]:
+    """One gated row: compiled and checked here, or (an emulated profile) compiled here, run under emulation.
+
+    Emulated rows are about correctness only (the gates always apply) and are never timed.
+    """
+    from edgeprune.remote.emulated import EmulatedDevice, is_emulated
+
+    if not is_emulated(prof):
+        return compile_checked(onnx_path, prof, prec, out_dir, holdout, calib, cfg.threads, gate=not cfg.latency_only)
+    from edgeprune.remote.host_compiled import check_on_device
+
+    with EmulatedDevice.from_profile(prof) as device:
+        return check_on_device(device, onnx_path, prof, prec, holdout, calib, out_dir, threads=1)
+
+
 def _bench_local(cfg, profiles, onnx_path, holdout, calib, settings, stage, steps) -> list[dict[str, Any]]:
     steps.start(f"compiling {len(profiles) * len(cfg.precisions)} artifacts and checking parity")
     results = []
     for prof in profiles:
         for prec in cfg.precisions:
-            key = f"{prof['name']}-{prec}"
-            results.append(compile_checked(onnx_path, prof, prec, stage / key, holdout, calib, cfg.threads,
-                                           gate=not cfg.latency_only))
+            results.append(_check_one(cfg, prof, prec, onnx_path, holdout, calib, stage / f"{prof['name']}-{prec}"))
     steps.done(", ".join(f"{r['target']}/{r['precision']} {r['status']}" for r in results))
-    ok = {f"{r['target']}-{r['precision']}": r for r in results if r["status"] == "ok"}
+    ok = {f"{r['target']}-{r['precision']}": r for r in results if r["status"] == "ok" and not r.get("latency")}
     steps.start(f"measuring {len(ok)} artifacts, {cfg.rounds} interleaved rounds, {cfg.threads} thread(s)")
     measured = measure_interleaved({k: r["artifact"] for k, r in ok.items()}, settings,
                                    rounds=cfg.rounds, progress=cfg.progress) if ok else {}

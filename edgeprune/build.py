@@ -93,6 +93,10 @@ def _validate(cfg: BuildConfig, needs_runtime: bool = True) -> dict[str, Any]:
     check_ranges(cfg)
     check_ratio(cfg.ratio)
     check_out_dir(cfg.out, cfg.force)
+    if needs_runtime and isinstance(profile.get("emulate"), dict):
+        raise UserInputError(f"target {profile['name']} is emulated: it checks correctness, it has no latency to "
+                             "build for", f"build for a real target, then check the result with 'edgeprune bench "
+                             f"OUT/onnx/pruned.onnx --targets {profile['name']}'")
     if needs_runtime and cfg.device is None:
         require_runtime(profile["runtime"])
     precision = cfg.precision or profile["default_precision"]

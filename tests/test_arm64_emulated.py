@@ -157,3 +157,23 @@ def test_ncnn_fp16_falls_back_to_winograd_off_and_says_so(tiny, tmp_path, monkey
     assert [a["status"] for a in row["attempts"]] == ["parity failed", "ok"]
     assert row["reason"].startswith("passed with winograd off after winograd on failed: top-1 agreement")
     assert row["artifact"] == str(tmp_path / "out" / "attempt-1" / "artifact")
+
+
+@emulated
+def test_bench_shows_emulated_rows_without_latency(tiny, tmp_path, capsys):
+    """`edgeprune bench --targets emulated-...`: gated rows from the emulated cores, latency never timed."""
+    import json
+
+    from edgeprune.cli import main
+    from tests.conftest import MINI_FMNIST
+
+    onnx_path, _ = tiny
+    code = main(["bench", str(onnx_path), "--targets", "emulated-a76-ncnn,emulated-a72-ncnn", "--precisions",
+                 "fp32,fp16", "--holdout-images", "16", "--data", f"fashion-mnist:{MINI_FMNIST}",
+                 "--no-progress", "--json", str(tmp_path / "b.json")])
+    assert code == 0
+    rows = {(r["target"], r["precision"]): r for r in json.loads((tmp_path / "b.json").read_text())["rows"]}
+    assert rows[("emulated-a76-ncnn", "fp16")]["status"] == "ok"
+    assert rows[("emulated-a76-ncnn", "fp32")]["p50_ms"] == NOT_MEASURED
+    assert rows[("emulated-a72-ncnn", "fp16")]["status"] == "unsupported"
+    assert "not measured (emulated)" in capsys.readouterr().out

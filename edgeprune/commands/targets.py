@@ -23,31 +23,40 @@ def run(args: argparse.Namespace) -> int:
 
 
 def list_targets() -> list[dict[str, Any]]:
-    from edgeprune.errors import EdgepruneError
-    from edgeprune.profiles import load_profile, profile_names
-    from edgeprune.targets import get_runtime
+    """One row per profile (a broken profile is a row with its error), with its runtime's availability here."""
+    from edgeprune.profiles import list_profiles
 
     rows = []
-    for name in profile_names():
-        try:
-            prof = load_profile(name)
-        except EdgepruneError as exc:
-            rows.append({"name": name, "available": False, "reason": exc.one_line()})
+    for name, prof in list_profiles():
+        if not isinstance(prof, dict):
+            rows.append({"name": name, "available": False, "reason": prof.one_line()})
             continue
         row = {"name": name, "resolves_to": prof["name"] if prof["name"] != name else None,
                "runtime": prof["runtime"], "precisions": prof["precisions"],
                "channel_multiple": prof["channel_multiple"], "threads": prof["threads"],
                "description": prof["description"]}
-        try:
-            mod = get_runtime(prof["runtime"])
-            ok, reason = mod.available()
-            hint = f"; pip install 'edgeprune[{mod.EXTRA}]'" if mod.EXTRA else ""
-            row.update(available=ok, reason="" if ok else f"{reason}{hint}",
-                       versions=mod.versions() if ok else {})
-        except EdgepruneError as exc:
-            row.update(available=False, reason=exc.one_line(), versions={})
+        row.update(_availability(prof))
         rows.append(row)
     return rows
+
+
+def _availability(prof: dict[str, Any]) -> dict[str, Any]:
+    """Can this profile run here: its runtime installed, and for an emulated profile the emulator set up."""
+    from edgeprune.errors import EdgepruneError
+    from edgeprune.remote.emulated import emulation_available, is_emulated
+    from edgeprune.targets import get_runtime
+
+    try:
+        mod = get_runtime(prof["runtime"])
+        ok, reason = mod.available()
+        hint = f"; pip install 'edgeprune[{mod.EXTRA}]'" if mod.EXTRA else ""
+        versions = mod.versions() if ok else {}
+        if ok and is_emulated(prof):
+            ok, why = emulation_available()
+            reason, hint = (why, "") if not ok else ("", "")
+        return {"available": ok, "reason": "" if ok else f"{reason}{hint}", "versions": versions}
+    except EdgepruneError as exc:
+        return {"available": False, "reason": exc.one_line(), "versions": {}}
 
 
 def targets_table(rows: list[dict[str, Any]]) -> str:
