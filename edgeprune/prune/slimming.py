@@ -50,7 +50,8 @@ from torch import nn
 
 from edgeprune.errors import UserInputError
 from edgeprune.prune import select
-from edgeprune.prune.base import PruneContext, PruneResult, apply_counts, check_context
+from edgeprune.prune.base import PruneContext, PruneResult, apply_counts, check_context, multiples, no_groups_error
+from edgeprune.prune.base import floors as group_floors
 from edgeprune.prune.graph import PruneGraph
 
 NORMALIZE = False
@@ -167,8 +168,9 @@ def _select(graph: PruneGraph, ctx: PruneContext, ratio: float, floors: dict[str
     scored = [i for i, s in enumerate(raw) if s is not None]
     counts = [g.channels for g in graph.groups]
     if scored and ratio > 0:
+        mults = multiples(graph, ctx.round_to)
         picked = select.global_counts([raw[i] for i in scored], ratio, ctx.round_to, ctx.min_ratio,
-                                      normalize=NORMALIZE)
+                                      normalize=NORMALIZE, multiples=[mults[i] for i in scored])
         for i, n in zip(scored, picked):
             group = graph.groups[i]
             counts[i] = max(n, min(group.channels, floors.get(group.root_name, 1)))
@@ -215,14 +217,14 @@ def prune(model: nn.Module, ctx: PruneContext) -> PruneResult:
     pruned = copy.deepcopy(model).eval()
     graph = PruneGraph(pruned, ctx.example_inputs, ctx.ignored_layers)
     if not graph.groups:
-        raise UserInputError("this model has no prunable channel groups", "check --ignore")
+        raise no_groups_error()
     raw = bn_scale_scores(graph)
     scored_roots = {g.root_name for g, s in zip(graph.groups, raw) if s is not None}
     if not scored_roots:
         raise UserInputError("network slimming needs BatchNorm layers after the prunable convolutions",
                              "use --method l1 or taylor for a model without BatchNorm")
     original = {g.root_name: g.channels for g in graph.groups}
-    floors = {n: select.min_keep(c, ctx.round_to, ctx.min_ratio) for n, c in original.items()}
+    floors = dict(zip(original, group_floors(graph, ctx.round_to, ctx.min_ratio)))
     targets = pass_targets(sum(original[n] for n in scored_roots), ctx.ratio, opts["passes"])
     passes = []
     for k, target in enumerate(targets):

@@ -59,7 +59,7 @@ from tqdm import tqdm
 
 from edgeprune.errors import UserInputError
 from edgeprune.prune import select
-from edgeprune.prune.base import PruneContext, PruneResult, check_context
+from edgeprune.prune.base import PruneContext, PruneResult, check_context, multiples, no_groups_error
 from edgeprune.prune.graph import ChannelGroup, PruneGraph
 from edgeprune.prune.thinet_stats import Probe, collect, group_probes
 from edgeprune.train import train
@@ -69,26 +69,44 @@ METHOD = "thinet"
 
 
 # -- the paper's two optimisation steps, on a Gram matrix -----------------------------------------
-def greedy_removal(gram: np.ndarray, n_remove: int | None = None) -> tuple[list[int], np.ndarray]:
-    """Algorithm 1: the removal order T and the objective 1_T^T G 1_T after each step."""
+def greedy_removal(gram: np.ndarray, n_remove: int | None = None, slices: int = 1) -> tuple[list[int], np.ndarray]:
+    """Algorithm 1: the removal order T and the objective 1_T^T G 1_T after each step.
+
+    ``slices`` > 1: the channels form that many equal contiguous slices and each slice loses
+    ``n_remove / slices`` of them (a grouped convolution's channels must stay evenly spread).
+    """
     gram = np.asarray(gram, dtype=np.float64)
     c = gram.shape[0]
     n = c if n_remove is None else int(n_remove)
-    if not 0 <= n <= c:
-        raise ValueError(f"cannot remove {n} of {c} channels")
+    if not 0 <= n <= c or c % slices or n % slices:
+        raise ValueError(f"cannot remove {n} of {c} channels evenly over {slices} slices")
+    owner, quota = np.arange(c) // (c // slices), np.full(slices, n // slices)
     diag = np.diag(gram).copy()
     cross = np.zeros(c)              # cross[j] = sum_{t in T} G[t, j]
     free = np.ones(c, dtype=bool)
     order, values, value = [], np.zeros(n), 0.0
     for step in range(n):
-        cost = np.where(free, 2.0 * cross + diag, np.inf)
+        cost = np.where(free & (quota[owner] > 0), 2.0 * cross + diag, np.inf)
         j = int(np.argmin(cost))
         value += float(cost[j])
         order.append(j)
         free[j] = False
+        quota[owner[j]] -= 1
         cross += gram[j]
         values[step] = value
     return order, values
+
+
+def greedy_kept(gram: np.ndarray, channels: int, keep_n: int, slices: int = 1, aligned: bool = False) -> list[int]:
+    """The channels Algorithm 1 keeps, evenly over ``slices`` (with the same offsets in each when ``aligned``)."""
+    if aligned and slices > 1:
+        width = channels // slices
+        folded = np.asarray(gram, dtype=np.float64).reshape(slices, width, slices, width).sum(axis=(0, 2))
+        order, _ = greedy_removal(folded, (channels - keep_n) // slices)
+        removed = {s * width + o for s in range(slices) for o in order}
+    else:
+        removed = set(greedy_removal(gram, channels - keep_n, slices)[0])
+    return [c for c in range(channels) if c not in removed]
 
 
 def least_squares_scales(gram: np.ndarray, kept: Sequence[int], ridge: float = 1e-9) -> np.ndarray:
@@ -166,10 +184,8 @@ def select_and_rescale(group: ChannelGroup, probes: Sequence[Probe], keep_n: int
                        rescale: bool = True) -> tuple[list[int], dict[str, Any]]:
     """Greedy-select the channels to keep and fold the least-squares scales into each consumer."""
     if not probes:
-        return select.top_k(_magnitude(group), keep_n), {"fallback": "l1"}
-    order, _ = greedy_removal(objective(probes), group.channels - keep_n)
-    removed = set(order)
-    kept = [c for c in range(group.channels) if c not in removed]
+        return select.keep_indices(_magnitude(group), keep_n, group.slices, group.aligned), {"fallback": "l1"}
+    kept = greedy_kept(objective(probes), group.channels, keep_n, group.slices, group.aligned)
     energy = sum(float(p.mean_gram().sum()) for p in probes)
     before = sum(reconstruction_error(p.mean_gram().numpy(), kept) for p in probes)
     after = before
@@ -198,7 +214,8 @@ def _finetune(model: nn.Module, ctx: PruneContext, step: int) -> None:
 def _kept_counts(graph: PruneGraph, ctx: PruneContext) -> list[int]:
     counts = ctx.option("counts", None)
     if counts is None:
-        return select.uniform_counts([g.channels for g in graph.groups], ctx.ratio, ctx.round_to, ctx.min_ratio)
+        return select.uniform_counts([g.channels for g in graph.groups], ctx.ratio, ctx.round_to, ctx.min_ratio,
+                                     multiples=multiples(graph, ctx.round_to))
     counts = [int(n) for n in counts]
     if len(counts) != len(graph.groups) or any(not 1 <= n <= g.channels for n, g in zip(counts, graph.groups)):
         raise UserInputError(f"thinet counts must give 1..width kept channels for each of {len(graph.groups)} groups",
@@ -214,7 +231,7 @@ def prune(model: nn.Module, ctx: PruneContext) -> PruneResult:
     pruned = copy.deepcopy(model).eval()
     graph = PruneGraph(pruned, ctx.example_inputs, ctx.ignored_layers)
     if not graph.groups:
-        raise UserInputError("this model has no prunable channel groups", "check --ignore")
+        raise no_groups_error()
     counts = _kept_counts(graph, ctx)
     records: dict[int, dict[str, Any]] = {}
     fallback = []
