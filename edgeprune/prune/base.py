@@ -24,6 +24,7 @@ from torch import nn
 from edgeprune.errors import UserInputError
 from edgeprune.prune import select
 from edgeprune.prune.graph import PruneGraph
+from edgeprune.prune.options import Option, resolve
 
 
 @dataclass
@@ -43,6 +44,10 @@ class PruneContext:
 
     def option(self, key: str, default: Any) -> Any:
         return self.options.get(key, default)
+
+    def settings(self, method: str, specs: tuple[Option, ...]) -> dict[str, Any]:
+        """Every option ``specs`` declares, checked, with its default where not given (see ``options``)."""
+        return resolve(method, specs, {k: v for k, v in self.options.items() if k != "method"})
 
     def require_data(self, method: str) -> Any:
         if self.train_ds is None:

@@ -46,7 +46,7 @@ import copy
 import math
 import sys
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -63,6 +63,7 @@ from edgeprune.prune.base import PruneContext, PruneResult, check_context, keep_
 from edgeprune.prune.base import floors as group_floors
 from edgeprune.prune.gate_gbn import GateSet, anchor_keep, group_anchors, group_scores, melt_into
 from edgeprune.prune.graph import PruneGraph
+from edgeprune.prune.options import from_dataclass
 from edgeprune.train import train
 
 NORMALIZE = False
@@ -90,7 +91,7 @@ class GateSettings:
 
     @classmethod
     def from_context(cls, ctx: PruneContext) -> "GateSettings":
-        settings = cls(**{f.name: ctx.option(f.name, f.default) for f in fields(cls)})
+        settings = cls(**ctx.settings(METHOD, OPTIONS))
         settings.check()
         return settings
 
@@ -107,6 +108,9 @@ class GateSettings:
             raise UserInputError(f"taylor must be 'batch' or 'sum', got {self.taylor!r}")
         if self.stop_when is not None and not callable(self.stop_when):
             raise UserInputError("stop_when must be a callable taking the model and returning a bool")
+
+
+OPTIONS = from_dataclass(GateSettings, choices={"taylor": ("batch", "sum")})
 
 
 def tick_counts(scores: list[np.ndarray], widths: list[int], floors: list[int], n_remove: int,

@@ -36,7 +36,7 @@ Generalisations beyond the paper's plain chain (documented choices):
   the relative reconstruction error after removing the first k, plus a small rank term, so
   channels removed first score lowest and top-k selection keeps the greedy complement.
 
-Options (``ctx.option``): ``samples`` images (256), ``positions`` per image (10),
+Options (``OPTIONS``, given as ``ctx.options``): ``samples`` images (256), ``positions`` per image (10),
 ``channels_per_location`` output channels sampled per location (16), ``batch_size`` (64),
 ``rescale`` (True; False skips the least-squares step), ``finetune_steps`` (0), ``finetune_lr``
 (0.01), ``finetune_batch_size`` (64), ``counts`` (None). Cost: one pass over the samples per
@@ -61,11 +61,23 @@ from edgeprune.errors import UserInputError
 from edgeprune.prune import select
 from edgeprune.prune.base import PruneContext, PruneResult, check_context, multiples, no_groups_error
 from edgeprune.prune.graph import ChannelGroup, PruneGraph
+from edgeprune.prune.options import Option
 from edgeprune.prune.thinet_stats import Probe, collect, group_probes
 from edgeprune.train import train
 
 NORMALIZE = True
 METHOD = "thinet"
+OPTIONS = (
+    Option("samples", "int", 256, "training images sampled for the statistics"),
+    Option("positions", "int", 10, "output positions sampled per image"),
+    Option("channels_per_location", "int", 16, "output channels sampled per position"),
+    Option("batch_size", "int", 64, "images per forward pass"),
+    Option("rescale", "bool", True, "fold the least-squares scales into the next layer"),
+    Option("finetune_steps", "int", 0, "SGD steps after each layer (0: none)"),
+    Option("finetune_lr", "float", 0.01, "learning rate of those steps"),
+    Option("finetune_batch_size", "int", 64, "images per fine-tune step"),
+    Option("counts", "ints", None, "kept channels per prunable group (overrides the ratio)", optional=True),
+)
 
 
 # -- the paper's two optimisation steps, on a Gram matrix -----------------------------------------
@@ -152,8 +164,9 @@ def forward_order(graph: PruneGraph) -> list[ChannelGroup]:
 
 
 def _settings(ctx: PruneContext) -> dict[str, Any]:
-    s = {"images": int(ctx.option("samples", 256)), "positions": int(ctx.option("positions", 10)),
-         "out_per_row": int(ctx.option("channels_per_location", 16)), "batch_size": int(ctx.option("batch_size", 64))}
+    opts = ctx.settings(METHOD, OPTIONS)
+    s = {"images": opts["samples"], "positions": opts["positions"], "out_per_row": opts["channels_per_location"],
+         "batch_size": opts["batch_size"]}
     if min(s.values()) < 1:
         raise UserInputError(f"thinet sampling options must be positive, got {s}",
                              "pass positive samples, positions, channels_per_location and batch_size")
@@ -202,17 +215,18 @@ def select_and_rescale(group: ChannelGroup, probes: Sequence[Probe], keep_n: int
 
 
 def _finetune(model: nn.Module, ctx: PruneContext, step: int) -> None:
-    steps = int(ctx.option("finetune_steps", 0))
+    opts = ctx.settings(METHOD, OPTIONS)
+    steps = opts["finetune_steps"]
     if steps <= 0:
         return
-    train(model, ctx.require_data(METHOD), epochs=1, max_steps=steps, lr=float(ctx.option("finetune_lr", 0.01)),
-          batch_size=int(ctx.option("finetune_batch_size", 64)), progress=False, desc="thinet fine-tune",
+    train(model, ctx.require_data(METHOD), epochs=1, max_steps=steps, lr=opts["finetune_lr"],
+          batch_size=opts["finetune_batch_size"], progress=False, desc="thinet fine-tune",
           seed=ctx.seed + step)
     model.eval()
 
 
 def _kept_counts(graph: PruneGraph, ctx: PruneContext) -> list[int]:
-    counts = ctx.option("counts", None)
+    counts = ctx.settings(METHOD, OPTIONS)["counts"]
     if counts is None:
         return select.uniform_counts([g.channels for g in graph.groups], ctx.ratio, ctx.round_to, ctx.min_ratio,
                                      multiples=multiples(graph, ctx.round_to))
@@ -235,7 +249,7 @@ def prune(model: nn.Module, ctx: PruneContext) -> PruneResult:
     counts = _kept_counts(graph, ctx)
     records: dict[int, dict[str, Any]] = {}
     fallback = []
-    rescale = bool(ctx.option("rescale", True))
+    rescale = ctx.settings(METHOD, OPTIONS)["rescale"]
     bar = tqdm(forward_order(graph), desc="thinet", unit="layer", disable=not ctx.progress, file=sys.stderr)
     for step, group in enumerate(bar):
         bar.set_postfix_str(group.root_name, refresh=False)
