@@ -55,7 +55,8 @@ class HardwareSearch:
 
     def __post_init__(self) -> None:
         if self.multiple is None:
-            self.multiple = int(self.profile.get(f"{self.precision}_channel_multiple", self.profile["channel_multiple"]))
+            default = self.profile["channel_multiple"]
+            self.multiple = int(self.profile.get(f"{self.precision}_channel_multiple", default))
         if isinstance(self.multiple, bool) or not isinstance(self.multiple, int) or self.multiple < 1:
             raise UserInputError(f"channel multiple must be a positive whole number, got {self.multiple!r}",
                                  "pass e.g. --round-to 8")
