@@ -110,7 +110,8 @@ def load_dataset(spec: str, split: str, *, image_size: int | None = None, channe
     if image_size is not None and not 8 <= int(image_size) <= 4096:
         raise UserInputError(f"image size {image_size} is out of range", "pass --image-size between 8 and 4096")
     if channels is not None and channels not in (1, 3):
-        raise UserInputError(f"channels must be 1 or 3, got {channels}", "pass --channels 1 or 3")
+        raise UserInputError(f"channels must be 1 or 3, got {channels}",
+                             "the model's input must have 1 or 3 channels to read image data")
     kind, path = parse_spec(spec)
     if not path.is_dir():
         raise _missing(kind, path)

@@ -48,7 +48,7 @@ class ArrayDataset(Dataset):
         self.channels = int(channels or self._source_channels)
         if self.channels not in (1, 3) or self._source_channels not in (1, 3):
             raise UserInputError(f"cannot turn {self._source_channels}-channel images into {self.channels} channels",
-                                 "use --channels 1 or 3")
+                                 "use a model whose input has 1 or 3 channels")
         self.image_size = int(image_size or raw.images.shape[2])
         self._source_hw = tuple(raw.images.shape[2:])
         self.name = raw.name

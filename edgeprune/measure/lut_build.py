@@ -85,8 +85,11 @@ def _measure_row(profile, precision, threads, sig, ins, outs, rounds, timeout_s)
 
 def build_table(profile: dict[str, Any], layers: Iterable[tuple], *, precision: str,
                 threads: int, in_stride: int = 2, rounds: int = 3, cache_dir: Path | None = None,
-                progress: bool = True, timeout_s: float = 900.0) -> dict[str, Any]:
+                progress: bool = True, timeout_s: float = 900.0, multiple: int | None = None) -> dict[str, Any]:
     """``layers``: (signature, widest in, widest out[, fixed in-widths to include]).
+
+    ``multiple``: the channel step of the measured grid — the multiple the search will choose
+    counts at (``--round-to``); None uses the profile's ``channel_multiple``.
 
     Returns {"meta", "rows": {signature key: SigTable}}.
     """
@@ -99,7 +102,7 @@ def build_table(profile: dict[str, Any], layers: Iterable[tuple], *, precision: 
     cache = cache_dir or default_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     store = RowCache(cache)
-    multiple = int(profile["channel_multiple"])
+    multiple = int(multiple if multiple is not None else profile["channel_multiple"])
     rows, hits, points = {}, 0, 0
     bar = _bar(len(widest), progress)
     for sig, (cin, cout, fixed) in widest.items():

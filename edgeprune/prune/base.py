@@ -13,6 +13,7 @@ returns a model with the same input/output shapes in which every group keeps >= 
 from __future__ import annotations
 
 import copy
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -23,6 +24,7 @@ from torch import nn
 from edgeprune.errors import UserInputError
 from edgeprune.prune import select
 from edgeprune.prune.graph import PruneGraph
+from edgeprune.prune.options import Option, resolve
 
 
 @dataclass
@@ -42,6 +44,10 @@ class PruneContext:
 
     def option(self, key: str, default: Any) -> Any:
         return self.options.get(key, default)
+
+    def settings(self, method: str, specs: tuple[Option, ...]) -> dict[str, Any]:
+        """Every option ``specs`` declares, checked, with its default where not given (see ``options``)."""
+        return resolve(method, specs, {k: v for k, v in self.options.items() if k != "method"})
 
     def require_data(self, method: str) -> Any:
         if self.train_ds is None:
@@ -68,18 +74,43 @@ class PruneResult:
 
 
 def check_context(ctx: PruneContext) -> None:
-    if not 0.0 < ctx.ratio < 1.0:
-        raise UserInputError(f"pruning ratio must be in (0, 1), got {ctx.ratio}")
-    if ctx.round_to is not None and ctx.round_to < 1:
-        raise UserInputError(f"round_to must be a positive channel multiple, got {ctx.round_to}")
+    """Raise ``UserInputError`` for a ratio, multiple or minimum width out of range."""
+    if isinstance(ctx.ratio, bool) or not isinstance(ctx.ratio, numbers.Real) or not 0.0 < ctx.ratio < 1.0:
+        raise UserInputError(f"pruning ratio must be a number in (0, 1), got {ctx.ratio!r}", "pass e.g. ratio=0.5")
+    if ctx.round_to is not None and (isinstance(ctx.round_to, bool) or not isinstance(ctx.round_to, numbers.Integral)
+                                     or ctx.round_to < 1):
+        raise UserInputError(f"round_to must be a positive whole channel multiple, got {ctx.round_to!r}",
+                             "pass e.g. round_to=8, or None to keep any count")
+    if isinstance(ctx.min_ratio, bool) or not isinstance(ctx.min_ratio, numbers.Real) or not 0.0 <= ctx.min_ratio < 1.0:
+        raise UserInputError(f"minimum width must be a share in [0, 1), got {ctx.min_ratio!r}",
+                             "pass e.g. --min-width 0.1 (min_ratio=0.1)")
+
+
+def multiples(graph: PruneGraph, round_to: int | None) -> list[int]:
+    """Per group: the multiple its kept count must have (``round_to`` combined with its slices)."""
+    return [select.combined_multiple(round_to, g.slices) for g in graph.groups]
+
+
+def floors(graph: PruneGraph, round_to: int | None, min_ratio: float) -> list[int]:
+    """Per group: the fewest channels it may keep."""
+    return [select.min_keep(g.channels, m, min_ratio) for g, m in zip(graph.groups, multiples(graph, round_to))]
+
+
+def keep_lists(graph: PruneGraph, scores: list[np.ndarray], counts: list[int]) -> dict[int, list[int]]:
+    """Per group, the ``counts[i]`` highest-scoring channels, spread evenly over the group's slices."""
+    return {g.index: select.keep_indices(s, n, g.slices, g.aligned) for g, s, n in zip(graph.groups, scores, counts)}
 
 
 def apply_counts(graph: PruneGraph, scores: list[np.ndarray], counts: list[int]) -> list[dict[str, Any]]:
     """Keep the ``counts[i]`` highest-scoring channels of group i; remove the rest physically."""
-    keep = {g.index: select.top_k(s, n) for g, s, n in zip(graph.groups, scores, counts)}
-    graph.apply(keep)
+    graph.apply(keep_lists(graph, scores, counts))
     return [{"group": g.root_name, "before": g.channels, "after": n, "members": len(g.members)}
             for g, n in zip(graph.groups, counts)]
+
+
+def no_groups_error() -> UserInputError:
+    return UserInputError("this model has no prunable channel groups",
+                          "keep fewer layers whole (--keep), or check that its convolutions feed other layers")
 
 
 def prune_with_scores(model: nn.Module, ctx: PruneContext, method: str,
@@ -90,8 +121,9 @@ def prune_with_scores(model: nn.Module, ctx: PruneContext, method: str,
     pruned = copy.deepcopy(model).eval()
     graph = PruneGraph(pruned, ctx.example_inputs, ctx.ignored_layers)
     if not graph.groups:
-        raise UserInputError("this model has no prunable channel groups", "check --ignore")
+        raise no_groups_error()
     scores = scores_fn(graph, ctx)
-    counts = select.global_counts(scores, ctx.ratio, ctx.round_to, ctx.min_ratio, normalize=normalize)
+    counts = select.global_counts(scores, ctx.ratio, ctx.round_to, ctx.min_ratio, normalize=normalize,
+                                  multiples=multiples(graph, ctx.round_to))
     records = apply_counts(graph, scores, counts)
     return PruneResult(pruned, method, ctx.ratio, ctx.round_to, records)

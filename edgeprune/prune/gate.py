@@ -46,8 +46,8 @@ import copy
 import math
 import sys
 import warnings
-from dataclasses import dataclass, fields
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -59,9 +59,11 @@ from tqdm import tqdm
 from edgeprune.data.memory import fetch
 from edgeprune.errors import UserInputError
 from edgeprune.prune import select
-from edgeprune.prune.base import PruneContext, PruneResult, check_context
+from edgeprune.prune.base import PruneContext, PruneResult, check_context, keep_lists, multiples, no_groups_error
+from edgeprune.prune.base import floors as group_floors
 from edgeprune.prune.gate_gbn import GateSet, anchor_keep, group_anchors, group_scores, melt_into
 from edgeprune.prune.graph import PruneGraph
+from edgeprune.prune.options import from_dataclass
 from edgeprune.train import train
 
 NORMALIZE = False
@@ -89,7 +91,7 @@ class GateSettings:
 
     @classmethod
     def from_context(cls, ctx: PruneContext) -> "GateSettings":
-        settings = cls(**{f.name: ctx.option(f.name, f.default) for f in fields(cls)})
+        settings = cls(**ctx.settings(METHOD, OPTIONS))
         settings.check()
         return settings
 
@@ -108,10 +110,14 @@ class GateSettings:
             raise UserInputError("stop_when must be a callable taking the model and returning a bool")
 
 
+OPTIONS = from_dataclass(GateSettings, choices={"taylor": ("batch", "sum")})
+
+
 def tick_counts(scores: list[np.ndarray], widths: list[int], floors: list[int], n_remove: int,
-                round_to: int | None) -> list[int]:
+                round_to: int | Sequence[int] | None) -> list[int]:
     """Kept count per group after one tick: the lowest-ranked channels go, counts rounded per group.
 
+    ``round_to`` is one multiple for every group, or one per group.
     The global rank threshold k starts at ``n_remove`` and is lowered (k grows) to the
     smallest value whose rounded, floor-respecting counts remove at least ``n_remove``
     channels; when no k can, everything removable goes. Infinite scores are never ranked.
@@ -121,9 +127,12 @@ def tick_counts(scores: list[np.ndarray], widths: list[int], floors: list[int], 
     order = np.argsort(flat, kind="stable")
     order = order[np.isfinite(flat[order])]
 
+    mults = select.group_multiples(len(widths), None, round_to) if isinstance(round_to, (list, tuple)) \
+        else select.group_multiples(len(widths), round_to, None)
+
     def counts_for(k: int) -> list[int]:
         below = np.bincount(owner[order[:k]], minlength=len(widths))
-        return [select.round_channels(w - int(b), w, round_to, f) for w, b, f in zip(widths, below, floors)]
+        return [select.round_channels(w - int(b), w, m, f) for w, b, f, m in zip(widths, below, floors, mults)]
 
     def removed(k: int) -> int:
         return sum(widths) - sum(counts_for(k))
@@ -148,7 +157,7 @@ def count_macs(model: nn.Module, example_inputs: torch.Tensor) -> int:
 def _graph(model: nn.Module, ctx: PruneContext) -> PruneGraph:
     graph = PruneGraph(model, ctx.example_inputs, ctx.ignored_layers)
     if not graph.groups:
-        raise UserInputError("this model has no prunable channel groups", "check --ignore")
+        raise no_groups_error()
     return graph
 
 
@@ -220,9 +229,9 @@ class _Run:
         self.ctx, self.s = ctx, settings
         self.model = copy.deepcopy(model).eval()
         graph = _graph(self.model, ctx)
-        self.classifier = graph.ignored - set(ctx.ignored_layers)
+        self.classifier = set(graph.outputs)
         self.before = {g.root_name: g.channels for g in graph.groups}
-        self.floors = {r: select.min_keep(c, ctx.round_to, ctx.min_ratio) for r, c in self.before.items()}
+        self.floors = dict(zip(self.before, group_floors(graph, ctx.round_to, ctx.min_ratio)))
         self.total = sum(self.before.values())
         self.macs_before = count_macs(self.model, ctx.example_inputs)
         self.macs = self.macs_before
@@ -257,11 +266,11 @@ class _Run:
         widths = [g.channels for g in graph.groups]
         group_theta = group_scores(anchors, self.gates.scores(), widths)
         floors = [min(self.floors.get(g.root_name, 1), g.channels) for g in graph.groups]
-        counts = tick_counts(group_theta, widths, floors, self.to_remove(), self.ctx.round_to)
+        counts = tick_counts(group_theta, widths, floors, self.to_remove(), multiples(graph, self.ctx.round_to))
         removed = sum(widths) - sum(counts)
         if removed == 0:
             return 0
-        keep = {g.index: select.top_k(sc, n) for g, sc, n in zip(graph.groups, group_theta, counts)}
+        keep = keep_lists(graph, group_theta, counts)
         kept = anchor_keep(anchors, keep, {name: g.numel() for name, g in self.gates.gates.items()})
         graph.apply(keep)
         self.gates.slice(kept)

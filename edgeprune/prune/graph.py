@@ -13,11 +13,21 @@ Invariants:
 - The classifier (the layer producing the model's output) is never a group root, so the
   number of classes never changes.
 - ``apply`` never lets a group reach zero width (it raises instead).
+- A group with a grouped (not depthwise) convolution among its members has ``slices`` > 1:
+  the lcm of those convs' ``groups``; its kept count must be a multiple of ``slices`` and
+  spread evenly over them, with the same offsets in every slice (``aligned``) when a grouped
+  conv reads the group's channels (Torch-Pruning's in-channel pruning of a grouped conv keeps
+  one slice's pattern for all). A grouped conv whose channels do not map one-to-one onto the
+  group's makes the group ``fixed`` (``slices == channels``: it keeps its full width).
+- ``ignored_layers`` are module names; a container's name keeps every conv/linear under it;
+  an unknown name is a ``UserInputError`` naming some prunable layers.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Sequence
+
+import math
 
 import torch
 import torch_pruning as tp
@@ -36,6 +46,8 @@ class ChannelGroup:
     members: list[str]
     context: dict[str, Any] = field(default_factory=dict)
     tp_group: Any = field(default=None, repr=False, compare=False)
+    slices: int = 1          # kept counts are multiples of this, spread evenly over the slices
+    aligned: bool = False    # every slice keeps the same offsets (a grouped conv reads these channels)
 
     @property
     def is_residual(self) -> bool:
@@ -53,6 +65,10 @@ def _output_layer_names(model: nn.Module, example_inputs: torch.Tensor) -> set[s
     try:
         with torch.no_grad():
             out = model(example_inputs)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserInputError(f"the model cannot run on example inputs of shape {list(example_inputs.shape)}: {first}",
+                             "pass example inputs shaped like one real batch, e.g. torch.zeros(1, 3, 32, 32)") from exc
     finally:
         for h in hooks:
             h.remove()
@@ -78,6 +94,41 @@ def _record_shapes(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, 
     return shapes
 
 
+def _prunable_names(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def kept_layers(model: nn.Module, names: Sequence[str]) -> set[str]:
+    """Module names to keep whole: each name itself and, for a container, every conv/linear under it."""
+    modules = dict(model.named_modules())
+    prunable = _prunable_names(model)
+    unknown = [n for n in names if not n or n not in modules]
+    if unknown:
+        listed = ", ".join(prunable[:6]) + (", ..." if len(prunable) > 6 else "")
+        raise UserInputError(f"--keep names no layer of this model: {', '.join(repr(n) for n in unknown)}",
+                             f"pass a module name or prefix such as {listed}")
+    kept = set(names)
+    for name in names:
+        kept.update(p for p in prunable if p.startswith(name + "."))
+    return kept
+
+
+def _slicing(dg, tp_group, channels: int) -> tuple[int, bool]:
+    """(slices, aligned) that grouped (non-depthwise) convs among the group's members require."""
+    slices, aligned = 1, False
+    for dep, idxs in tp_group:
+        mod = dep.target.module
+        if not isinstance(mod, nn.Conv2d) or mod.groups == 1 or mod.groups == mod.out_channels:
+            continue
+        reads = not dg.is_out_channel_pruning_fn(dep.handler)
+        width = mod.in_channels if reads else mod.out_channels
+        if width != channels or [int(i) for i in idxs] != list(range(channels)):
+            return channels, True  # not a one-to-one slice of this group: keep the group whole
+        slices = math.lcm(slices, mod.groups)
+        aligned = aligned or reads
+    return slices, aligned
+
+
 class PruneGraph:
     """Prunable channel groups of ``model`` (which is modified in place by ``apply``)."""
 
@@ -87,10 +138,9 @@ class PruneGraph:
         self.model = model
         self.example_inputs = example_inputs
         names = dict(model.named_modules())
-        unknown = [n for n in ignored_layers if n not in names]
-        if unknown:
-            raise UserInputError(f"--ignore names no layer of this model: {', '.join(unknown)}")
-        self.ignored = set(ignored_layers) | _output_layer_names(model, example_inputs)
+        self.kept = kept_layers(model, ignored_layers)       # layers the user keeps whole
+        self.outputs = _output_layer_names(model, example_inputs)  # the classifier: never a group root
+        self.ignored = self.kept | self.outputs
         self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
         self._names = {mod: name for name, mod in names.items()}
         self.shapes = shapes = _record_shapes(model, example_inputs)  # every conv/linear's in/out shape
@@ -128,7 +178,9 @@ class PruneGraph:
             **shapes.get(root_name, {}),
         }
         channels = len(tp_group[0].idxs)
-        return ChannelGroup(index, root_name, channels, members, context, tp_group)
+        slices, aligned = _slicing(self.dg, tp_group, channels)
+        context["slices"] = slices
+        return ChannelGroup(index, root_name, channels, members, context, tp_group, slices, aligned)
 
     def apply(self, keep: dict[int, Sequence[int]]) -> None:
         """Physically remove every channel of group ``i`` not listed in ``keep[i]``."""

@@ -17,6 +17,7 @@ from edgeprune.prune.base import PruneContext, PruneResult, prune_with_scores
 from edgeprune.prune.graph import PruneGraph
 
 NORMALIZE = True
+OPTIONS: tuple = ()  # l1, l2 and random take no method options (random uses the run's seed)
 
 
 def magnitude_scores(graph: PruneGraph, p: int = 1) -> list[np.ndarray]:

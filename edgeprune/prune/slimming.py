@@ -24,7 +24,7 @@ The paper in our words:
   drifting, pass k aims at N0 * (1 - ratio)^(k/P) remaining channels (N0: the channels of the
   BN-scored groups before pruning) and prunes the current model by 1 - target_k / current_k.
 
-Options (``ctx.option``): sparsity (lambda, default 1e-4 as the paper's VGG/CIFAR runs; 1e-5 for
+Options (``OPTIONS``, given as ``ctx.options``): sparsity (lambda, default 1e-4 as the paper's VGG/CIFAR runs; 1e-5 for
 ResNets), sparsity_epochs (default 1; 0 prunes an already sparsity-trained model), passes (1),
 pass_finetune_epochs (0), sparsity_lr (0.01), batch_size (128), sparsity_weight_decay (1e-4, the
 paper's), augment (False), sparsity_max_steps, finetune_lr. The L1 step moves each gamma by about
@@ -50,12 +50,26 @@ from torch import nn
 
 from edgeprune.errors import UserInputError
 from edgeprune.prune import select
-from edgeprune.prune.base import PruneContext, PruneResult, apply_counts, check_context
+from edgeprune.prune.base import PruneContext, PruneResult, apply_counts, check_context, multiples, no_groups_error
+from edgeprune.prune.base import floors as group_floors
 from edgeprune.prune.graph import PruneGraph
+from edgeprune.prune.options import Option
 
 NORMALIZE = False
 DEFAULT_SPARSITY = 1e-4      # the paper's lambda for VGG on CIFAR; 1e-5 for ResNet/DenseNet
 SMALL_GAMMA = 1e-2           # |gamma| below this counts as "driven to zero" in the statistics
+OPTIONS = (
+    Option("sparsity", "float", DEFAULT_SPARSITY, "lambda of the L1 penalty on BN scales"),
+    Option("sparsity_epochs", "float", 1.0, "epochs of sparsity training per pass (0: prune as is)"),
+    Option("passes", "int", 1, "sparsity-train -> prune repetitions"),
+    Option("pass_finetune_epochs", "float", 0.0, "fine-tune epochs between passes"),
+    Option("sparsity_lr", "float", 0.01, "SGD learning rate of sparsity training"),
+    Option("batch_size", "int", 128, "images per SGD step"),
+    Option("sparsity_weight_decay", "float", 1e-4, "weight decay of sparsity training"),
+    Option("augment", "bool", False, "random crop + flip during sparsity training"),
+    Option("sparsity_max_steps", "int", None, "caps the SGD steps of each sparsity training", optional=True),
+    Option("finetune_lr", "float", None, "learning rate between passes (default: sparsity_lr)", optional=True),
+)
 
 
 def group_bns(graph: PruneGraph) -> list[list[nn.Module]]:
@@ -120,17 +134,12 @@ def scores(graph: PruneGraph, ctx: PruneContext) -> list[np.ndarray]:
 
 
 def _options(ctx: PruneContext) -> dict[str, Any]:
-    opts = {
-        "sparsity": float(ctx.option("sparsity", DEFAULT_SPARSITY)),
-        "sparsity_epochs": float(ctx.option("sparsity_epochs", 1.0)),
-        "passes": ctx.option("passes", 1),
-        "pass_finetune_epochs": float(ctx.option("pass_finetune_epochs", 0.0)),
-        "lr": float(ctx.option("sparsity_lr", 0.01)),
-        "batch_size": int(ctx.option("batch_size", 128)),
-        "weight_decay": float(ctx.option("sparsity_weight_decay", 1e-4)),
-        "augment": bool(ctx.option("augment", False)),
-        "max_steps": ctx.option("sparsity_max_steps", None),
-    }
+    given = ctx.settings("slim", OPTIONS)
+    opts = {"sparsity": given["sparsity"], "sparsity_epochs": given["sparsity_epochs"], "passes": given["passes"],
+            "pass_finetune_epochs": given["pass_finetune_epochs"], "lr": given["sparsity_lr"],
+            "batch_size": given["batch_size"], "weight_decay": given["sparsity_weight_decay"],
+            "augment": given["augment"], "max_steps": given["sparsity_max_steps"],
+            "finetune_lr": given["finetune_lr"] if given["finetune_lr"] is not None else given["sparsity_lr"]}
     if opts["sparsity"] < 0 or opts["sparsity_epochs"] < 0 or opts["pass_finetune_epochs"] < 0:
         raise UserInputError("slimming's sparsity, sparsity_epochs and pass_finetune_epochs must be >= 0",
                              "pass non-negative values (sparsity_epochs=0 prunes an already sparsity-trained model)")
@@ -167,8 +176,9 @@ def _select(graph: PruneGraph, ctx: PruneContext, ratio: float, floors: dict[str
     scored = [i for i, s in enumerate(raw) if s is not None]
     counts = [g.channels for g in graph.groups]
     if scored and ratio > 0:
+        mults = multiples(graph, ctx.round_to)
         picked = select.global_counts([raw[i] for i in scored], ratio, ctx.round_to, ctx.min_ratio,
-                                      normalize=NORMALIZE)
+                                      normalize=NORMALIZE, multiples=[mults[i] for i in scored])
         for i, n in zip(scored, picked):
             group = graph.groups[i]
             counts[i] = max(n, min(group.channels, floors.get(group.root_name, 1)))
@@ -202,7 +212,7 @@ def _finetune(model: nn.Module, ctx: PruneContext, opts: dict, k: int) -> None:
     from edgeprune.train import train
 
     train(model, ctx.require_data("slim"), epochs=opts["pass_finetune_epochs"],
-          lr=float(ctx.option("finetune_lr", opts["lr"])), batch_size=opts["batch_size"],
+          lr=opts["finetune_lr"], batch_size=opts["batch_size"],
           augment=opts["augment"], progress=ctx.progress, desc=f"fine-tune pass {k + 1}", seed=ctx.seed + 1000 + k)
 
 
@@ -215,14 +225,14 @@ def prune(model: nn.Module, ctx: PruneContext) -> PruneResult:
     pruned = copy.deepcopy(model).eval()
     graph = PruneGraph(pruned, ctx.example_inputs, ctx.ignored_layers)
     if not graph.groups:
-        raise UserInputError("this model has no prunable channel groups", "check --ignore")
+        raise no_groups_error()
     raw = bn_scale_scores(graph)
     scored_roots = {g.root_name for g, s in zip(graph.groups, raw) if s is not None}
     if not scored_roots:
         raise UserInputError("network slimming needs BatchNorm layers after the prunable convolutions",
                              "use --method l1 or taylor for a model without BatchNorm")
     original = {g.root_name: g.channels for g in graph.groups}
-    floors = {n: select.min_keep(c, ctx.round_to, ctx.min_ratio) for n, c in original.items()}
+    floors = dict(zip(original, group_floors(graph, ctx.round_to, ctx.min_ratio)))
     targets = pass_targets(sum(original[n] for n in scored_roots), ctx.ratio, opts["passes"])
     passes = []
     for k, target in enumerate(targets):

@@ -40,8 +40,14 @@ from tqdm import tqdm
 from edgeprune.errors import UserInputError
 from edgeprune.prune.base import PruneContext, PruneResult, prune_with_scores
 from edgeprune.prune.graph import PruneGraph
+from edgeprune.prune.options import Option
 
 NORMALIZE = True
+OPTIONS = (
+    Option("taylor_batches", "int", 32, "mini-batches of training data the scores average over"),
+    Option("taylor_batch_size", "int", 64, "images per mini-batch"),
+    Option("taylor_square", "bool", False, "score by z^2 (CVPR 2019) instead of |z| (ICLR 2017)"),
+)
 
 
 def _gw(param: torch.Tensor | None) -> torch.Tensor | None:
@@ -162,11 +168,13 @@ def taylor_scores(graph: PruneGraph, ds, *, batches: int = 32, batch_size: int =
 
 
 def scores(graph: PruneGraph, ctx: PruneContext) -> list[np.ndarray]:
-    return taylor_scores(graph, ctx.require_data("taylor"), batches=int(ctx.option("taylor_batches", 32)),
-                         batch_size=int(ctx.option("taylor_batch_size", 64)), seed=ctx.seed,
-                         square=bool(ctx.option("taylor_square", False)), progress=ctx.progress)
+    opts = ctx.settings("taylor", OPTIONS)
+    return taylor_scores(graph, ctx.require_data("taylor"), batches=opts["taylor_batches"],
+                         batch_size=opts["taylor_batch_size"], seed=ctx.seed,
+                         square=opts["taylor_square"], progress=ctx.progress)
 
 
 def prune(model: nn.Module, ctx: PruneContext) -> PruneResult:
+    ctx.settings("taylor", OPTIONS)
     ctx.require_data("taylor")
     return prune_with_scores(model, ctx, "taylor", scores, NORMALIZE)

@@ -36,7 +36,7 @@ Generalisations beyond the paper's plain chain (documented choices):
   the relative reconstruction error after removing the first k, plus a small rank term, so
   channels removed first score lowest and top-k selection keeps the greedy complement.
 
-Options (``ctx.option``): ``samples`` images (256), ``positions`` per image (10),
+Options (``OPTIONS``, given as ``ctx.options``): ``samples`` images (256), ``positions`` per image (10),
 ``channels_per_location`` output channels sampled per location (16), ``batch_size`` (64),
 ``rescale`` (True; False skips the least-squares step), ``finetune_steps`` (0), ``finetune_lr``
 (0.01), ``finetune_batch_size`` (64), ``counts`` (None). Cost: one pass over the samples per
@@ -59,36 +59,66 @@ from tqdm import tqdm
 
 from edgeprune.errors import UserInputError
 from edgeprune.prune import select
-from edgeprune.prune.base import PruneContext, PruneResult, check_context
+from edgeprune.prune.base import PruneContext, PruneResult, check_context, multiples, no_groups_error
 from edgeprune.prune.graph import ChannelGroup, PruneGraph
+from edgeprune.prune.options import Option
 from edgeprune.prune.thinet_stats import Probe, collect, group_probes
 from edgeprune.train import train
 
 NORMALIZE = True
 METHOD = "thinet"
+OPTIONS = (
+    Option("samples", "int", 256, "training images sampled for the statistics"),
+    Option("positions", "int", 10, "output positions sampled per image"),
+    Option("channels_per_location", "int", 16, "output channels sampled per position"),
+    Option("batch_size", "int", 64, "images per forward pass"),
+    Option("rescale", "bool", True, "fold the least-squares scales into the next layer"),
+    Option("finetune_steps", "int", 0, "SGD steps after each layer (0: none)"),
+    Option("finetune_lr", "float", 0.01, "learning rate of those steps"),
+    Option("finetune_batch_size", "int", 64, "images per fine-tune step"),
+    Option("counts", "ints", None, "kept channels per prunable group (overrides the ratio)", optional=True),
+)
 
 
 # -- the paper's two optimisation steps, on a Gram matrix -----------------------------------------
-def greedy_removal(gram: np.ndarray, n_remove: int | None = None) -> tuple[list[int], np.ndarray]:
-    """Algorithm 1: the removal order T and the objective 1_T^T G 1_T after each step."""
+def greedy_removal(gram: np.ndarray, n_remove: int | None = None, slices: int = 1) -> tuple[list[int], np.ndarray]:
+    """Algorithm 1: the removal order T and the objective 1_T^T G 1_T after each step.
+
+    ``slices`` > 1: the channels form that many equal contiguous slices and each slice loses
+    ``n_remove / slices`` of them (a grouped convolution's channels must stay evenly spread).
+    """
     gram = np.asarray(gram, dtype=np.float64)
     c = gram.shape[0]
     n = c if n_remove is None else int(n_remove)
-    if not 0 <= n <= c:
-        raise ValueError(f"cannot remove {n} of {c} channels")
+    if not 0 <= n <= c or c % slices or n % slices:
+        raise ValueError(f"cannot remove {n} of {c} channels evenly over {slices} slices")
+    owner, quota = np.arange(c) // (c // slices), np.full(slices, n // slices)
     diag = np.diag(gram).copy()
     cross = np.zeros(c)              # cross[j] = sum_{t in T} G[t, j]
     free = np.ones(c, dtype=bool)
     order, values, value = [], np.zeros(n), 0.0
     for step in range(n):
-        cost = np.where(free, 2.0 * cross + diag, np.inf)
+        cost = np.where(free & (quota[owner] > 0), 2.0 * cross + diag, np.inf)
         j = int(np.argmin(cost))
         value += float(cost[j])
         order.append(j)
         free[j] = False
+        quota[owner[j]] -= 1
         cross += gram[j]
         values[step] = value
     return order, values
+
+
+def greedy_kept(gram: np.ndarray, channels: int, keep_n: int, slices: int = 1, aligned: bool = False) -> list[int]:
+    """The channels Algorithm 1 keeps, evenly over ``slices`` (with the same offsets in each when ``aligned``)."""
+    if aligned and slices > 1:
+        width = channels // slices
+        folded = np.asarray(gram, dtype=np.float64).reshape(slices, width, slices, width).sum(axis=(0, 2))
+        order, _ = greedy_removal(folded, (channels - keep_n) // slices)
+        removed = {s * width + o for s in range(slices) for o in order}
+    else:
+        removed = set(greedy_removal(gram, channels - keep_n, slices)[0])
+    return [c for c in range(channels) if c not in removed]
 
 
 def least_squares_scales(gram: np.ndarray, kept: Sequence[int], ridge: float = 1e-9) -> np.ndarray:
@@ -134,8 +164,9 @@ def forward_order(graph: PruneGraph) -> list[ChannelGroup]:
 
 
 def _settings(ctx: PruneContext) -> dict[str, Any]:
-    s = {"images": int(ctx.option("samples", 256)), "positions": int(ctx.option("positions", 10)),
-         "out_per_row": int(ctx.option("channels_per_location", 16)), "batch_size": int(ctx.option("batch_size", 64))}
+    opts = ctx.settings(METHOD, OPTIONS)
+    s = {"images": opts["samples"], "positions": opts["positions"], "out_per_row": opts["channels_per_location"],
+         "batch_size": opts["batch_size"]}
     if min(s.values()) < 1:
         raise UserInputError(f"thinet sampling options must be positive, got {s}",
                              "pass positive samples, positions, channels_per_location and batch_size")
@@ -166,10 +197,8 @@ def select_and_rescale(group: ChannelGroup, probes: Sequence[Probe], keep_n: int
                        rescale: bool = True) -> tuple[list[int], dict[str, Any]]:
     """Greedy-select the channels to keep and fold the least-squares scales into each consumer."""
     if not probes:
-        return select.top_k(_magnitude(group), keep_n), {"fallback": "l1"}
-    order, _ = greedy_removal(objective(probes), group.channels - keep_n)
-    removed = set(order)
-    kept = [c for c in range(group.channels) if c not in removed]
+        return select.keep_indices(_magnitude(group), keep_n, group.slices, group.aligned), {"fallback": "l1"}
+    kept = greedy_kept(objective(probes), group.channels, keep_n, group.slices, group.aligned)
     energy = sum(float(p.mean_gram().sum()) for p in probes)
     before = sum(reconstruction_error(p.mean_gram().numpy(), kept) for p in probes)
     after = before
@@ -186,19 +215,21 @@ def select_and_rescale(group: ChannelGroup, probes: Sequence[Probe], keep_n: int
 
 
 def _finetune(model: nn.Module, ctx: PruneContext, step: int) -> None:
-    steps = int(ctx.option("finetune_steps", 0))
+    opts = ctx.settings(METHOD, OPTIONS)
+    steps = opts["finetune_steps"]
     if steps <= 0:
         return
-    train(model, ctx.require_data(METHOD), epochs=1, max_steps=steps, lr=float(ctx.option("finetune_lr", 0.01)),
-          batch_size=int(ctx.option("finetune_batch_size", 64)), progress=False, desc="thinet fine-tune",
+    train(model, ctx.require_data(METHOD), epochs=1, max_steps=steps, lr=opts["finetune_lr"],
+          batch_size=opts["finetune_batch_size"], progress=False, desc="thinet fine-tune",
           seed=ctx.seed + step)
     model.eval()
 
 
 def _kept_counts(graph: PruneGraph, ctx: PruneContext) -> list[int]:
-    counts = ctx.option("counts", None)
+    counts = ctx.settings(METHOD, OPTIONS)["counts"]
     if counts is None:
-        return select.uniform_counts([g.channels for g in graph.groups], ctx.ratio, ctx.round_to, ctx.min_ratio)
+        return select.uniform_counts([g.channels for g in graph.groups], ctx.ratio, ctx.round_to, ctx.min_ratio,
+                                     multiples=multiples(graph, ctx.round_to))
     counts = [int(n) for n in counts]
     if len(counts) != len(graph.groups) or any(not 1 <= n <= g.channels for n, g in zip(counts, graph.groups)):
         raise UserInputError(f"thinet counts must give 1..width kept channels for each of {len(graph.groups)} groups",
@@ -214,11 +245,11 @@ def prune(model: nn.Module, ctx: PruneContext) -> PruneResult:
     pruned = copy.deepcopy(model).eval()
     graph = PruneGraph(pruned, ctx.example_inputs, ctx.ignored_layers)
     if not graph.groups:
-        raise UserInputError("this model has no prunable channel groups", "check --ignore")
+        raise no_groups_error()
     counts = _kept_counts(graph, ctx)
     records: dict[int, dict[str, Any]] = {}
     fallback = []
-    rescale = bool(ctx.option("rescale", True))
+    rescale = ctx.settings(METHOD, OPTIONS)["rescale"]
     bar = tqdm(forward_order(graph), desc="thinet", unit="layer", disable=not ctx.progress, file=sys.stderr)
     for step, group in enumerate(bar):
         bar.set_postfix_str(group.root_name, refresh=False)

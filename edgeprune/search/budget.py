@@ -1,8 +1,8 @@
 """Greedy channel search under a predicted latency budget (NetAdapt-style, importance-weighted).
 
 State: kept channels per group, starting from full width. Each step considers, for every
-group, dropping it to its next lower allowed count (multiples of the target's channel
-multiple); the step's cost is the importance it removes (the sum of the dropped channels'
+group, dropping it to its next lower allowed count (multiples of the group's channel
+multiple, given by the caller); the step's cost is the importance it removes (the sum of the dropped channels'
 scores, lowest first) and its gain the predicted latency it saves, read from the measured
 table. The step with the least importance lost per millisecond saved is taken. A drop
 that saves nothing (a flat stretch of the runtime's staircase) is never taken on its own:
@@ -69,10 +69,14 @@ def _best_step(predictor, counts, allowed, ranked, current):
 
 
 def search_counts(predictor, widths: Sequence[int], scores: Sequence[np.ndarray], budget_ms: float,
-                  multiple: int, floors: Sequence[int], normalize: bool = True) -> SearchResult:
-    """Per-group kept counts whose predicted latency is within ``budget_ms``."""
+                  multiple: int | Sequence[int], floors: Sequence[int], normalize: bool = True) -> SearchResult:
+    """Per-group kept counts whose predicted latency is within ``budget_ms``.
+
+    ``multiple``: one channel multiple for every group, or one per group.
+    """
     ranked = [s[::-1] for s in _sorted_scores(scores, normalize)]  # descending: keep the first k
-    allowed = [_allowed(w, multiple, f) for w, f in zip(widths, floors)]
+    mults = [int(multiple)] * len(widths) if isinstance(multiple, (int, np.integer)) else [int(m) for m in multiple]
+    allowed = [_allowed(w, m, f) for w, m, f in zip(widths, mults, floors)]
     counts = [opts[-1] for opts in allowed]
     current = predictor.predict(counts)
     trace = [{"step": 0, "predicted_ms": current}]
@@ -81,7 +85,7 @@ def search_counts(predictor, widths: Sequence[int], scores: Sequence[np.ndarray]
         if step is None:
             raise BudgetError(f"latency budget {budget_ms:.3f} ms cannot be met: the fastest model this search "
                               f"reaches is predicted at {current:.3f} ms",
-                              "raise the budget, or lower the minimum width (--min-ratio)")
+                              "raise the budget, or lower the minimum width (--min-width SHARE)")
         _, g, counts, saved, lost = step
         current = predictor.predict(counts)
         trace.append({"step": len(trace), "group": g, "to": counts[g], "saved_ms": saved,

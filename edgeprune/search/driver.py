@@ -1,5 +1,8 @@
 """The ``--budget-ms`` loop: search by prediction, check by measurement, tighten, retry.
 
+The search and its latency table use ``pctx.round_to`` (the build's channel multiple: ``--round-to``
+or the profile's multiple for the precision) and keep ``pctx.ignored_layers`` whole.
+
 Invariant: ``prune_to_budget`` returns a model whose latency *measured* on the target (in a
 fresh process, before fine-tuning, which does not change latency) is within the budget, or
 raises ``GateFailed`` with every attempt's predicted and measured figures. A budget the
@@ -16,7 +19,7 @@ from torch import nn
 
 from edgeprune.errors import GateFailed, UserInputError
 from edgeprune.measure.protocol import MeasureSettings
-from edgeprune.prune.base import PruneContext, PruneResult
+from edgeprune.prune.base import PruneContext, PruneResult, check_context
 from edgeprune.search.hardware import HardwareSearch
 from edgeprune.ui import info
 
@@ -36,8 +39,10 @@ def prune_to_budget(model: nn.Module, example: torch.Tensor, profile: dict[str, 
                     method: str, pctx: PruneContext, threads: int, calib: np.ndarray | None,
                     attempts: int = 3, progress: bool = True) -> tuple[PruneResult, dict[str, Any]]:
     value, relative = parse_budget(budget)
+    check_context(pctx)
     settings = MeasureSettings(threads=threads, warmup_s=0.5, min_seconds=1.0)
-    hs = HardwareSearch(model, example, profile, profile["precision"], threads, settings, calib, progress)
+    hs = HardwareSearch(model, example, profile, profile["precision"], threads, settings, calib, progress,
+                        multiple=pctx.round_to, ignored_layers=pctx.ignored_layers)
     fit = hs.calibrate()
     budget_ms = value * hs.baseline_ms if relative else value
     info(f"      baseline measured {hs.baseline_ms:.3f} ms; budget {budget_ms:.3f} ms; "

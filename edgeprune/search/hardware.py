@@ -6,8 +6,12 @@ cache), and a predictor calibrated on whole-model measurements of that model on 
 removes channels physically. ``measure_model`` exports, compiles and measures any model
 variant on the target, so the caller can check the budget by measurement and feed the
 result back (``add_measurement``) before searching again.
-Invariant: every latency this module reports for a model was measured on the target's
-runtime in a fresh process; predictions are labelled as predictions.
+Invariants: every latency this module reports for a model was measured on the target's
+runtime in a fresh process; predictions are labelled as predictions. The table is sampled
+and the search chooses counts at ``multiple`` — the channel multiple the build rounds to
+(``--round-to``, or the profile's multiple for the chosen precision), combined with a group's
+grouped-conv slices — never at a multiple read from the profile behind the caller's back;
+layers in ``ignored_layers`` (``--keep``) are never a group, so they keep every channel.
 """
 from __future__ import annotations
 
@@ -21,12 +25,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgeprune.errors import UserInputError
 from edgeprune.export import export_onnx
 from edgeprune.measure.lut_build import build_table
 from edgeprune.measure.predictor import Predictor
 from edgeprune.measure.protocol import MeasureSettings, measure
-from edgeprune.prune import method_module
-from edgeprune.prune.base import PruneContext, PruneResult, apply_counts
+from edgeprune.prune import check_options, method_module
+from edgeprune.prune.base import PruneContext, PruneResult, apply_counts, multiples, no_groups_error
 from edgeprune.prune.graph import PruneGraph
 from edgeprune.prune.select import min_keep, uniform_counts
 from edgeprune.search.budget import SearchResult, search_counts
@@ -45,14 +50,29 @@ class HardwareSearch:
     calib: np.ndarray | None = None
     progress: bool = True
     samples: list[tuple[list[int], float]] = field(default_factory=list)
+    multiple: int | None = None            # None: the profile's multiple for ``precision``
+    ignored_layers: tuple[str, ...] = ()   # layers kept whole (module names or prefixes)
 
     def __post_init__(self) -> None:
-        self.graph = PruneGraph(copy.deepcopy(self.model).eval(), self.example)
+        if self.multiple is None:
+            default = self.profile["channel_multiple"]
+            self.multiple = int(self.profile.get(f"{self.precision}_channel_multiple", default))
+        if isinstance(self.multiple, bool) or not isinstance(self.multiple, int) or self.multiple < 1:
+            raise UserInputError(f"channel multiple must be a positive whole number, got {self.multiple!r}",
+                                 "pass e.g. --round-to 8")
+        self.ignored_layers = tuple(self.ignored_layers)
+        self.graph = self._graph()
+        if not self.graph.groups:
+            raise no_groups_error()
         self.plan = build_plan(self.graph)
         self.widths = [g.channels for g in self.graph.groups]
+        self.multiples = multiples(self.graph, self.multiple)
         self.table = build_table(self.profile, table_requests(self.plan), precision=self.precision,
-                                 threads=self.threads, progress=self.progress)
+                                 threads=self.threads, progress=self.progress, multiple=self.multiple)
         self.predictor = Predictor(self.table["rows"], self.plan)
+
+    def _graph(self) -> PruneGraph:
+        return PruneGraph(copy.deepcopy(self.model).eval(), self.example, self.ignored_layers)
 
     def measure_model(self, model: nn.Module, repeats: int = 2) -> float:
         """p50 (ms) of ``model`` on the target: the smallest of ``repeats`` fresh-process measurements.
@@ -73,7 +93,7 @@ class HardwareSearch:
     def calibrate(self, uniform_ratio: float = 0.5) -> dict[str, Any]:
         """Fit the predictor on the unpruned model and one uniformly pruned variant."""
         self.add_measurement(self.widths, self.measure_model(self.model))
-        counts = uniform_counts(self.widths, uniform_ratio, int(self.profile["channel_multiple"]))
+        counts = uniform_counts(self.widths, uniform_ratio, multiples=self.multiples)
         variant = self.prune_counts(counts, [np.ones(w) for w in self.widths])
         return self.add_measurement(counts, self.measure_model(variant))
 
@@ -83,19 +103,22 @@ class HardwareSearch:
 
     def prune_counts(self, counts: list[int], scores: list[np.ndarray]) -> nn.Module:
         """A copy of the model with ``counts[i]`` channels (highest scores) kept in group i."""
-        graph = PruneGraph(copy.deepcopy(self.model).eval(), self.example)
+        graph = self._graph()
         apply_counts(graph, scores, counts)
         return graph.model
 
     def search(self, ctx: PruneContext, method: str, budget_ms: float) -> tuple[PruneResult, SearchResult]:
+        """Counts within ``budget_ms`` by prediction, from ``method``'s scores; the pruned copy."""
         mod = method_module(method)
         if not hasattr(mod, "scores"):
-            raise NotImplementedError(f"method {method} has no channel scores for the budget search")
-        graph = PruneGraph(copy.deepcopy(self.model).eval(), self.example)
+            raise UserInputError(f"method {method} has no channel scores for the latency-budget search",
+                                 "use --ratio with this method, or l1, l2, random, taylor, slim, gate or thinet")
+        check_options(method, {k: v for k, v in ctx.options.items() if k != "method"})
+        graph = self._graph()
         scores = mod.scores(graph, ctx)
-        multiple = int(self.profile["channel_multiple"])
-        floors = [min_keep(w, multiple, ctx.min_ratio) for w in self.widths]
-        found = search_counts(self.predictor, self.widths, scores, budget_ms, multiple, floors,
+        floors = [min_keep(w, m, ctx.min_ratio) for w, m in zip(self.widths, self.multiples)]
+        found = search_counts(self.predictor, self.widths, scores, budget_ms, self.multiples, floors,
                               normalize=getattr(mod, "NORMALIZE", True))
         records = apply_counts(graph, scores, found.counts)
-        return PruneResult(graph.model, method, 1 - sum(found.counts) / sum(self.widths), multiple, records), found
+        ratio = 1 - sum(found.counts) / sum(self.widths)
+        return PruneResult(graph.model, method, ratio, self.multiple, records), found

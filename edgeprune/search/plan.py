@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from edgeprune.errors import UserInputError
 from edgeprune.measure.lut import LayerSig
 from edgeprune.prune.graph import PruneGraph
 
@@ -38,7 +39,8 @@ def _sig(mod: nn.Module, in_hw: tuple[int, int]) -> LayerSig:
         return LayerSig("linear", relu=False)
     depthwise = mod.groups > 1 and mod.groups == mod.in_channels == mod.out_channels
     if mod.groups > 1 and not depthwise:
-        raise NotImplementedError(f"grouped convolution {mod} has no latency-table signature yet")
+        raise UserInputError(f"the latency-budget search cannot time grouped convolutions yet ({mod.groups} groups)",
+                             "prune this model by --ratio instead of --budget-ms")
     pad = mod.padding if isinstance(mod.padding, tuple) else (0, 0)
     return LayerSig("depthwise" if depthwise else "conv", tuple(mod.kernel_size), tuple(mod.stride),
                     tuple(pad), tuple(in_hw), relu=True)

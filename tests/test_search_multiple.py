@@ -1,0 +1,82 @@
+"""The ``--budget-ms`` search honours the build's channel multiple and its kept layers.
+
+The multiple is the one the build computes (``--round-to`` or the profile's multiple for the
+precision), not ``profile["channel_multiple"]``; a kept layer (``--keep``) keeps all its channels.
+The runtime is replaced by a deterministic cost model (latency = 1e-4 ms per in x out x kernel
+area) so the search, its table and the measured check agree exactly and run in seconds.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from edgeprune.measure import lut_build
+from edgeprune.measure.lut import SigTable
+from edgeprune.models import build_model
+from edgeprune.profiles import load_profile
+from edgeprune.prune.base import PruneContext
+from edgeprune.search import hardware
+from edgeprune.search.driver import prune_to_budget
+
+EXAMPLE = torch.zeros(1, 1, 16, 16)
+PER_MAC = 1e-4
+
+
+def _area(kind: str, kernel) -> int:
+    return 1 if kind == "linear" else kernel[0] * kernel[1]
+
+
+def _fake_row(profile, precision, threads, sig, ins, outs, rounds, timeout_s) -> SigTable:
+    area = _area(sig.kind, sig.kernel)
+    if sig.kind == "depthwise":
+        return SigTable(sig, ins, [ins[-1]], [[PER_MAC * c * area] for c in ins])
+    return SigTable(sig, ins, outs, [[PER_MAC * i * o * area for o in outs] for i in ins])
+
+
+def _fake_measure(self, model: nn.Module, repeats: int = 2) -> float:
+    total = 0.0
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            total += PER_MAC * m.in_channels * m.out_channels * m.kernel_size[0] * m.kernel_size[1] / m.groups
+        elif isinstance(m, nn.Linear):
+            total += PER_MAC * m.in_features * m.out_features
+    return total
+
+
+@pytest.fixture
+def fake_runtime(monkeypatch, tmp_path):
+    monkeypatch.setenv("EDGEPRUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(lut_build, "_measure_row", _fake_row)
+    monkeypatch.setattr(hardware.HardwareSearch, "measure_model", _fake_measure)
+
+
+def _budget_run(round_to: int, keep: tuple[str, ...] = (), budget: str = "0.5x"):
+    torch.manual_seed(0)
+    model = build_model("resnet20", num_classes=10, in_channels=1).eval()
+    profile = {**load_profile("onnxruntime"), "precision": "fp32"}
+    assert profile["channel_multiple"] == 8
+    pctx = PruneContext(example_inputs=EXAMPLE, round_to=round_to, ignored_layers=keep, progress=False,
+                        options={"method": "l1"})
+    result, search = prune_to_budget(model, EXAMPLE, profile, budget, "l1", pctx, 1, None, 3, False)
+    return model, result, search
+
+
+def test_budget_search_uses_the_given_multiple_not_the_profiles(fake_runtime):
+    _, result, search = _budget_run(16)
+    assert search["table"]["channel_multiple"] == 16
+    groups = search["groups"]
+    assert any(g["kept"] < g["width"] for g in groups)
+    assert all(g["kept"] % 16 == 0 or g["kept"] == g["width"] for g in groups), groups
+    assert result.round_to == 16
+    assert search["attempts"][-1]["measured_ms"] <= search["budget_ms"]
+
+
+def test_budget_search_keeps_kept_layers_whole(fake_runtime):
+    model, result, search = _budget_run(8, keep=("layer2.0.conv1", "layer3"), budget="0.8x")
+    before = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    after = {n: m.out_channels for n, m in result.model.named_modules() if isinstance(m, nn.Conv2d)}
+    kept = [n for n in before if n == "layer2.0.conv1" or n.startswith("layer3.")]
+    assert all(after[n] == before[n] for n in kept), {n: (before[n], after[n]) for n in kept}
+    assert not any(g["group"] in kept for g in search["groups"])
+    assert sum(after.values()) < sum(before.values())
