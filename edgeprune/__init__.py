@@ -6,6 +6,12 @@ first use, so the on-device runner works with only numpy and a runtime installed
 """
 from __future__ import annotations
 
+import os
+
+# ONNX Runtime (1.29+) collects usage telemetry unless told not to, and leaves a session file in the
+# temp folder; a tool that deploys users' models keeps quiet (a user who wants it sets the variable to 0).
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
 __version__ = "0.1.0"
 __all__ = ["prune_channels", "__version__"]
 

@@ -27,8 +27,9 @@ from edgeprune.loading import check_out_dir, check_ratio, count_flops_params, lo
 from edgeprune.models.checkpoint import save_checkpoint
 from edgeprune.measure.protocol import MeasureSettings, measure_interleaved
 from edgeprune.profiles import load_profile, resolve_threads
-from edgeprune.prune import prune_model
+from edgeprune.prune import check_options, prune_model
 from edgeprune.prune.base import PruneContext
+from edgeprune.prune.graph import kept_layers
 from edgeprune.report import write_report
 from edgeprune.search.driver import parse_budget, prune_to_budget
 from edgeprune.targets import require_runtime
@@ -92,6 +93,7 @@ def _validate(cfg: BuildConfig, needs_runtime: bool = True) -> dict[str, Any]:
     profile = load_profile(cfg.target)
     check_ranges(cfg)
     check_ratio(cfg.ratio)
+    check_options(cfg.method, cfg.method_options)
     check_out_dir(cfg.out, cfg.force)
     if needs_runtime and isinstance(profile.get("emulate"), dict):
         raise UserInputError(f"target {profile['name']} is emulated: it checks correctness, it has no latency to "
@@ -241,6 +243,7 @@ def prepare(cfg: BuildConfig, steps: Steps,
     holdout = check_count(cfg.holdout, len(test_ds), "--holdout-images", "held-out test images")
     model, spec = load_model(cfg.model, cfg.weights, num_classes=train_ds.num_classes,
                              in_channels=train_ds.channels, trust=cfg.trust_checkpoint, data=train_ds.name)
+    kept_layers(model, cfg.keep_layers)  # an unknown --keep name fails now, not after the baseline's evaluation
     if cfg.weights is None:
         info("warning: no --weights given: pruning an untrained model, accuracies are meaningless")
     ctx = {"model": model, "train_ds": train_ds, "test_ds": test_ds, "holdout": holdout,

@@ -78,7 +78,7 @@ CLI_CASES = [
 ]
 NEEDS_FLAGS = [
     Case("keep-unknown-layer", _prune("--keep", "layer9"), 2, "--keep names no layer"),
-    Case("min-width-out-of-range", _prune("--min-width", "1.5"), 2, "minimum width"),
+    Case("min-width-out-of-range", _prune("--min-width", "1.5"), 2, "--min-width: 1.5 is outside [0, 1)"),
 ]
 
 
@@ -87,7 +87,6 @@ def test_bad_cli_method_options(case, tmp_path, capsys):
     run_case(case, tmp_path, capsys)
 
 
-@pytest.mark.skip(reason="needs CLI flags --keep LAYER and --min-width SHARE (lead's CLI rewrite)")
 @pytest.mark.parametrize("case", NEEDS_FLAGS, ids=ids(NEEDS_FLAGS))
 def test_bad_cli_keep_and_min_width(case, tmp_path, capsys):
     run_case(case, tmp_path, capsys)
