@@ -133,7 +133,6 @@ def compile_job(job: dict) -> dict:
 
     from edgeprune.errors import UnsupportedPrecision
     from edgeprune.measure.env import environment
-    from edgeprune.measure.parity import run_batched
 
     folder, profile, precision = Path(job["dir"]), job["profile"], job["precision"]
     threads = int(job.get("threads", 1))
@@ -150,20 +149,26 @@ def compile_job(job: dict) -> dict:
     result = {"artifact": "artifact", "outputs": None, "inspect": mod.inspect(artifact),
               "size_mb": artifact.size_bytes() / 1e6, "versions": mod.versions(), "compile_s": compile_s}
     if job.get("holdout"):
-        started = time.perf_counter()
-        x = np.load(folder / job["holdout"], allow_pickle=False)
-        outputs = run_batched(mod.load(artifact, threads), x, artifact.input_shape[0])
-        np.save(out / "outputs.npy", np.ascontiguousarray(outputs), allow_pickle=False)
-        result.update(outputs="outputs.npy", parity_s=time.perf_counter() - started)
+        result.update(_holdout_outputs(mod, artifact, folder / job["holdout"], out, threads))
     result.update(files=_listing(out), environment=environment(threads))
     return result
 
 
-def run_job(job: dict) -> dict:
+def _holdout_outputs(mod, artifact, holdout: Path, out: Path, threads: int) -> dict:
+    """Run the held-out inputs through the artifact on this device; save them as ``out``/outputs.npy."""
     import numpy as np
 
-    from edgeprune.measure.env import environment
     from edgeprune.measure.parity import run_batched
+
+    started = time.perf_counter()
+    x = np.load(holdout, allow_pickle=False)
+    outputs = run_batched(mod.load(artifact, threads), x, artifact.input_shape[0])
+    np.save(out / "outputs.npy", np.ascontiguousarray(outputs), allow_pickle=False)
+    return {"outputs": "outputs.npy", "parity_s": time.perf_counter() - started}
+
+
+def run_job(job: dict) -> dict:
+    from edgeprune.measure.env import environment
     from edgeprune.targets.base import Artifact
 
     folder, threads = Path(job["dir"]), int(job.get("threads", 1))
@@ -173,11 +178,7 @@ def run_job(job: dict) -> dict:
     out = folder / "out"
     out.mkdir(parents=True, exist_ok=True)
     if job.get("holdout"):
-        started = time.perf_counter()
-        x = np.load(folder / job["holdout"], allow_pickle=False)
-        outputs = run_batched(mod.load(artifact, threads), x, artifact.input_shape[0])
-        np.save(out / "outputs.npy", np.ascontiguousarray(outputs), allow_pickle=False)
-        result.update(outputs="outputs.npy", parity_s=time.perf_counter() - started)
+        result.update(_holdout_outputs(mod, artifact, folder / job["holdout"], out, threads))
     result.update(files=_listing(out), environment=environment(threads))
     return result
 
