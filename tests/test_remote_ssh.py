@@ -481,3 +481,25 @@ def test_bench_on_two_devices_gives_a_row_each(sshd, tiny_onnx, tmp_path, capsys
     if "FP16" not in device_capabilities()["capabilities"]:
         # fp16 on a CPU without native FP16 runs as bf16/f32 in OpenVINO: refused on the device, never measured
         assert all(r["status"] == "unsupported" and r["p50_ms"] is None for r in rows if r["precision"] == "fp16")
+
+
+def test_lut_command_measures_the_table_on_the_device(sshd, tmp_path, capsys):
+    """`edgeprune lut` with a profile's [device]: every entry measured on the board, cached there."""
+    from edgeprune.cli import main
+
+    profile = tmp_path / "board.toml"
+    profile.write_text(Path(load_profile("x86")["path"]).read_text().replace("channel_multiple = 8",
+                                                                             "channel_multiple = 16") + (
+        f'\n[device]\nhost = "127.0.0.1"\nuser = "{sshd.user}"\nport = {sshd.port}\n'
+        f'python = "{sys.executable}"\nidentity_file = "{sshd.client_key}"\nknown_hosts = "{sshd.known_hosts}"\n'
+        f'cache_dir = "{tmp_path / "board-cache"}"\n'))
+    argv = ["lut", "--target", str(profile), "--model", "resnet20", "--input-shape", "1,1,8,8", "--threads", "1",
+            "--in-stride", "4", "--no-progress", "--json", str(tmp_path / "t.json")]
+    assert main(argv) == 0
+    table = json.loads((tmp_path / "t.json").read_text())
+    assert table["meta"]["device"].endswith(f"127.0.0.1:{sshd.port}") and table["meta"]["rows_measured"] > 0
+    assert all(layer["ms_full_width"] > 0 for layer in table["layers"])
+    assert list((tmp_path / "board-cache" / "lut").glob("*.json"))  # the board's own cache holds the rows
+    assert main(argv) == 0
+    again = json.loads((tmp_path / "t.json").read_text())
+    assert again["meta"]["rows_measured"] == 0 and again["meta"]["rows_from_cache"] == table["meta"]["rows_measured"]

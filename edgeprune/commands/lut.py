@@ -5,6 +5,7 @@ import argparse
 from typing import Any
 
 from edgeprune.commands._args import NONNEG_INT, add_json, ranged
+from edgeprune.commands._device import add_device_arguments
 from edgeprune.targets.base import PRECISIONS
 
 
@@ -13,7 +14,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        description="Measure, for every distinct layer of MODEL in its real context (spatial size, "
                                    "kernel, stride), latency over its channel counts in steps of the target's channel "
                                    "multiple, on the target's runtime. Rows are cached on disk "
-                                   "($EDGEPRUNE_CACHE or ~/.cache/edgeprune/lut) and reused.")
+                                   "($EDGEPRUNE_CACHE or ~/.cache/edgeprune/lut) and reused. With --device (or a "
+                                   "profile's [device] table) the table is measured on that board over SSH.")
     p.add_argument("--target", required=True, help="target profile (see 'edgeprune targets')")
     p.add_argument("--model", required=True, help="zoo model name (see 'edgeprune models')")
     p.add_argument("--input-shape", help="1,C,H,W (default: 1,3,S,S with the model's default size)")
@@ -24,16 +26,20 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="measure every Nth in-channel step, interpolate between, in [1, 64]. Default: %(default)s")
     add_json(p, "the table")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_device_arguments(p)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
+    from edgeprune.commands._device import one_device
     from edgeprune.commands._output import check_outputs, emit_json
+    from edgeprune.profiles import load_profile
     from edgeprune.search.model_table import model_table
 
     check_outputs(args)
-    result = model_table(args.target, args.model, args.input_shape, args.precision, args.threads,
-                         args.num_classes, args.in_stride, not args.no_progress)
+    with one_device(args, load_profile(args.target)) as device:
+        result = model_table(args.target, args.model, args.input_shape, args.precision, args.threads,
+                             args.num_classes, args.in_stride, not args.no_progress, device=device)
     emit_json(result, args.json)
     if args.json != "-":
         meta = result["meta"]

@@ -30,8 +30,13 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 
 def model_table(target: str, model_name: str, input_shape: str | None, precision: str | None,
-                threads: int | None, num_classes: int, in_stride: int, progress: bool) -> dict[str, Any]:
-    """Build (or reuse) the table of ``model_name`` on ``target``: {"meta", "layers", "rows"}."""
+                threads: int | None, num_classes: int, in_stride: int, progress: bool,
+                device: Any = None) -> dict[str, Any]:
+    """Build (or reuse) the table of ``model_name`` on ``target``: {"meta", "layers", "rows"}.
+
+    With ``device`` (a connected ``RemoteDevice``) every entry is measured on that board, whose
+    own cache keeps the rows: a board's table is never measured anywhere else.
+    """
     profile = load_profile(target)
     precision = precision or profile["default_precision"]
     if precision not in profile["precisions"]:
@@ -39,13 +44,32 @@ def model_table(target: str, model_name: str, input_shape: str | None, precision
                              f"choose one of: {', '.join(profile['precisions'])}")
     shape = parse_shape(input_shape) if input_shape else (1, 3, default_input_size(model_name),
                                                           default_input_size(model_name))
-    threads = resolve_threads(profile, threads)
-    require_runtime(profile["runtime"])
+    if device is None:
+        threads = resolve_threads(profile, threads)
+        require_runtime(profile["runtime"])
+    else:
+        threads = resolve_threads(profile, threads, cores=_device_cores(device, profile["runtime"]))
     model = build_model(model_name, num_classes=num_classes, in_channels=shape[1]).eval()
     plan = build_plan(PruneGraph(model, torch.zeros(*shape)))
-    table = build_table(profile, table_requests(plan), precision=precision, threads=threads,
-                        in_stride=in_stride, progress=progress)
+    if device is None:
+        table = build_table(profile, table_requests(plan), precision=precision, threads=threads,
+                            in_stride=in_stride, progress=progress)
+    else:
+        from edgeprune.remote.remote_target import remote_build_table
+
+        table = remote_build_table(device, profile, table_requests(plan), precision=precision, threads=threads,
+                                   in_stride=in_stride, cache_dir=f"{device.cache_dir()}/lut")
     layers = [{"layer": layer.name, "signature": layer.sig.key(), "in": layer.in_c, "out": layer.out_c,
                "ms_full_width": table["rows"][layer.sig.key()].lookup(layer.in_c, layer.out_c)} for layer in plan]
     rows = {k: r.to_dict() for k, r in table["rows"].items()}
     return {"meta": {**table["meta"], "model": model_name, "input_shape": list(shape)}, "layers": layers, "rows": rows}
+
+
+def _device_cores(device: Any, runtime: str) -> int:
+    """The board's usable cores, after checking it runs ``runtime`` (one line when it does not)."""
+    info = device.selfcheck()
+    if runtime not in (info.get("available") or []):
+        why = ((info.get("runtimes") or {}).get(runtime) or {}).get("reason") or "not installed"
+        raise UserInputError(f"device {device.label} cannot run {runtime}: {why}",
+                             f"install it there, or check with 'edgeprune device-check --device {device.label}'")
+    return int((info.get("environment") or {}).get("logical_cores") or 1)

@@ -282,4 +282,4 @@ def _swap_into_place(stage: Path, out_dir: Path) -> None:
 
 def onnx_input_shape(onnx_path: Path) -> list[int]:
     """Static input shape of a single-input ONNX model, fully checked by ``onnx_input.read`` (no torch)."""
-    return onnx_input.read(onnx_path).input_shape
+    return onnx_input.read(onnx_path, ranks=onnx_input.IMAGE_RANKS).input_shape

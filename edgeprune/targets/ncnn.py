@@ -281,7 +281,7 @@ def compile(onnx_path: str | os.PathLike, precision: str, calib_data: np.ndarray
     flags = _runtime_flags(precision, profile)
     ncnn = _ncnn()
     exe, imports_torch = _require_pnnx()
-    spec = onnx_input.read(onnx_path, runtime="ncnn", ranks=(2, 3, 4))
+    spec = onnx_input.read(onnx_path, runtime="ncnn")
     model, input_shape = spec.model, conv.require_batch_one(spec.input_shape, onnx_path)
     with staging_dir(out_dir) as stage:
         converter = conv.convert(ncnn, exe, model, input_shape, precision, stage, onnx_path)

@@ -145,8 +145,14 @@ def input_spec(model, path: Path, ranks: tuple[int, ...] = (4,)) -> tuple[str, l
     return inputs[0].name, shape
 
 
+# What a runtime compiles: image models (NCHW) and the latency table's micro-models, whose linear
+# layers take (N, C). Image data (bench's held-out set, calibration) needs NCHW: ``IMAGE_RANKS``.
+RUNTIME_RANKS = (2, 3, 4)
+IMAGE_RANKS = (4,)
+
+
 def read(onnx_path: str | os.PathLike, *, runtime: str | None = None,
-         domains: Iterable[str] = STANDARD_DOMAINS, ranks: tuple[int, ...] = (4,)) -> OnnxInput:
+         domains: Iterable[str] = STANDARD_DOMAINS, ranks: tuple[int, ...] = RUNTIME_RANKS) -> OnnxInput:
     """The checked model at ``onnx_path`` (see the module invariant); ``runtime`` names who refuses custom ops."""
     path = require_file(onnx_path)
     model = _parse(path)
