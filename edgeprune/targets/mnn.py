@@ -19,7 +19,9 @@ fp16 artifact in fp32 unless told to; a failed compile leaves no output folder.
   ``UnsupportedPrecision`` there unless ``allow_emulated=True``, so no measurement
   reports fp32 speed as fp16. A "low" that changes the outputs on a CPU without
   MNN's fp16 flag (bf16, say) is reported as arithmetic "reduced" and not refused.
-- int8: fp32 conversion, then ``mnnquant`` (KL features, MAX_ABS weights) on >= 32
+- int8: fp32 conversion with an NC4HW4 input (``--keepInputFormat=0``: the first convolution
+  reads the float input and stays float, so the model input is not KL-clipped; see
+  ``mnn_tools``), then ``mnnquant`` (KL features, MAX_ABS weights) on >= 32
   samples written as 8-bit images (1- or 3-channel inputs; see ``mnn_tools``). int8
   is detected at run time: MNN names each op executing on int8 tensors
   ``"<type> [ DT_INT8 ]"`` in its per-op callback, and ``inspect`` counts the
@@ -251,19 +253,20 @@ def compile(onnx_path: str | os.PathLike, precision: str, calib_data: np.ndarray
     """Convert ONNX to ``model.mnn`` at ``precision`` (fp16: an artifact for CPUs with fp16 arithmetic)."""
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     _check_request(onnx_path, precision, calib_data)
-    methods = tools.quant_methods(profile) if precision == "int8" else None
+    settings = tools.int8_settings(profile) if precision == "int8" else None
     spec = onnx_input.read(onnx_path, runtime="MNN")
     input_shape, outputs = spec.input_shape, spec.outputs
-    if methods:
+    if settings:
         calib_data = onnx_input.calibration(calib_data, input_shape, min_samples=MIN_CALIB_SAMPLES)
     _require()
     with staging_dir(out_dir) as stage, tempfile.TemporaryDirectory(prefix="edgeprune-mnn-") as tmp:
         work, model = Path(tmp), stage / MODEL_FILE
         first = work / "float.mnn" if precision == "int8" else model
-        command = tools.convert(onnx_path, first, fp16=precision == "fp16")
+        command = tools.convert(onnx_path, first, fp16=precision == "fp16",
+                                keep_input_format=settings["keep_input_format"] if settings else True)
         quant = None
-        if methods:  # quantized inside ``work``, where mnnquant's side files stay
-            quant = tools.quantize(first, work / MODEL_FILE, calib_data, input_shape, work, methods)
+        if settings:  # quantized inside ``work``, where mnnquant's side files stay
+            quant = tools.quantize(first, work / MODEL_FILE, calib_data, input_shape, work, settings)
             shutil.move(work / MODEL_FILE, model)
         report = _report(model, input_shape, outputs, _MODES[precision])
         _require_built(precision, report)

@@ -18,6 +18,16 @@ map that ``mean``/``normal`` invert (exact for data that came from 8-bit images,
 otherwise within half of (max - min) / 255). Other channel counts raise
 ``UnsupportedPrecision``. Nothing here imports torch or MNN.
 
+int8 input layout: MNN's converter keeps an ONNX model's NCHW input (``--keepInputFormat``, on
+by default) by inserting a ConvertTensor op in front of the first convolution, and ``mnnquant``
+then quantizes that op's input, i.e. the model input, with a KL scale. On image inputs KL clips
+the bright tail (a pruned ResNet-20 on Fashion-MNIST: inputs up to 2.02 clipped at 0.81, which
+alone drops top-1 agreement with fp32 to 0.92). Converting the int8 model's float source with
+``--keepInputFormat=0`` (input in MNN's NC4HW4) leaves no such op: the first convolution reads the
+float input and stays float, everything after it is int8 (agreement 0.976, see
+``bench/results/int8.md``). The profile option ``int8_keep_input_format = true`` restores the old
+graph; ``skip_quant_ops`` (MNN op names) keeps further convolutions in float.
+
 Child processes start with ``child_python()``: ``sys.executable``, or the argv list in
 ``$EDGEPRUNE_CHILD_PYTHON`` (JSON) where this Python cannot start itself: under qemu user-mode
 emulation without binfmt an arm64 Python cannot exec its own binary, so the emulated device sets
@@ -99,10 +109,14 @@ def run_tool(tool: str, argv: list[str], timeout: float, what: str) -> str:
     return output
 
 
-def convert(onnx_path: Path, out: Path, fp16: bool) -> list[str]:
-    """ONNX -> .mnn; returns the equivalent ``mnnconvert`` command."""
+def convert(onnx_path: Path, out: Path, fp16: bool, keep_input_format: bool = True) -> list[str]:
+    """ONNX -> .mnn; returns the equivalent ``mnnconvert`` command.
+
+    ``keep_input_format=False`` gives the model an NC4HW4 input (the runner still takes NCHW).
+    """
     argv = ["-f", "ONNX", "--modelFile", str(onnx_path), "--MNNModel", str(out), "--bizCode", BIZ_CODE]
     argv += ["--fp16"] if fp16 else []
+    argv += [] if keep_input_format else ["--keepInputFormat=0"]
     output = run_tool("mnnconvert", argv, CONVERT_TIMEOUT_S, str(onnx_path))
     if not out.is_file() or out.stat().st_size == 0:
         raise CompileError(f"MNN cannot convert {onnx_path}: {meaningful_line(output)}",
@@ -119,6 +133,22 @@ def quant_methods(profile: dict[str, Any] | None) -> tuple[str, str]:
                              f"feature_quantize_method: {', '.join(FEATURE_METHODS)}; "
                              f"weight_quantize_method: {', '.join(WEIGHT_METHODS)}")
     return feature, weight
+
+
+def int8_settings(profile: dict[str, Any] | None) -> dict[str, Any]:
+    """The int8 options of a target profile: methods, input layout, op names kept float."""
+    opts = (profile or {}).get("options") or {}
+    feature, weight = quant_methods(profile)
+    keep = opts.get("int8_keep_input_format", False)
+    skip = opts.get("skip_quant_ops", [])
+    if not isinstance(keep, bool):
+        raise UserInputError(f"int8_keep_input_format must be true or false, got {keep!r}",
+                             "false (default): the first convolution reads the float input")
+    if not isinstance(skip, list) or not all(isinstance(name, str) for name in skip):
+        raise UserInputError(f"skip_quant_ops must be a list of MNN op names, got {skip!r}",
+                             'e.g. skip_quant_ops = ["output__matmul_converted"]')
+    return {"feature_quantize_method": feature, "weight_quantize_method": weight,
+            "keep_input_format": keep, "skip_quant_op_names": list(skip)}
 
 
 def write_calibration(calib: np.ndarray, input_shape: list[int], folder: Path) -> dict[str, Any]:
@@ -142,13 +172,17 @@ def write_calibration(calib: np.ndarray, input_shape: list[int], folder: Path) -
 
 
 def quantize(float_model: Path, out: Path, calib: np.ndarray, input_shape: list[int], work: Path,
-             methods: tuple[str, str]) -> dict[str, Any]:
+             settings: dict[str, Any]) -> dict[str, Any]:
     """mnnquant float_model -> out, calibration written under ``work``; the settings to record.
 
-    mnnquant also writes ``<out>.json`` (its scales) beside ``out``.
+    ``settings`` is ``int8_settings(profile)``. mnnquant also writes ``<out>.json`` (its scales)
+    beside ``out``.
     """
     config = write_calibration(calib, input_shape, work / "calibration")
+    methods = settings["feature_quantize_method"], settings["weight_quantize_method"]
     config.update(feature_quantize_method=methods[0], weight_quantize_method=methods[1])
+    if settings.get("skip_quant_op_names"):
+        config["skip_quant_op_names"] = settings["skip_quant_op_names"]
     config_path = work / "quant.json"
     config_path.write_text(json.dumps(config))
     output = run_tool("mnnquant", [str(float_model), str(out), str(config_path)], QUANTIZE_TIMEOUT_S,
@@ -156,7 +190,9 @@ def quantize(float_model: Path, out: Path, calib: np.ndarray, input_shape: list[
     if not out.is_file() or out.stat().st_size == 0:
         raise CompileError(f"MNN int8 quantization failed: {meaningful_line(output)}", "try --precision fp32")
     return {"tool": "mnnquant", "feature_quantize_method": methods[0], "weight_quantize_method": methods[1],
-            "calibration_samples": config["used_image_num"], "image_format": config["format"]}
+            "calibration_samples": config["used_image_num"], "image_format": config["format"],
+            "keep_input_format": settings.get("keep_input_format", True),
+            "skip_quant_op_names": list(settings.get("skip_quant_op_names") or [])}
 
 
 def weights_report(model: Path) -> dict[str, Any]:
