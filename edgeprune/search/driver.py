@@ -5,7 +5,8 @@ or the profile's multiple for the precision) and keep ``pctx.ignored_layers`` wh
 
 Invariant: ``prune_to_budget`` returns a model whose latency *measured* on the target (in a
 fresh process, before fine-tuning, which does not change latency) is within the budget, or
-raises ``GateFailed`` with every attempt's predicted and measured figures. A budget the
+raises ``GateFailed`` with every attempt's predicted and measured figures (also when a miss tightened the aim
+beyond reach: that is the measurements' doing, not the input's). A budget the
 search cannot reach even by prediction raises ``BudgetError`` (bad input, exit 2).
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch import nn
 from edgeprune.errors import GateFailed, UserInputError
 from edgeprune.measure.protocol import MeasureSettings
 from edgeprune.prune.base import PruneContext, PruneResult, check_context
+from edgeprune.search.budget import BudgetError
 from edgeprune.search.hardware import HardwareSearch
 from edgeprune.ui import info
 
@@ -33,6 +35,22 @@ def parse_budget(text: str) -> tuple[float, bool]:
     if relative and value >= 1:
         raise UserInputError(f"relative budget {text} is not below the baseline", "use e.g. 0.5x")
     return value, relative
+
+
+def _search(hs: HardwareSearch, pctx: PruneContext, method: str, target_ms: float, budget_ms: float,
+            tries: list[dict[str, Any]]):
+    """One search; after a measured miss an unreachable tightened aim is the measurements' doing, not the input's."""
+    try:
+        return hs.search(pctx, method, target_ms)
+    except BudgetError as exc:
+        if not tries:
+            raise
+        figures = "; ".join(f"attempt {t['attempt']} predicted {t['predicted_ms']:.3f} / measured "
+                            f"{t['measured_ms']:.3f} ms" for t in tries)
+        raise GateFailed(f"budget {budget_ms:.3f} ms not met: the measurements disagreed with the predictions "
+                         f"({figures}), and the tightened aim {target_ms:.3f} ms is out of the search's reach",
+                         "rerun on a quieter machine (the spread between measurements says how noisy it is), "
+                         "or raise the budget") from exc
 
 
 def prune_to_budget(model: nn.Module, example: torch.Tensor, profile: dict[str, Any], budget: str,
@@ -53,7 +71,7 @@ def prune_to_budget(model: nn.Module, example: torch.Tensor, profile: dict[str, 
     tries = []
     target_ms = budget_ms  # what the search aims at by prediction; tightened after each miss
     for attempt in range(1, attempts + 1):
-        result, found = hs.search(pctx, method, target_ms)
+        result, found = _search(hs, pctx, method, target_ms, budget_ms, tries)
         measured = hs.measure_model(result.model)
         tries.append({"attempt": attempt, "search_target_ms": target_ms, "predicted_ms": found.predicted_ms,
                       "measured_ms": measured, "counts": found.counts,
