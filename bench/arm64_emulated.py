@@ -33,7 +33,7 @@ def _model(work: Path):
     train_ds = load_dataset("fashion-mnist", "train", limit=6000)
     model = build_model("resnet20", num_classes=10, in_channels=1)
     train(model, train_ds, epochs=3, progress=False)
-    pruned = edgeprune.prune(model, torch.zeros(1, 1, 28, 28), method="l1", ratio=0.5, round_to=8)
+    pruned = edgeprune.prune_channels(model, torch.zeros(1, 1, 28, 28), method="l1", ratio=0.5, round_to=8)
     train(pruned, train_ds, epochs=1, lr=0.01, progress=False)
     pruned.eval()
     test = load_dataset("fashion-mnist", "test", limit=1000)
