@@ -6,10 +6,15 @@ Invariants:
 - The build happens in a hidden staging folder beside ``--out`` that is renamed to ``--out``
   only when the whole build succeeded; a failure removes it, so a folder named ``--out``
   always holds a complete, valid build (``report.json`` written last).
-- Baseline and pruned artifacts are measured interleaved (A B A B ...) in fresh processes.
+- Baseline and pruned artifacts are measured interleaved (A B A B ...) in fresh processes, for at
+  least ``rounds`` rounds and then until the build's question is decided at ``confidence`` (at most
+  ``max_rounds``): with a budget, "is the pruned model within it?" (its p50 vs a budget in ms, or the
+  paired per-round ratio pruned/baseline vs a share such as 0.6x); without, "is it faster than the
+  baseline?". A budget "met" exits 0, "missed" 1, "undecided" 3 (``build_checks``).
 """
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -20,12 +25,14 @@ import torch
 from edgeprune import __version__
 from edgeprune.data import calibration_batch, check_count, load_dataset
 from edgeprune.deploy_check import compile_checked, make_holdout
-from edgeprune.build_checks import BuildGateFailed, check_gates, check_ranges, gates  # noqa: F401 (BuildGateFailed is part of the API)
+from edgeprune.build_checks import (BuildGateFailed, BuildUndecided, check_gates, check_ranges,  # noqa: F401 (API)
+                                    gates)
 from edgeprune.errors import GateFailed, UserInputError
 from edgeprune.export import export_onnx, torch_outputs
 from edgeprune.loading import check_out_dir, check_ratio, count_flops_params, load_model
 from edgeprune.models.checkpoint import save_checkpoint
-from edgeprune.measure.protocol import MeasureSettings, measure_interleaved
+from edgeprune.measure.decide import Question, describe
+from edgeprune.measure.protocol import MeasureSettings, RoundPolicy, measure_interleaved
 from edgeprune.profiles import load_profile, resolve_threads
 from edgeprune.prune import check_options, prune_model
 from edgeprune.prune.base import PruneContext
@@ -59,7 +66,9 @@ class BuildConfig:
     kd_temperature: float = 4.0
     image_size: int | None = None
     threads: int | None = None
-    rounds: int = 3
+    rounds: int = 3  # minimum interleaved rounds
+    max_rounds: int | None = None  # cap on the rounds (None: 15, or ``rounds`` if more)
+    confidence: float = 0.95  # at which the build's latency question is decided
     min_seconds: float = 2.0
     warmup_s: float = 1.0
     holdout: int = 500
@@ -204,18 +213,35 @@ def _settings(cfg: BuildConfig, ctx: dict[str, Any]) -> MeasureSettings:
     return MeasureSettings(threads=ctx["threads"], warmup_s=cfg.warmup_s, min_seconds=cfg.min_seconds)
 
 
+def question(cfg: BuildConfig) -> Question:
+    """The build's latency question: within the budget (ms, or share of the baseline), else faster than it."""
+    if cfg.budget:
+        value, relative = parse_budget(cfg.budget)
+        if relative:
+            return Question.within_share("pruned", "baseline", value)
+        return Question.within_ms("pruned", value)
+    return Question.faster("pruned", "baseline")
+
+
 def _measure(stage: Path, cfg: BuildConfig, ctx: dict[str, Any], rows: dict[str, dict], steps: Steps) -> dict:
     where = f"on {ctx['device'].label}" if ctx.get("device") is not None else "here"
-    steps.start(f"measuring latency {where}: {cfg.rounds} interleaved rounds, {ctx['threads']} thread(s), "
+    policy = RoundPolicy.resolve(cfg.rounds, cfg.max_rounds, cfg.confidence)
+    asked = question(cfg)
+    steps.start(f"measuring latency {where}: {policy.min_rounds} to {policy.max_rounds} interleaved rounds until "
+                f"'{asked.text()}' is decided at {100 * policy.confidence:g}% confidence, {ctx['threads']} thread(s), "
                 "fresh process each")
     artifacts = {n: stage / r["artifact"] for n, r in rows.items()}
     if ctx.get("device") is not None:
         from edgeprune.remote.remote_target import remote_measure_interleaved
 
-        results = remote_measure_interleaved(ctx["device"], artifacts, _settings(cfg, ctx), cfg.rounds)
+        results = remote_measure_interleaved(ctx["device"], artifacts, _settings(cfg, ctx), policy.min_rounds,
+                                             question=asked, max_rounds=policy.max_rounds,
+                                             confidence=policy.confidence)
     else:
-        results = measure_interleaved(artifacts, _settings(cfg, ctx), rounds=cfg.rounds, progress=cfg.progress)
-    steps.done(", ".join(f"{n} p50 {r['latency']['p50_ms']:.3f} ms" for n, r in results.items()))
+        results = measure_interleaved(artifacts, _settings(cfg, ctx), rounds=policy.min_rounds, progress=cfg.progress,
+                                      question=asked, max_rounds=policy.max_rounds, confidence=policy.confidence)
+    steps.done(", ".join(f"{n} p50 {r['latency']['p50_ms']:.3f} ms" for n, r in results.items())
+               + (f"; {describe(results.decision)}" if results.decision else ""))
     return results
 
 
@@ -224,6 +250,7 @@ def _entry(desc: dict, row: dict, meas: dict, profile: dict) -> dict[str, Any]:
     return {**desc, "target": profile["name"], "runtime": profile["runtime"], "precision": profile["precision"],
             "latency": {k: lat[k] for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms")},
             "throughput_ips": lat.get("throughput_ips"), "latency_rounds_p50_ms": meas.get("rounds"),
+            "p50_ms_median": meas.get("p50_ms_median"), "p50_interval_ms": meas.get("p50_interval_ms"),
             "peak_rss_mb": meas["peak_rss_mb"], "size_mb": row["size_mb"], "artifact": row["artifact"],
             "onnx": row["onnx"], "parity": row["parity"], "inspect": row.get("inspect")}
 
@@ -276,11 +303,13 @@ def run_build(cfg: BuildConfig) -> dict[str, Any]:
     return report
 
 
-def _search_outcome(search: dict[str, Any] | None, pruned: dict[str, Any]) -> dict[str, Any] | None:
-    if not search:
-        return None
-    final = pruned["latency"]["p50_ms"]
-    return {**search, "final_measured_ms": final, "met": final <= search["budget_ms"]}
+def _search_outcome(search: dict[str, Any] | None, gate: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The search's record plus the final build's verdict on the budget (``build_checks.budget_gate``)."""
+    if not search or gate is None:
+        return search or None
+    return {**search, "final_measured_ms": gate["measured_ms"], "final_interval": gate["interval"],
+            "final_unit": gate["unit"], "final_rounds": gate["rounds"], "decision": gate["decision"],
+            "met": gate["decision"] == "met"}
 
 
 def _assemble(cfg, profile, ctx, spec, pf, rows, meas) -> dict[str, Any]:
@@ -289,7 +318,9 @@ def _assemble(cfg, profile, ctx, spec, pf, rows, meas) -> dict[str, Any]:
     pruned = _entry(_describe_model(pf["pruned"], shape, pf["acc_after_ft"]), rows["pruned"], meas["pruned"], profile)
     pruned["accuracy_before_finetune"] = pf["acc_before_ft"]
     b50, p50 = base["latency"]["p50_ms"], pruned["latency"]["p50_ms"]
-    search = _search_outcome(pf["search"], pruned)
+    decision = getattr(meas, "decision", None)
+    build_gates = gates(cfg, pf["search"], base, pruned, decision)
+    search = _search_outcome(pf["search"], build_gates.get("latency_budget"))
     return {
         "edgeprune_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -300,15 +331,32 @@ def _assemble(cfg, profile, ctx, spec, pf, rows, meas) -> dict[str, Any]:
         "model": {"spec": spec, "input_shape": list(shape)},
         "data": {"name": ctx["train_ds"].name, "train": len(ctx["train_ds"]), "test": len(ctx["test_ds"])},
         "prune": pf["prune"], "finetune": pf["finetune"], "search": search,
-        "gates": gates(cfg, search, base, pruned),
+        "gates": build_gates,
+        "measurement": _measurement(cfg, meas, decision),
         "baseline": base, "pruned": pruned,
         "comparison": {"speedup_p50": b50 / p50, "latency_change_pct": 100.0 * (p50 - b50) / b50,
                        "accuracy_change": pruned["accuracy"] - base["accuracy"],
                        "flops_ratio": pruned["flops"] / base["flops"], "params_ratio": pruned["params"] / base["params"],
                        "size_ratio": pruned["size_mb"] / base["size_mb"],
+                       "paired_ratio_median": _paired_ratio(base, pruned),
                        "noise": {n: m.get("noise") for n, m in meas.items()}},
         "environment": meas["baseline"].get("environment"),
     }
+
+
+def _paired_ratio(base: dict, pruned: dict) -> float | None:
+    """Median over rounds of pruned/baseline p50 in the same round (noise common to a round cancels)."""
+    b, p = base.get("latency_rounds_p50_ms") or [], pruned.get("latency_rounds_p50_ms") or []
+    return statistics.median(x / y for x, y in zip(p, b)) if b and len(b) == len(p) else None
+
+
+def _measurement(cfg: BuildConfig, meas: dict, decision: dict[str, Any] | None) -> dict[str, Any]:
+    """How the final latencies were measured and what the rounds decided."""
+    policy = RoundPolicy.resolve(cfg.rounds, cfg.max_rounds, cfg.confidence)
+    return {"min_rounds": policy.min_rounds, "max_rounds": policy.max_rounds, "confidence": policy.confidence,
+            "rounds": getattr(meas, "rounds_taken", None) or len(next(iter(meas.values())).get("rounds") or []),
+            "question": decision["question"] if decision else None, "answer": decision,
+            "sentence": describe(decision) if decision else None}
 
 
 def run_prune(cfg: BuildConfig) -> dict[str, Any]:

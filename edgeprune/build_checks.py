@@ -1,16 +1,24 @@
 """The build's checks: value ranges of a ``BuildConfig`` and the gates a finished build must pass.
 
 Invariants: the API gets the same range checks as the command line's flags (one line naming the
-flag and its range); a finished build that misses a gate (latency budget by measurement, the
-accuracy bar) raises ``BuildGateFailed`` (exit 1) carrying the written report, so the command line
-can print the figures and Python callers fail the same way.
+flag and its range); a finished build that misses a gate (the accuracy bar, or a latency budget the
+final interleaved measurement decided was "missed") raises ``BuildGateFailed`` (exit 1) carrying the
+written report, so the command line can print the figures and Python callers fail the same way. A
+latency budget the measurement could not decide at the stated confidence within ``--max-rounds``
+("undecided": over or under by less than the noise) raises ``BuildUndecided`` (exit 3), also with the
+report; a missed accuracy bar wins over it. The budget's decision is never judged on one number: it is
+``decide.answer`` on the per-round figures (p50 vs a budget in ms, or the paired ratio pruned/baseline
+vs a share such as 0.6x).
 """
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Any
 
 from edgeprune.errors import GateFailed, UserInputError
+from edgeprune.measure.decide import describe, spread
+from edgeprune.measure.settings import RoundPolicy
 
 
 class BuildGateFailed(GateFailed):
@@ -19,6 +27,12 @@ class BuildGateFailed(GateFailed):
     def __init__(self, message: str, report: dict[str, Any], hint: str | None = None):
         super().__init__(message, hint)
         self.report = report
+
+
+class BuildUndecided(BuildGateFailed):
+    """The latency budget is within the measurement noise: neither met nor missed at the stated confidence."""
+
+    exit_code = 3
 
 
 # field: (lowest, highest, lowest excluded) — the API gets the same checks as the command line's flags
@@ -42,14 +56,40 @@ def check_ranges(cfg: Any) -> None:
         if not ok:
             span = f"{'(' if low_open else '['}{low}, {'inf' if high is None else high}]"
             raise UserInputError(f"{flag} must be a number in {span}, got {value!r}")
+    RoundPolicy.resolve(cfg.rounds, getattr(cfg, "max_rounds", None), getattr(cfg, "confidence", None))
 
 
-def gates(cfg: Any, search: dict[str, Any] | None, base: dict, pruned: dict) -> dict[str, Any]:
-    """The build's own gates, judged on the final figures: latency budget and accuracy bar."""
+def budget_gate(search: dict[str, Any], decision: dict[str, Any] | None, base: dict, pruned: dict) -> dict[str, Any]:
+    """The latency budget judged by the final interleaved measurement's answer (``decide.answer``).
+
+    ``base``/``pruned``: the report entries (``latency_rounds_p50_ms``: their per-round p50s, same rounds).
+    Without an answer (a caller that measured no question) the median p50 is compared with the budget.
+    """
+    rounds_p = pruned.get("latency_rounds_p50_ms") or [pruned["latency"]["p50_ms"]]
+    rounds_b = base.get("latency_rounds_p50_ms") or [base["latency"]["p50_ms"]]
+    measured = statistics.median(rounds_p)
+    gate: dict[str, Any] = {"budget_arg": search.get("budget_arg"), "budget_ms": search["budget_ms"],
+                            "measured_ms": measured, "baseline_ms": statistics.median(rounds_b),
+                            "search_measured_ms": (search.get("attempts") or [{}])[-1].get("measured_ms")}
+    if decision is None:
+        met = measured <= search["budget_ms"]
+        return {**gate, "passed": met, "decision": "met" if met else "missed", "interval": [None, None],
+                "unit": "ms", "rounds": len(rounds_p), "spread": max(spread(rounds_p), spread(rounds_b))}
+    q = decision["question"]
+    if q["kind"] == "within_share":  # the budget in ms at the baseline measured in these same rounds
+        gate.update(share=q["threshold"], ratio=decision["estimate"], budget_ms=q["threshold"] * gate["baseline_ms"])
+    return {**gate, "passed": decision["decision"] == "met", "decision": decision["decision"],
+            "interval": decision["interval"], "unit": decision["unit"], "estimate": decision["estimate"],
+            "threshold": q["threshold"], "confidence": decision["confidence"], "rounds": decision["rounds"],
+            "max_rounds": decision["max_rounds"], "spread": decision["spread"], "sentence": describe(decision)}
+
+
+def gates(cfg: Any, search: dict[str, Any] | None, base: dict, pruned: dict,
+          decision: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The build's own gates, judged on the final figures: latency budget (by ``decision``) and accuracy bar."""
     gates: dict[str, Any] = {}
     if search:
-        gates["latency_budget"] = {"passed": bool(search["met"]), "budget_ms": search["budget_ms"],
-                                   "measured_ms": search["final_measured_ms"]}
+        gates["latency_budget"] = budget_gate(search, decision, base, pruned)
     if cfg.max_accuracy_drop is not None:
         drop = 100.0 * (base["accuracy"] - pruned["accuracy"])
         gates["accuracy"] = {"passed": drop <= cfg.max_accuracy_drop, "max_drop_points": cfg.max_accuracy_drop,
@@ -57,8 +97,16 @@ def gates(cfg: Any, search: dict[str, Any] | None, base: dict, pruned: dict) -> 
     return gates
 
 
+def _figures(lat: dict[str, Any]) -> str:
+    """The budget's figures in words: what was compared, the interval, the rounds, the spread."""
+    if lat.get("sentence"):
+        return lat["sentence"]
+    return f"{lat['rounds']} round(s), round-to-round spread {lat['spread']:.2f}x"
+
+
 def check_gates(report: dict[str, Any]) -> None:
-    """Raise ``BuildGateFailed`` (exit 1) with the figures when a finished build missed a gate."""
+    """Raise ``BuildGateFailed`` (exit 1) when a finished build missed a gate, ``BuildUndecided`` (exit 3) when
+    its latency budget is within the measurement noise; both carry the report and the figures."""
     gates = report.get("gates") or {}
     acc = gates.get("accuracy")
     if acc and not acc["passed"]:
@@ -67,10 +115,18 @@ def check_gates(report: dict[str, Any]) -> None:
                               report, "prune less (--ratio, --budget), fine-tune longer (--finetune-epochs), or "
                                       "distil (--kd-alpha)")
     lat = gates.get("latency_budget")
-    if lat and not lat["passed"]:
-        search = report["search"]
-        spread = max((n or {}).get("spread", 1.0) for n in report["comparison"]["noise"].values())
-        raise BuildGateFailed(f"the final build measured {lat['measured_ms']:.3f} ms, over the {lat['budget_ms']:.3f} ms "
-                              f"budget (round-to-round spread {spread:.2f}x; the search's own check measured "
-                              f"{search['attempts'][-1]['measured_ms']:.3f} ms)", report,
-                              "rerun on a quieter machine or with more --rounds, or tighten the budget")
+    if not lat or lat["passed"]:
+        return
+    search_said = (f"; the search's own check measured {lat['search_measured_ms']:.3f} ms"
+                   if lat.get("search_measured_ms") is not None else "")
+    if lat["decision"] == "undecided":
+        rounds = lat.get("max_rounds") or lat["rounds"]
+        raise BuildUndecided(f"the latency budget is undecided: the pruned model measured {lat['measured_ms']:.3f} ms "
+                             f"against the {lat['budget_ms']:.3f} ms budget, a difference within this machine's noise "
+                             f"({_figures(lat)}{search_said})", report,
+                             f"measure longer (--max-rounds above {rounds}), on a quieter machine, or with fewer "
+                             "--threads than cores; the build is written")
+    raise BuildGateFailed(f"the final build measured {lat['measured_ms']:.3f} ms, over the {lat['budget_ms']:.3f} ms "
+                          f"budget ({_figures(lat)}{search_said})", report,
+                          "tighten the search (a lower --budget or more --budget-attempts), "
+                          "or rerun on a quieter machine")

@@ -14,17 +14,48 @@ from edgeprune.ui import markdown_table
 ROWS = ("baseline", "pruned")
 
 
+def interval_text(interval: list | None, unit: str = "ms") -> str:
+    """``[a, b]`` with "?" for a side these rounds could not bound; "n/a" for no interval at all."""
+    if not interval or all(v is None for v in interval):
+        return "n/a"
+    fmt = (lambda v: f"{v:.3f}") if unit == "ms" else (lambda v: f"{v:.3f}x")
+    return "[" + ", ".join("?" if v is None else fmt(v) for v in interval) + "]"
+
+
+def _confidence(report: dict[str, Any]) -> str:
+    m = report.get("measurement") or {}
+    return f"{100 * m['confidence']:g}%" if m.get("confidence") else "95%"
+
+
 def summary_table(report: dict[str, Any]) -> str:
-    """Baseline vs pruned side by side: accuracy, cost, measured latency, memory, size."""
-    headers = ["model", "top-1", "MMACs", "params (M)", "p50 ms", "p90 ms", "p99 ms", "mean ms",
-               "peak RSS MB", "size MB"]
+    """Baseline vs pruned side by side: accuracy, cost, measured latency (with its interval), memory, size."""
+    headers = ["model", "top-1", "MMACs", "params (M)", "p50 ms", f"p50 {_confidence(report)} interval", "p90 ms",
+               "p99 ms", "mean ms", "rounds", "peak RSS MB", "size MB"]
     rows = []
     for name in ROWS:
         e = report[name]
         lat = e["latency"]
-        rows.append([name, e["accuracy"], e["flops"] / 1e6, e["params"] / 1e6, lat["p50_ms"], lat["p90_ms"],
-                     lat["p99_ms"], lat["mean_ms"], e["peak_rss_mb"], e["size_mb"]])
+        rows.append([name, e["accuracy"], e["flops"] / 1e6, e["params"] / 1e6, lat["p50_ms"],
+                     interval_text(e.get("p50_interval_ms")), lat["p90_ms"], lat["p99_ms"], lat["mean_ms"],
+                     len(e.get("latency_rounds_p50_ms") or []) or None, e["peak_rss_mb"], e["size_mb"]])
     return markdown_table(headers, rows)
+
+
+def budget_sentence(report: dict[str, Any]) -> str:
+    """The budget's verdict in words: met / missed / undecided, with the interval, rounds and spread."""
+    lat = (report.get("gates") or {}).get("latency_budget")
+    if not lat:
+        return ""
+    word = {"met": "met", "missed": "NOT met", "undecided": "UNDECIDED (within the noise)"}.get(lat["decision"],
+                                                                                              lat["decision"])
+    if lat.get("share") is not None:
+        figure = (f"pruned/baseline {lat['estimate']:.3f}x {interval_text(lat['interval'], 'x')} vs {lat['share']:g}x "
+                  f"(= {lat['budget_ms']:.3f} ms at the baseline's {lat['baseline_ms']:.3f} ms in the same rounds)")
+    else:
+        figure = f"pruned {lat['measured_ms']:.3f} ms {interval_text(lat['interval'])} vs {lat['budget_ms']:.3f} ms"
+    conf = f" at {100 * lat['confidence']:g}% confidence" if lat.get("confidence") else ""
+    return (f"Budget {lat.get('budget_arg') or ''}: {word} — {figure}{conf}, {lat['rounds']} round(s), "
+            f"round-to-round spread up to {lat['spread']:.2f}x.")
 
 
 def verdict(report: dict[str, Any]) -> str:
@@ -33,13 +64,18 @@ def verdict(report: dict[str, Any]) -> str:
     b, p = report["baseline"], report["pruned"]
     faster = "faster" if c["speedup_p50"] >= 1 else "SLOWER"
     spread = max((n or {}).get("spread", 1.0) for n in c["noise"].values())
+    answer = (report.get("measurement") or {}).get("answer")
+    decided = ""
+    if answer and answer["question"]["kind"] == "faster":
+        decided = (f" Paired per-round ratio pruned/baseline {answer['estimate']:.3f}x "
+                   f"{interval_text(answer['interval'], 'x')} at {100 * answer['confidence']:g}% confidence: "
+                   f"{answer['decision']} after {answer['rounds']} round(s).")
+    budget = budget_sentence(report)
     return (f"On {t['name']} ({t['runtime']} {t['precision']}, {t['threads']} thread(s)) the pruned model is "
             f"{c['speedup_p50']:.2f}x {faster} at p50 ({b['latency']['p50_ms']:.3f} -> {p['latency']['p50_ms']:.3f} ms, "
             f"{c['latency_change_pct']:+.1f}%), top-1 {b['accuracy']:.4f} -> {p['accuracy']:.4f} "
             f"({100 * c['accuracy_change']:+.2f} points), {c['flops_ratio']:.2f}x the MACs. "
-            f"Round-to-round spread of p50 was up to {spread:.2f}x."
-            + (f" Budget {report['search']['budget_ms']:.3f} ms: {'met' if report['search']['met'] else 'NOT met'}."
-               if report.get("search") else ""))
+            f"Round-to-round spread of p50 was up to {spread:.2f}x." + decided + (f" {budget}" if budget else ""))
 
 
 def _groups_table(report: dict[str, Any]) -> str:
@@ -47,16 +83,21 @@ def _groups_table(report: dict[str, Any]) -> str:
     return markdown_table(["group root", "channels before", "after", "coupled layers"], rows)
 
 
-def _search_section(search: dict[str, Any]) -> list[str]:
-    met = "met" if search["met"] else "NOT met"
+def _search_section(report: dict[str, Any]) -> list[str]:
+    search = report["search"]
     attempts = markdown_table(["attempt", "predicted ms", "measured ms (before fine-tune)", "retained importance"],
                               [[a["attempt"], a["predicted_ms"], a["measured_ms"], a["retained_importance"]]
                                for a in search["attempts"]])
     fit, table = search["predictor"], search["table"]
     return [
         "## Latency budget", "",
-        f"Budget {search['budget_ms']:.3f} ms ({search['budget_arg']}); baseline measured "
-        f"{search['baseline_measured_ms']:.3f} ms; final build measured {search['final_measured_ms']:.3f} ms: **{met}**.",
+        f"Budget {search['budget_ms']:.3f} ms ({search['budget_arg']}) at the search's baseline measurement of "
+        f"{search['baseline_measured_ms']:.3f} ms; final build measured {search['final_measured_ms']:.3f} ms "
+        f"(median of its rounds): **{search.get('decision', 'met' if search['met'] else 'missed')}**.",
+        "", budget_sentence(report) or "", "",
+        "The final verdict is decided on the interleaved rounds (baseline and pruned alternating, fresh process "
+        "each): rounds are added until the interval for the median per-round figure lies wholly on one side of "
+        "the budget, or the cap is reached (then \"undecided\": the difference is within the noise).",
         "", attempts, "",
         f"Predictor: sum of per-layer table latencies x {fit['scale']:.3f} {fit['offset_ms']:+.3f} ms, fitted on "
         f"{fit['samples']} whole-model measurements. Table: {table['sampling']}; statistic: {table['statistic']}; "
@@ -94,17 +135,27 @@ def _markdown(report: dict[str, Any]) -> str:
         f"channels rounded to multiples of {report['prune']['round_to']}",
         f"- pruning: method `{cfg['method']}`, ratio {cfg['ratio']}, fine-tuning {cfg['finetune_epochs']} epoch(s)",
         f"- data: {report['data']['name']} ({report['data']['train']} train / {report['data']['test']} test)",
-        f"- latency: {cfg['rounds']} interleaved rounds per model, each a fresh process "
-        f"(warm-up {cfg['warmup_s']} s, at least {cfg['min_seconds']} s of runs); the table shows the round with "
-        "the median p50",
+        f"- latency: {_rounds_line(report)}, each a fresh process "
+        f"(warm-up {cfg['warmup_s']} s, at least {cfg['min_seconds']} s of runs, garbage collector off while timing); "
+        "the table shows the round with the median p50 and the interval for the median per-round p50",
         f"- machine: {env.get('cpu_model', '?')}, {env.get('logical_cores', '?')} logical cores, "
         f"governor {env.get('governor') or 'n/a'}",
         "", "![latency](latency.png)", "",
     ]
     if report.get("search"):
-        lines += _search_section(report["search"])
+        lines += _search_section(report)
     lines += ["## Channels per group", "", _groups_table(report), ""]
     return "\n".join(lines)
+
+
+def _rounds_line(report: dict[str, Any]) -> str:
+    m = report.get("measurement") or {}
+    cfg = report["config"]
+    if not m:
+        return f"{cfg['rounds']} interleaved rounds per model"
+    said = f"; {m['sentence']}" if m.get("sentence") else ""
+    return (f"{m['rounds']} interleaved rounds per model (at least {m['min_rounds']}, at most {m['max_rounds']}: "
+            f"until the question was decided at {100 * m['confidence']:g}% confidence){said}")
 
 
 def _plot(report: dict[str, Any], path: Path) -> None:

@@ -41,7 +41,17 @@ def test_bench_all_runtimes_all_precisions(onnx_model, tmp_path, capsys):
         if r["status"] != "ok":
             assert r["reason"] and r["p50_ms"] is None
     assert len(list(csv.DictReader(out_csv.open()))) == 12
-    assert "| target" in capsys.readouterr().out
+    # every measured row: its p50 with the interval for its median per-round p50, and the rounds taken
+    report = json.loads(out_json.read_text())
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len({r["rounds"] for r in ok}) == 1 and ok[0]["rounds"] >= 1
+    assert report["comparison"]["rounds"] == ok[0]["rounds"]  # "is the fastest faster than the runner-up?"
+    assert report["comparison"]["decision"] in ("faster", "slower", "undecided")
+    for r in ok:
+        if r["p50_low_ms"] is not None:
+            assert r["p50_low_ms"] <= r["p50_high_ms"]
+    out = capsys.readouterr().out
+    assert "| target" in out and "p50_low_ms" in out and report["comparison_sentence"] in out
     assert (tmp_path / "arts" / "bench.json").is_file()
 
 

@@ -444,8 +444,8 @@ def test_remote_build_matches_local_build(sshd, tmp_path):
     from tests.conftest import MINI_FMNIST
 
     common = ["build", "--target", "x86", "--model", "resnet20", "--data", f"fashion-mnist:{MINI_FMNIST}",
-              "--ratio", "0.5", "--finetune-epochs", "0", "--threads", "1", "--rounds", "2", "--min-seconds", "0.3",
-              "--no-progress"]
+              "--ratio", "0.5", "--finetune-epochs", "0", "--threads", "1", "--rounds", "2", "--max-rounds", "2",
+              "--min-seconds", "0.3", "--no-progress"]
     assert main([*common, "--out", str(tmp_path / "local")]) == 0
     assert main([*common, "--out", str(tmp_path / "remote"), "--device", sshd.spec(), "--known-hosts",
                  str(sshd.known_hosts), "--identity", str(sshd.client_key), "--device-python", sys.executable]) == 0

@@ -150,7 +150,13 @@ def add_measure(p: argparse.ArgumentParser, rounds: int = 3) -> None:
                    help="runtime threads for measurement, up to this machine's cores (0 = all cores); "
                         "default: the target's")
     p.add_argument("--rounds", type=ranged(int, 1, 1000), default=rounds,
-                   help="interleaved measurement rounds per model. Default: %(default)s")
+                   help="minimum interleaved measurement rounds per model, in [1, 1000]. Default: %(default)s")
+    p.add_argument("--max-rounds", type=ranged(int, 1, 1000), default=None, metavar="N",
+                   help="cap on the rounds: after --rounds, rounds are added one at a time until the comparison "
+                        "(within the budget? faster?) is decided at --confidence, at most N in all. "
+                        "Default: 15 (or --rounds, if more)")
+    p.add_argument("--confidence", type=ranged(float, 0.5, 1, high_open=True), default=0.95,
+                   help="confidence at which a comparison is decided, in [0.5, 1). Default: %(default)s")
     p.add_argument("--min-seconds", type=ranged(float, 0, 3600, low_open=True), default=2.0,
                    help="minimum timed seconds per measurement, in (0, 3600]. Default: %(default)s")
 

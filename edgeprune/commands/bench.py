@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         check_out_dir(args.out, args.force)
     cfg = BenchConfig(model=args.model, targets=args.targets, precisions=args.precisions, data=args.data,
-                      out=args.out, threads=args.threads, rounds=args.rounds, min_seconds=args.min_seconds,
+                      out=args.out, threads=args.threads, rounds=args.rounds, max_rounds=args.max_rounds,
+                      confidence=args.confidence, min_seconds=args.min_seconds,
                       force=args.force, progress=not args.no_progress, holdout=args.holdout, calib=args.calib,
                       latency_only=args.latency_only)
     cfg.devices = devices_from_args(args)
@@ -55,4 +56,6 @@ def run(args: argparse.Namespace) -> int:
         write_text_atomic(args.csv, bench_csv(report["rows"]))
     if args.json != "-":
         print(bench_table(report["rows"]))
+        if report.get("comparison_sentence"):
+            print(report["comparison_sentence"])
     return 0

@@ -15,8 +15,11 @@ EPILOG = """examples:
   edgeprune build --target x86 --weights runs/base/model.pt --budget 0.5x --max-accuracy-drop 1 --out runs/fast
   edgeprune build --target arm64 --weights model.pt --budget-ms 8 --device pi@raspberrypi --out runs/pi
 
-exit codes: 0 built and every gate passed; 1 a gate failed (parity, latency budget, accuracy drop: the
-report is written, with the figures); 2 bad input (nothing written); 130/143 interrupted (nothing written).
+exit codes: 0 built and every gate passed (a latency budget "met" at --confidence); 1 a gate failed (parity,
+latency budget "missed" at --confidence, accuracy drop: the report is written, with the figures); 2 bad input
+(nothing written); 3 the latency budget is "undecided": over or under it by less than the measurement noise
+after --max-rounds rounds (the report is written, with the interval, rounds and spread); 130/143 interrupted
+(nothing written).
 """
 
 

@@ -2,9 +2,10 @@
 
 ``build_table(profile, layers, ...)`` takes the distinct signatures of a model with the
 widest (in, out) each must cover, measures each signature's grid in its own fresh worker
-process (``lut_worker``), and caches every row on disk keyed by target, runtime versions,
-host, thread count, precision, signature and grid (``lut.cache_key``), so a second model
-with the same layer shapes — ResNet-56 after ResNet-20 — measures nothing.
+process (``lut_worker``, timed by the same loop as whole models: ``timing.time_runs``), and
+caches every row on disk keyed by target, runtime versions, host, thread count, precision,
+timing settings, signature and grid (``lut.cache_key``), so a second model with the same
+layer shapes — ResNet-56 after ResNet-20 — measures nothing.
 Invariant: the returned table has a row for every requested signature covering its grid.
 """
 from __future__ import annotations
@@ -19,8 +20,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.errors import EdgepruneError, UserInputError
+from edgeprune.interrupt import run_child
 from edgeprune.measure.lut import LayerSig, RowCache, SigTable, cache_key, channel_grid, sampled_inputs, thin
+from edgeprune.measure.settings import MeasureSettings
+from edgeprune.measure.timing import TIMING_LOOP
 
 MAX_OUT_POINTS = 16  # per layer: every channel multiple up to this many, strided beyond
 MAX_IN_POINTS = 6
@@ -45,13 +49,16 @@ def default_cache_dir() -> Path:
     return Path(base) / "lut"
 
 
-def table_context(profile: dict[str, Any], precision: str, threads: int) -> dict[str, Any]:
+def table_context(profile: dict[str, Any], precision: str, threads: int,
+                  settings: MeasureSettings | None = None) -> dict[str, Any]:
+    """What makes a measured row reusable, the timing loop's settings included (default: ``TABLE_TIMING``)."""
     from edgeprune.measure.env import cpu_model
     from edgeprune.targets import get_runtime
 
+    settings = settings or MeasureSettings.for_table(threads)
     return {"target": profile["name"], "runtime": profile["runtime"], "precision": precision, "threads": threads,
             "versions": get_runtime(profile["runtime"]).versions(), "cpu": cpu_model(), "host": platform.node(),
-            "options": profile.get("options", {})}
+            "options": profile.get("options", {}), "timing": {"loop": TIMING_LOOP, **settings.timing()}}
 
 
 def plan_points(sig: LayerSig, max_in: int, max_out: int, multiple: int, in_stride: int,
@@ -64,15 +71,19 @@ def plan_points(sig: LayerSig, max_in: int, max_out: int, multiple: int, in_stri
     return sorted(set(ins) | set(fixed_ins)), thin(channel_grid(max_out, multiple), MAX_OUT_POINTS)
 
 
-def _measure_row(profile, precision, threads, sig, ins, outs, rounds, timeout_s) -> SigTable:
+def _measure_row(profile, precision, settings: MeasureSettings, sig, ins, outs, rounds, timeout_s) -> SigTable:
+    """One row in one fresh ``lut_worker`` process (its own process group, killed if we stop waiting)."""
     points = [[c, c] for c in ins] if sig.kind == "depthwise" else [[i, o] for i in ins for o in outs]
-    job = {"profile": profile, "precision": precision, "threads": threads, "sig": asdict(sig),
-           "points": points, "rounds": rounds, "iters": 20, "min_seconds": 0.03}
+    job = {"profile": profile, "precision": precision, "threads": settings.threads, "sig": asdict(sig),
+           "points": points, "rounds": rounds, "settings": settings.to_dict()}
     with tempfile.TemporaryDirectory(prefix="edgeprune-lutjob-") as tmp:
         jpath, rpath = Path(tmp) / "job.json", Path(tmp) / "result.json"
         jpath.write_text(json.dumps(job))
-        proc = subprocess.run([sys.executable, "-m", "edgeprune.measure.lut_worker", "--job", str(jpath),
-                               "--out", str(rpath)], capture_output=True, text=True, timeout=timeout_s)
+        try:
+            proc = run_child([sys.executable, "-m", "edgeprune.measure.lut_worker", "--job", str(jpath),
+                              "--out", str(rpath)], timeout=timeout_s)
+        except subprocess.TimeoutExpired as exc:
+            raise LutError(f"latency table row {sig.key()} timed out after {timeout_s:g} s") from exc
         if proc.returncode != 0 or not rpath.exists():
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             raise LutError(f"latency table row {sig.key()} failed: {last}")
@@ -85,20 +96,24 @@ def _measure_row(profile, precision, threads, sig, ins, outs, rounds, timeout_s)
 
 def build_table(profile: dict[str, Any], layers: Iterable[tuple], *, precision: str,
                 threads: int, in_stride: int = 2, rounds: int = 3, cache_dir: Path | None = None,
-                progress: bool = True, timeout_s: float = 900.0, multiple: int | None = None) -> dict[str, Any]:
+                progress: bool = True, timeout_s: float = 900.0, multiple: int | None = None,
+                settings: MeasureSettings | None = None) -> dict[str, Any]:
     """``layers``: (signature, widest in, widest out[, fixed in-widths to include]).
 
     ``multiple``: the channel step of the measured grid — the multiple the search will choose
     counts at (``--round-to``); None uses the profile's ``channel_multiple``.
-
+    ``settings``: the timing loop's settings for each entry (default ``MeasureSettings.for_table(threads)``).
     Returns {"meta", "rows": {signature key: SigTable}}.
     """
+    settings = settings or MeasureSettings.for_table(threads)
+    if settings.threads != threads:
+        raise UserInputError(f"table settings are for {settings.threads} thread(s), the table for {threads}")
     widest: dict[LayerSig, list] = {}
     for sig, cin, cout, *fixed in layers:
         w = widest.setdefault(sig, [0, 0, set()])
         w[0], w[1] = max(w[0], cin), max(w[1], cout)
         w[2].update(*fixed)
-    context = table_context(profile, precision, threads)
+    context = table_context(profile, precision, threads, settings)
     cache = cache_dir or default_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     store = RowCache(cache)
@@ -115,7 +130,7 @@ def build_table(profile: dict[str, Any], layers: Iterable[tuple], *, precision: 
             rows[sig.key()] = cached
             hits += 1
         else:
-            row = _measure_row(profile, precision, threads, sig, ins, outs, rounds, timeout_s)
+            row = _measure_row(profile, precision, settings, sig, ins, outs, rounds, timeout_s)
             store.put(key, row)
             rows[sig.key()] = row
             points += len(ins) * (1 if sig.kind == "depthwise" else len(outs))
@@ -124,7 +139,8 @@ def build_table(profile: dict[str, Any], layers: Iterable[tuple], *, precision: 
     if bar is not None:
         bar.close()
     meta = {**context, "channel_multiple": multiple, "in_stride": in_stride, "rounds": rounds,
-            "statistic": "min over interleaved rounds of the per-round median",
+            "statistic": "min over interleaved rounds of the per-round p50",
+            "timing": context["timing"],
             "sampling": f"out-channels at every multiple of {multiple} (at most {MAX_OUT_POINTS} per layer, "
                         f"evenly strided beyond); in-channels every {in_stride} multiples (at most {MAX_IN_POINTS}); "
                         "linear interpolation between measured points", "cache_dir": str(cache),

@@ -3,10 +3,12 @@
 Run as ``python -m edgeprune.measure.lut_worker --job JOB.json --out RESULT.json``.
 A LUT row has tens of micro-models of a few microseconds each; one process per variant
 would cost more in start-up than in measurement, so a row is one process: every variant is
-compiled and loaded first, then timed in rounds (v1 v2 ... vn, v1 v2 ... vn, ...), and each
-variant's figure is the minimum over rounds of its per-round median — the statistic least
-moved by a noisy neighbour. Invariant: the result lists every requested point, or the
-process exits non-zero with one line on stderr.
+compiled and loaded first, then timed in rounds (v1 v2 ... vn, v1 v2 ... vn, ...). Each timing is
+the one timing loop whole models use too (``timing.time_runs``: warm-up by time, garbage collector
+off, minimum runs and seconds, the same p50), with the job's ``settings`` (``MeasureSettings``,
+by default ``TABLE_TIMING``). Each variant's figure is the minimum over rounds of its per-round p50 —
+the statistic least moved by a noisy neighbour. Invariant: the result lists every requested point,
+or the process exits non-zero with one line on stderr.
 """
 from __future__ import annotations
 
@@ -14,36 +16,33 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
+from edgeprune.measure.settings import MeasureSettings
 from edgeprune.measure.worker import ERROR_PREFIX, set_thread_env
 
 
-def _time_point(runner: Any, x: Any, iters: int, min_s: float) -> float:
-    for _ in range(3):
-        runner.run(x)
-    times = []
-    start = time.perf_counter()
-    while len(times) < iters or time.perf_counter() - start < min_s:
-        t0 = time.perf_counter_ns()
-        runner.run(x)
-        times.append((time.perf_counter_ns() - t0) / 1e6)
-    times.sort()
-    return times[len(times) // 2]
+def job_settings(job: dict[str, Any]) -> MeasureSettings:
+    """The job's timing settings: its ``settings`` table, else the table defaults at its thread count."""
+    if job.get("settings"):
+        return MeasureSettings.from_dict({**job["settings"], "threads": int(job["threads"])})
+    return MeasureSettings.for_table(int(job["threads"]))
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
 
     from edgeprune.measure.lut import LayerSig, micro_onnx
+    from edgeprune.measure.timing import time_runs
     from edgeprune.targets import require_runtime
 
-    set_thread_env(int(job["threads"]))
+    settings = job_settings(job)
+    set_thread_env(settings.threads)
     mod = require_runtime(job["profile"]["runtime"])
     sig = LayerSig.from_dict(job["sig"])
     runners, inputs = [], []
+    loops: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="edgeprune-lut-") as tmp:
         for i, (cin, cout) in enumerate(job["points"]):
             onnx_path = micro_onnx(sig, cin, cout, Path(tmp) / f"p{i}.onnx")
@@ -51,13 +50,20 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             calib = np.random.default_rng(i).standard_normal((64, *shape[1:])).astype(np.float32) \
                 if job["precision"] == "int8" else None
             art = mod.compile(onnx_path, job["precision"], calib, job["profile"], Path(tmp) / f"a{i}")
-            runners.append(mod.load(art, int(job["threads"])))
+            runners.append(mod.load(art, settings.threads))
             inputs.append(np.random.default_rng(i).standard_normal(shape).astype(np.float32))
         rounds: list[list[float]] = [[] for _ in job["points"]]
         for _ in range(int(job["rounds"])):
             for i, runner in enumerate(runners):
-                rounds[i].append(_time_point(runner, inputs[i], int(job["iters"]), float(job["min_seconds"])))
-    return {"points": [[cin, cout, min(r), r] for (cin, cout), r in zip(job["points"], rounds)]}
+                timed = time_runs(lambda r=runner, x=inputs[i]: r.run(x), settings)
+                rounds[i].append(timed["latency"]["p50_ms"])
+                loops.append(timed["loop"])
+    loop = {"settings": settings.timing(), "gc_disabled": all(lp["gc_disabled"] for lp in loops),
+            "min_warmup_runs": min(lp["warmup_runs"] for lp in loops),
+            "min_warmup_s": min(lp["warmup_s"] for lp in loops),
+            "min_timed_runs": min(lp["timed_runs"] for lp in loops),
+            "min_timed_s": min(lp["timed_s"] for lp in loops)}
+    return {"points": [[cin, cout, min(r), r] for (cin, cout), r in zip(job["points"], rounds)], "loop": loop}
 
 
 def main(argv: list[str] | None = None) -> int:

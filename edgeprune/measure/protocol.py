@@ -13,7 +13,14 @@ Invariants:
   its *median round* (the measurement whose p50 is the median of its rounds'
   p50s; the lower middle one for an even number of rounds) plus every round's
   p50 and the spread max/min of those p50s, which says how noisy the run was.
-Nothing here imports torch or any runtime.
+- With a ``question`` (``decide.Question``: within a budget? A faster than B?) it
+  runs ``rounds`` rounds, then adds one round at a time until the question is
+  decided at ``confidence`` or ``max_rounds`` is reached, and returns the answer
+  with the results (``Interleaved.decision``). ``run_rounds`` is that loop for any
+  way of measuring one round (here: fresh local processes; ``remote``: a job on a
+  device), so local and remote comparisons decide the same way.
+Nothing here imports torch or any runtime; scipy (``decide``) only when a question
+is asked, which happens on the host — a device measures fixed rounds.
 """
 from __future__ import annotations
 
@@ -24,16 +31,21 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import edgeprune
-from edgeprune.cores import check_threads
 from edgeprune.errors import EdgepruneError, UserInputError
 from edgeprune.interrupt import run_child
+from edgeprune.measure.settings import MeasureSettings, RoundPolicy
 from edgeprune.measure.worker import ERROR_PREFIX
 from edgeprune.targets.base import Artifact
+
+if TYPE_CHECKING:
+    from edgeprune.measure.decide import Question
+
+__all__ = ["Interleaved", "MeasureSettings", "MeasurementError", "RoundPolicy", "measure", "measure_interleaved",
+           "run_rounds"]
 
 WORKER_MODULE = "edgeprune.measure.worker"
 # Thresholds of round-to-round p50 spread (max/min) for the human note.
@@ -44,36 +56,6 @@ class MeasurementError(EdgepruneError):
     """A measurement process failed or timed out; the message carries its last error line."""
 
     exit_code = 1
-
-
-@dataclass
-class MeasureSettings:
-    """How long and with how many threads each measurement runs (see ``worker``)."""
-
-    threads: int = 1
-    warmup_s: float = 1.0
-    min_iters: int = 50
-    min_seconds: float = 2.0
-    max_seconds: float = 60.0
-    timeout_s: float = 300.0
-    cooldown_s: float = 0.0
-    max_threads: int | None = None  # cores of the measuring machine; None: this one's (see ``cores``)
-
-    def __post_init__(self) -> None:
-        self.validate()  # a bad thread count fails here, before any compile or measurement starts
-
-    def validate(self) -> None:
-        self.threads = check_threads(self.threads, "--threads", self.max_threads)
-        if self.min_iters < 1:
-            raise UserInputError(f"min_iters must be >= 1, got {self.min_iters}")
-        if min(self.warmup_s, self.min_seconds, self.cooldown_s) < 0 or self.max_seconds <= 0:
-            raise UserInputError("warmup_s, min_seconds and cooldown_s must be >= 0 and max_seconds > 0")
-        if self.timeout_s <= 0:
-            raise UserInputError(f"timeout_s must be > 0, got {self.timeout_s}")
-
-    def worker_args(self) -> list[str]:
-        return ["--threads", str(self.threads), "--warmup-s", str(self.warmup_s), "--min-iters", str(self.min_iters),
-                "--min-seconds", str(self.min_seconds), "--max-seconds", str(self.max_seconds)]
 
 
 def _child_env() -> dict[str, str]:
@@ -133,13 +115,23 @@ def _noise(p50s: list[float]) -> dict[str, Any]:
                     f"{100 * (spread - 1):.0f}% are within this run's noise"}
 
 
-def _combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """One candidate's rounds -> its median-round measurement plus the rounds' p50s and noise."""
+def _combine(runs: list[dict[str, Any]], policy: RoundPolicy | None = None) -> dict[str, Any]:
+    """One candidate's rounds -> its median-round measurement plus the rounds' p50s and noise.
+
+    With a ``policy`` (a comparison that asked a question) it also carries ``p50_interval_ms``: the
+    interval for the median per-round p50 at the level the question was answered (``decide``).
+    """
     p50s = [float(r["latency"]["p50_ms"]) for r in runs]
     order = sorted(range(len(p50s)), key=lambda i: p50s[i])
     mid = order[(len(order) - 1) // 2]
-    return {**runs[mid], "rounds": p50s, "median_round": mid, "p50_ms_median": statistics.median(p50s),
-            "p50_ms_min": min(p50s), "noise": _noise(p50s)}
+    combined = {**runs[mid], "rounds": p50s, "median_round": mid, "p50_ms_median": statistics.median(p50s),
+                "p50_ms_min": min(p50s), "noise": _noise(p50s)}
+    if policy is not None:
+        from edgeprune.measure.decide import p50_interval
+
+        combined["p50_interval_ms"] = p50_interval(p50s, policy.min_rounds, policy.max_rounds, policy.confidence)
+        combined["confidence"] = policy.confidence
+    return combined
 
 
 def _progress_bar(total: int, enabled: bool):
@@ -152,39 +144,106 @@ def _progress_bar(total: int, enabled: bool):
     return tqdm(total=total, desc="measure", unit="run", file=sys.stderr, leave=False)
 
 
+class Interleaved(dict):
+    """``name -> combined result`` (a plain dict to every existing caller), plus ``decision``: the
+    question's answer (``decide.answer``) when one was asked, else None, and ``rounds_taken``."""
+
+    decision: dict[str, Any] | None = None
+    rounds_taken: int = 0
+
+
+QuestionArg = "Question | Callable[[Mapping[str, list[float]]], Question | None] | None"
+
+
+def run_rounds(names: Sequence[str], measure_round: Callable[[int], Mapping[str, dict[str, Any]]], *,
+               rounds: int = 3, question: QuestionArg = None, max_rounds: int | None = None,
+               confidence: float | None = None, on_round: Callable[[int, dict[str, Any] | None], None] | None = None
+               ) -> Interleaved:
+    """Call ``measure_round(index)`` (one measurement of every candidate, interleaved) for ``rounds`` rounds;
+    with a ``question``, go on one round at a time until it is decided or ``max_rounds`` is reached.
+
+    ``question`` is a ``decide.Question``, or a function of every candidate's per-round p50s so far that
+    returns the question to ask now (e.g. "is the fastest faster than the runner-up?"; None: none).
+    Without a question exactly ``rounds`` rounds run (``max_rounds`` is ignored) and nothing but the
+    standard library is used. ``on_round(index, answer_so_far)`` is called after each round.
+    """
+    if not names:
+        raise UserInputError("an interleaved measurement needs at least one candidate")
+    policy = RoundPolicy.resolve(rounds, max_rounds if question is not None else rounds, confidence)
+    if question is not None and not callable(question):
+        missing = [n for n in question.names if n not in names]
+        if missing:
+            raise UserInputError(f"the question is about {', '.join(missing)}, which is not measured here")
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    decision = None
+    for rnd in range(policy.max_rounds):
+        measured = measure_round(rnd)
+        for name in names:
+            runs[name].append(measured[name])
+        asked = question
+        if question is not None and rnd + 1 >= policy.min_rounds:
+            from edgeprune.measure.decide import answer
+
+            p50s = {n: [float(r["latency"]["p50_ms"]) for r in runs[n]] for n in names}
+            asked = question(p50s) if callable(question) else question
+            decision = None if asked is None else answer(asked, p50s, policy.min_rounds, policy.max_rounds,
+                                                         policy.confidence)
+        if on_round is not None:
+            on_round(rnd, decision)
+        if rnd + 1 >= policy.min_rounds and (asked is None or decision is None or decision["final"]):
+            break
+    out = Interleaved({name: _combine(results, policy if question is not None else None)
+                       for name, results in runs.items()})
+    out.decision, out.rounds_taken = decision, len(runs[names[0]])
+    return out
+
+
 def measure_interleaved(artifacts: Mapping[str, str | os.PathLike], settings: MeasureSettings | None = None,
                         rounds: int = 3, progress: bool = True, seed: int = 0,
-                        on_measure: Callable[[str, int, dict[str, Any]], None] | None = None
-                        ) -> dict[str, dict[str, Any]]:
-    """Measure every candidate ``rounds`` times, interleaved A B C A B C ..., each in a fresh process.
+                        on_measure: Callable[[str, int, dict[str, Any]], None] | None = None, *,
+                        question: QuestionArg = None, max_rounds: int | None = None,
+                        confidence: float | None = None) -> Interleaved:
+    """Measure every candidate interleaved, A B C A B C ..., each in a fresh process.
 
+    Without ``question``: exactly ``rounds`` rounds. With one: at least ``rounds``, then more until the
+    question is decided at ``confidence`` (default 0.95) or ``max_rounds`` (default 15, or ``rounds`` if
+    more) is reached; the answer is ``result.decision`` (see ``decide.answer``).
     ``on_measure(name, round_index, result)`` is called after each measurement, in order.
-    Returns ``name -> median-round result`` with "rounds", "p50_ms_median", "p50_ms_min" and "noise".
+    Returns ``name -> median-round result`` with "rounds", "p50_ms_median", "p50_ms_min" and "noise"
+    (and "p50_interval_ms" when a question was asked).
     """
     settings = settings or MeasureSettings()
     settings.validate()
     if not artifacts:
         raise UserInputError("measure_interleaved needs at least one artifact")
-    if rounds < 1:
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise UserInputError(f"rounds must be >= 1, got {rounds}")
+    policy = RoundPolicy.resolve(rounds, max_rounds if question is not None else rounds, confidence)
     for path in artifacts.values():
         Artifact.open(path)  # fail on a bad folder before spending minutes on the others
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in artifacts}
-    bar = _progress_bar(rounds * len(artifacts), progress)
+    names = list(artifacts)
+    bar = _progress_bar(policy.min_rounds * len(names), progress)
+
+    def one_round(rnd: int) -> dict[str, dict[str, Any]]:
+        if bar is not None and rnd >= policy.min_rounds:
+            bar.total += len(names)
+            bar.refresh()
+        measured = {}
+        for name in names:
+            if settings.cooldown_s > 0 and (rnd or name != names[0]):
+                time.sleep(settings.cooldown_s)
+            if bar is not None:
+                bar.set_postfix_str(f"round {rnd + 1} {name}")
+            measured[name] = measure(artifacts[name], settings, seed=seed)
+            if on_measure is not None:
+                on_measure(name, rnd, measured[name])
+            if bar is not None:
+                bar.update(1)
+        return measured
+
     try:
-        for rnd in range(rounds):
-            for name, path in artifacts.items():
-                if settings.cooldown_s > 0 and (rnd or name != next(iter(artifacts))):
-                    time.sleep(settings.cooldown_s)
-                if bar is not None:
-                    bar.set_postfix_str(f"round {rnd + 1}/{rounds} {name}")
-                result = measure(path, settings, seed=seed)
-                runs[name].append(result)
-                if on_measure is not None:
-                    on_measure(name, rnd, result)
-                if bar is not None:
-                    bar.update(1)
+        return run_rounds(names, one_round, rounds=policy.min_rounds, question=question,
+                          max_rounds=policy.max_rounds, confidence=policy.confidence)
     finally:
         if bar is not None:
             bar.close()
-    return {name: _combine(results) for name, results in runs.items()}

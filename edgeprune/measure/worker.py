@@ -7,29 +7,31 @@ memory (VmHWM) belongs to that artifact plus the interpreter and the runtime, an
 no other model's kernels, caches or allocations are warm. The thread-count
 environment variables (OMP_NUM_THREADS, MKL_NUM_THREADS, ...) are set before
 numpy or any runtime is imported, which is why this module imports only the
-standard library at the top. Order of events: import the runtime, load the
-artifact (timed), build one seeded random float32 input of the artifact's input
-shape, warm up by time (>= warmup_s and >= 5 runs), then time each ``run`` with
-``perf_counter_ns`` until both >= min_iters runs and >= min_seconds have passed,
-or max_seconds is reached (at least one timed run). The garbage collector is
-off during the timed runs (as in ``timeit``). A worker never outlives the process that
-started it (``die_with_parent``; the parent also kills its process group, see ``interrupt``). The result is one JSON object
-(see ``measure_artifact``); a failure is one line on stderr and a non-zero exit.
+standard library at the top (``settings``, ``cores`` and ``errors`` are too). Order
+of events: check the settings (``MeasureSettings``: the defaults and checks live
+there, nowhere else), import the runtime, load the artifact (timed), build one
+seeded random float32 input of the artifact's input shape, run it once (timed
+apart), then the one timing loop that table entries use too (``timing.time_runs``:
+warm-up by time, garbage collector off, minimum runs and minimum seconds). A worker
+never outlives the process that started it (``die_with_parent``; the parent also
+kills its process group, see ``interrupt``). The result is one JSON object (see
+``measure_artifact``); a failure is one line on stderr and a non-zero exit.
 """
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+from edgeprune.measure.settings import MeasureSettings
 
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS", "TBB_NUM_THREADS")
-MIN_WARMUP_RUNS = 5
 ERROR_PREFIX = "edgeprune-measure: error: "  # starts the one stderr line of a failure
 
 
@@ -40,49 +42,18 @@ def set_thread_env(threads: int) -> None:
             os.environ[var] = str(threads)
 
 
-def _warm_up(run: Callable[[], Any], warmup_s: float) -> tuple[int, float]:
-    """Run until both ``warmup_s`` seconds and MIN_WARMUP_RUNS runs have passed; (runs, seconds)."""
-    start = time.perf_counter()
-    runs = 0
-    while runs < MIN_WARMUP_RUNS or time.perf_counter() - start < warmup_s:
-        run()
-        runs += 1
-    return runs, time.perf_counter() - start
-
-
-def _timed_runs(run: Callable[[], Any], min_iters: int, min_seconds: float, max_seconds: float) -> list[float]:
-    """Per-run latencies in ms: until >= min_iters and >= min_seconds, or max_seconds is reached."""
-    latencies: list[float] = []
-    clock = time.perf_counter_ns
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        start = clock()
-        while True:
-            t0 = clock()
-            run()
-            t1 = clock()
-            latencies.append((t1 - t0) / 1e6)
-            elapsed = (t1 - start) / 1e9
-            if elapsed >= max_seconds or (len(latencies) >= min_iters and elapsed >= min_seconds):
-                return latencies
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-
-
-def measure_artifact(artifact_dir: str | os.PathLike, threads: int, warmup_s: float = 1.0, min_iters: int = 50,
-                     min_seconds: float = 2.0, max_seconds: float = 60.0, seed: int = 0) -> dict[str, Any]:
+def measure_artifact(artifact_dir: str | os.PathLike, settings: MeasureSettings, seed: int = 0) -> dict[str, Any]:
     """Measure one artifact in this process (call once per process; see the module docstring)."""
     started = time.perf_counter()
     import numpy as np
 
     from edgeprune.measure.env import environment
     from edgeprune.measure.memory import current_rss_mb, peak_rss_mb
-    from edgeprune.measure.stats import summarize
+    from edgeprune.measure.timing import time_runs
     from edgeprune.targets import require_runtime
     from edgeprune.targets.base import Artifact
 
+    threads = settings.threads
     artifact = Artifact.open(artifact_dir)
     t0 = time.perf_counter()
     mod = require_runtime(artifact.runtime)
@@ -96,27 +67,25 @@ def measure_artifact(artifact_dir: str | os.PathLike, threads: int, warmup_s: fl
     t0 = time.perf_counter()
     runner.run(x)
     first_run_ms = (time.perf_counter() - t0) * 1e3
-    warmup_runs, warmup_took = _warm_up(lambda: runner.run(x), warmup_s)
-    t0 = time.perf_counter()
-    latencies = _timed_runs(lambda: runner.run(x), min_iters, min_seconds, max_seconds)
-    timed_s = time.perf_counter() - t0
+    timed = time_runs(lambda: runner.run(x), settings, batch=artifact.input_shape[0])
+    loop = timed["loop"]
     return {
         "artifact": str(Path(artifact_dir).resolve()),
         "runtime": artifact.runtime,
         "precision": artifact.precision,
         "threads": threads,
         "input_shape": artifact.input_shape,
-        "latency": summarize(latencies, batch=artifact.input_shape[0]),
+        "latency": timed["latency"],
         "peak_rss_mb": peak_rss_mb(),
         "rss_before_load_mb": rss_before,
         "load_s": load_s,
-        "iterations": len(latencies),
-        "warmup_iterations": warmup_runs + 1,
+        "iterations": loop["timed_runs"],
+        "warmup_iterations": loop["warmup_runs"] + 1,
         "size_mb": artifact.size_bytes() / 1e6,
         "timing": {"import_runtime_s": import_s, "load_s": load_s, "first_run_ms": first_run_ms,
-                   "warmup_s": warmup_took, "timed_s": timed_s, "worker_s": time.perf_counter() - started},
-        "settings": {"warmup_s": warmup_s, "min_iters": min_iters, "min_seconds": min_seconds,
-                     "max_seconds": max_seconds, "seed": seed},
+                   "warmup_s": loop["warmup_s"], "timed_s": loop["timed_s"], "gc_disabled": loop["gc_disabled"],
+                   "worker_s": time.perf_counter() - started},
+        "settings": {**settings.timing(), "seed": seed},
         "environment": environment(threads),
         "thread_env": {var: os.environ.get(var) for var in THREAD_ENV_VARS},
         "versions": mod.versions(),
@@ -124,32 +93,35 @@ def measure_artifact(artifact_dir: str | os.PathLike, threads: int, warmup_s: fl
 
 
 def _parser() -> argparse.ArgumentParser:
+    d = {f.name: f.default for f in fields(MeasureSettings)}  # the defaults live in MeasureSettings only
     p = argparse.ArgumentParser(prog="python -m edgeprune.measure.worker",
                                 description="Measure one compiled artifact's latency and memory in this process.")
     p.add_argument("--artifact", required=True, help="compiled artifact folder (holds manifest.json)")
     p.add_argument("--threads", type=int, required=True, help="runtime threads (0 = the runtime's default)")
-    p.add_argument("--warmup-s", type=float, default=1.0, help="minimum warm-up seconds. Default: %(default)s")
-    p.add_argument("--min-iters", type=int, default=50, help="minimum timed runs. Default: %(default)s")
-    p.add_argument("--min-seconds", type=float, default=2.0, help="minimum timed seconds. Default: %(default)s")
-    p.add_argument("--max-seconds", type=float, default=60.0, help="stop timing after this. Default: %(default)s")
+    p.add_argument("--warmup-s", type=float, default=d["warmup_s"],
+                   help="minimum warm-up seconds. Default: %(default)s")
+    p.add_argument("--min-iters", type=int, default=d["min_iters"],
+                   help="minimum timed runs. Default: %(default)s")
+    p.add_argument("--min-seconds", type=float, default=d["min_seconds"],
+                   help="minimum timed seconds. Default: %(default)s")
+    p.add_argument("--max-seconds", type=float, default=d["max_seconds"],
+                   help="stop timing after this. Default: %(default)s")
     p.add_argument("--seed", type=int, default=0, help="seed of the random input. Default: %(default)s")
     p.add_argument("--out", help="write the JSON result here (atomically); default: stdout")
     return p
 
 
-def _check_args(args: argparse.Namespace) -> str | None:
-    """A one-line complaint about an out-of-range option, or None."""
-    from edgeprune.cores import usable_cores
+def _settings(args: argparse.Namespace) -> tuple[MeasureSettings | None, str | None]:
+    """(settings, None) from the flags, or (None, a one-line complaint about an out-of-range option)."""
+    from edgeprune.errors import UserInputError
 
-    if not 0 <= args.threads <= usable_cores():
-        return f"--threads must be in 0..{usable_cores()} on this machine (0 = runtime default), got {args.threads}"
-    if args.min_iters < 1:
-        return f"--min-iters must be >= 1, got {args.min_iters}"
-    if min(args.warmup_s, args.min_seconds) < 0 or args.max_seconds <= 0:
-        return "--warmup-s and --min-seconds must be >= 0 and --max-seconds > 0"
     if args.out and not Path(args.out).parent.is_dir():
-        return f"the folder of --out {args.out} does not exist"
-    return None
+        return None, f"the folder of --out {args.out} does not exist"
+    try:
+        return MeasureSettings(threads=args.threads, warmup_s=args.warmup_s, min_iters=args.min_iters,
+                               min_seconds=args.min_seconds, max_seconds=args.max_seconds), None
+    except UserInputError as exc:
+        return None, exc.one_line()
 
 
 def die_with_parent() -> None:
@@ -169,16 +141,15 @@ def die_with_parent() -> None:
 def main(argv: list[str] | None = None) -> int:
     die_with_parent()
     args = _parser().parse_args(argv)
-    problem = _check_args(args)
-    if problem:
+    settings, problem = _settings(args)
+    if problem or settings is None:
         print(f"{ERROR_PREFIX}{problem}", file=sys.stderr)
         return 2
     set_thread_env(args.threads)
     from edgeprune.errors import EdgepruneError
 
     try:
-        result = measure_artifact(args.artifact, args.threads, args.warmup_s, args.min_iters,
-                                  args.min_seconds, args.max_seconds, args.seed)
+        result = measure_artifact(args.artifact, settings, args.seed)
     except EdgepruneError as exc:
         print(f"{ERROR_PREFIX}{exc.one_line()}", file=sys.stderr)
         return exc.exit_code

@@ -3,7 +3,8 @@
 Invariants:
 - Compiling and measuring happen ON THE DEVICE, through ``edgeprune.targets.<runtime>.compile``
   and ``edgeprune.measure.protocol.measure_interleaved`` (a fresh process per measurement
-  there); the host times nothing but transfers.
+  there); the host times nothing but transfers. A comparison's rounds are driven from the host
+  (``protocol.run_rounds``, one device job per round), which also decides its question.
 - ``out_dir`` appears only complete: the artifact and the held-out outputs are pulled into a
   staging folder, checked against the device's listing (names, sizes, sha256) and the
   artifact's manifest hashes, and ``result.json`` is written last before the folder is renamed
@@ -22,17 +23,20 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from edgeprune.errors import (CompileError, EdgepruneError, RuntimeUnavailable, UnsupportedPrecision,
                               UserInputError)
-from edgeprune.measure.protocol import MeasureSettings
+from edgeprune.measure.protocol import Interleaved, MeasureSettings, run_rounds
 from edgeprune.remote.device import RemoteDevice
 from edgeprune.remote.errors import RemoteError
 from edgeprune.remote.transfer import file_listing, verify_artifact
 from edgeprune.targets.base import PRECISIONS, staging_dir, write_json_atomic
+
+if TYPE_CHECKING:
+    from edgeprune.measure.decide import Question
 
 RESULT = "result.json"
 # gate(outputs) -> {"ok": bool, "reason": str, "parity": {...}}: decides whether to measure.
@@ -147,12 +151,17 @@ def remote_compile_and_measure(device: RemoteDevice, onnx_path: str | Path, prof
 
 def remote_measure_interleaved(device: RemoteDevice, artifacts: Mapping[str, str | Path],
                                settings: MeasureSettings | None = None, rounds: int = 3, *, seed: int = 0,
-                               timeout_s: float = 600.0) -> dict[str, dict[str, Any]]:
+                               timeout_s: float = 600.0, question: "Question | None" = None,
+                               max_rounds: int | None = None, confidence: float | None = None) -> Interleaved:
     """``measure_interleaved`` on the device for local artifact folders (e.g. baseline and pruned, pulled
-    earlier): each is checked against its manifest, pushed into one job folder, measured A B A B ... there."""
+    earlier): each is checked against its manifest, pushed once into one job folder, and measured A B A B ...
+    there, one device job per round (a fresh process per measurement on the device). The rounds are driven
+    from here by the same loop as local comparisons (``protocol.run_rounds``): with a ``question``, rounds
+    are added until it is decided at ``confidence`` or ``max_rounds`` is reached; the statistics that decide
+    run on this host, so the device needs neither scipy nor anything but numpy and its runtime."""
     settings = settings or MeasureSettings()
     settings.validate()
-    if not artifacts or rounds < 1:
+    if not artifacts or isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise UserInputError("remote_measure_interleaved needs at least one artifact and rounds >= 1")
     files: dict[str, Path] = {}
     for name, folder in artifacts.items():
@@ -162,11 +171,16 @@ def remote_measure_interleaved(device: RemoteDevice, artifacts: Mapping[str, str
         for rel in file_listing(Path(folder)):  # the manifest's files plus any companions
             files[f"in/{name}/{rel}"] = Path(folder) / rel
     job_id, remote = device.new_job()
+
+    def one_round(rnd: int) -> dict[str, dict[str, Any]]:
+        job = {"dir": remote, "artifacts": {n: f"in/{n}" for n in artifacts}, "settings": asdict(settings),
+               "rounds": 1, "seed": seed}
+        return device.run_job("measure", job, timeout=len(artifacts) * settings.timeout_s + 120)["results"]
+
     try:
         device.push_files(files, remote, timeout=timeout_s)
-        job = {"dir": remote, "artifacts": {n: f"in/{n}" for n in artifacts}, "settings": asdict(settings),
-               "rounds": rounds, "seed": seed}
-        results = device.run_job("measure", job, timeout=rounds * len(artifacts) * settings.timeout_s + 120)["results"]
+        results = run_rounds(list(artifacts), one_round, rounds=rounds, question=question, max_rounds=max_rounds,
+                             confidence=confidence)
     finally:
         with contextlib.suppress(RemoteError):
             device.remove_job(job_id)
