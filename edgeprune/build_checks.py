@@ -45,12 +45,15 @@ _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
 }
 
 
+_FLAGS = {"holdout": "--holdout-images", "calib": "--calib-images", "warmup_s": "warmup_s"}
+
+
 def check_ranges(cfg: Any) -> None:
     for name, (low, high, low_open) in _RANGES.items():
         value = getattr(cfg, name)
         if value is None and name in ("max_accuracy_drop", "eval_limit"):
             continue
-        flag = "--" + name.replace("_", "-")
+        flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         ok = ok and (low is None or (value > low if low_open else value >= low)) and (high is None or value <= high)
         if not ok:
