@@ -128,11 +128,9 @@ def _validate(cfg: BuildConfig, needs_runtime: bool = True) -> dict[str, Any]:
 
 def _check_device(device: Any, runtime: str) -> None:
     """Reach the remote device before any long step, and check it has the target's runtime."""
-    info = device.selfcheck()
-    if runtime not in (info.get("available") or []):
-        why = ((info.get("runtimes") or {}).get(runtime) or {}).get("reason") or "not installed"
-        raise UserInputError(f"device {device.label} cannot run {runtime}: {why}",
-                             f"install it there, or check with 'edgeprune device-check --device {device.label}'")
+    from edgeprune.remote.checked import require_device_runtime
+
+    require_device_runtime(device, runtime)
 
 
 def channel_multiple(profile: dict[str, Any]) -> int:

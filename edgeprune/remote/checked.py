@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.errors import EdgepruneError, UserInputError
 from edgeprune.measure.parity import check_gates, compare_outputs
 from edgeprune.measure.protocol import MeasureSettings
 from edgeprune.remote.device import RemoteDevice
@@ -66,3 +66,13 @@ def remote_bench_rows(devices: Sequence[RemoteDevice], onnx_path: Path, profile:
         if row.get("status") == "device error":
             print(f"edgeprune: warning: {row['reason']}", file=sys.stderr)
     return [_row(r) for r in rows]
+
+
+def require_device_runtime(device: RemoteDevice, runtime: str) -> dict[str, Any]:
+    """Reach ``device`` and check it can run ``runtime`` (one line when not); returns its selfcheck report."""
+    info = device.selfcheck()
+    if runtime not in (info.get("available") or []):
+        why = ((info.get("runtimes") or {}).get(runtime) or {}).get("reason") or "not installed"
+        raise UserInputError(f"device {device.label} cannot run {runtime}: {why}",
+                             f"install it there, or check with 'edgeprune device-check --device {device.label}'")
+    return info

@@ -67,9 +67,7 @@ def model_table(target: str, model_name: str, input_shape: str | None, precision
 
 def _device_cores(device: Any, runtime: str) -> int:
     """The board's usable cores, after checking it runs ``runtime`` (one line when it does not)."""
-    info = device.selfcheck()
-    if runtime not in (info.get("available") or []):
-        why = ((info.get("runtimes") or {}).get(runtime) or {}).get("reason") or "not installed"
-        raise UserInputError(f"device {device.label} cannot run {runtime}: {why}",
-                             f"install it there, or check with 'edgeprune device-check --device {device.label}'")
+    from edgeprune.remote.checked import require_device_runtime
+
+    info = require_device_runtime(device, runtime)
     return int((info.get("environment") or {}).get("logical_cores") or 1)
