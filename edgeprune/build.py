@@ -38,11 +38,17 @@ from edgeprune.prune import check_options, prune_model
 from edgeprune.prune.base import PruneContext
 from edgeprune.prune.graph import kept_layers
 from edgeprune.report import write_report
+from edgeprune.prune.bn import recalibrate_bn
+from edgeprune.search.allocate import SearchSettings
 from edgeprune.search.driver import parse_budget, prune_to_budget
 from edgeprune.targets import require_runtime
 from edgeprune.targets.base import staging_dir, write_json_atomic
 from edgeprune.train import evaluate, train
 from edgeprune.ui import Steps, info
+
+BN_IMAGES = 512  # training images BN statistics are re-estimated on after pruning
+BAR_LOWEST_SHARE = 0.15  # the accuracy-bar search never probes below this share of the baseline's latency
+BAR_RESOLUTION = 0.04  # it stops when the passing and failing shares are this close
 
 
 @dataclass
@@ -54,8 +60,15 @@ class BuildConfig:
     out: str
     model: str | None = None
     weights: str | None = None
-    method: str = "l1"
-    ratio: float = 0.5
+    method: str | None = None  # None: taylor_bn for the knapsack budget search, else l1
+    ratio: float | None = None  # None: 0.5, or the fastest model within --max-accuracy-drop
+    allocation: str = "global"  # --ratio pruning: global (ranked across layers) or uniform (same share per layer)
+    search: str = "knapsack"  # budget search strategy: knapsack or greedy
+    search_steps: int = 3
+    search_step_batches: int = 30
+    search_candidates: int = 4
+    max_cut: float = 0.5
+    search_holdout: int = 1000
     precision: str | None = None
     round_to: int | None = None
     finetune_epochs: float = 1.0
@@ -86,6 +99,15 @@ class BuildConfig:
     keep_layers: tuple[str, ...] = ()  # layers (or prefixes) never pruned
     min_width: float = 0.1  # every pruned group keeps at least this share of its channels
     max_accuracy_drop: float | None = None  # accuracy bar, in percentage points of top-1
+    bar_probes: int = 4  # budget searches the fastest-within-the-bar mode may run
+
+    def __post_init__(self) -> None:
+        # no ratio and no budget with an accuracy bar: look for the fastest model within the bar
+        self.fastest_within_bar = self.ratio is None and not self.budget and self.max_accuracy_drop is not None
+        if self.ratio is None:
+            self.ratio = 0.5
+        if self.method is None:
+            self.method = "taylor_bn" if (self.budget or self.fastest_within_bar) and self.search == "knapsack" else "l1"
 
     @classmethod
     def from_args(cls, args: Any) -> "BuildConfig":
@@ -143,29 +165,42 @@ def _describe_model(model, input_shape, accuracy: float | None) -> dict[str, Any
     return {"accuracy": accuracy, "flops": macs, "params": params}
 
 
-def prune_and_finetune(cfg: BuildConfig, ctx: dict[str, Any], steps: Steps) -> dict[str, Any]:
-    model, train_ds, test_ds = ctx["model"], ctx["train_ds"], ctx["test_ds"]
-    steps.start("evaluating the baseline")
-    base_acc = evaluate(model, test_ds, progress=cfg.progress, limit=cfg.eval_limit)
-    steps.done(f"top-1 {base_acc:.4f}")
+def search_settings(cfg: BuildConfig) -> SearchSettings:
+    return SearchSettings(strategy=cfg.search, steps=cfg.search_steps, step_batches=cfg.search_step_batches,
+                          random_candidates=cfg.search_candidates, max_cut=cfg.max_cut,
+                          holdout_images=cfg.search_holdout, batch_size=min(cfg.batch_size, 128), seed=cfg.seed)
+
+
+def _prune(cfg: BuildConfig, ctx: dict[str, Any], steps: Steps, budget: str | None,
+           state: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any] | None]:
+    model, train_ds = ctx["model"], ctx["train_ds"]
     example = torch.zeros(*ctx["input_shape"])
-    search = None
-    if cfg.budget:
-        steps.start(f"hardware-aware search ({cfg.method} scores) for budget {cfg.budget} on {ctx['profile']['name']}")
+    if budget:
+        steps.start(f"hardware-aware search ({cfg.search}, {cfg.method} importance) for budget {budget} on "
+                    f"{ctx['profile']['name']}")
         pctx = PruneContext(example_inputs=example, round_to=ctx["round_to"], train_ds=train_ds,
                             min_ratio=cfg.min_width, ignored_layers=tuple(cfg.keep_layers),
                             progress=cfg.progress, seed=cfg.seed, options={"method": cfg.method, **cfg.method_options})
-        result, search = prune_to_budget(model, example, ctx["profile"], cfg.budget, cfg.method, pctx,
-                                         ctx["threads"], ctx["calib"], cfg.budget_attempts, cfg.progress)
-    else:
-        steps.start(f"pruning ({cfg.method}, ratio {cfg.ratio}, channels rounded to {ctx['round_to']})")
-        result = prune_model(model, example, cfg.method, cfg.ratio, ctx["round_to"], train_ds=train_ds,
-                             progress=cfg.progress, seed=cfg.seed, flops_target=cfg.flops_target,
-                             min_ratio=cfg.min_width, ignored_layers=tuple(cfg.keep_layers), **cfg.method_options)
+        return prune_to_budget(model, example, ctx["profile"], budget, cfg.method, pctx, ctx["threads"], ctx["calib"],
+                               cfg.budget_attempts, cfg.progress, search_settings(cfg), state=state)
+    steps.start(f"pruning ({cfg.method}, ratio {cfg.ratio}, {cfg.allocation} allocation, channels rounded to "
+                f"{ctx['round_to']})")
+    result = prune_model(model, example, cfg.method, cfg.ratio, ctx["round_to"], train_ds=train_ds,
+                         progress=cfg.progress, seed=cfg.seed, flops_target=cfg.flops_target,
+                         min_ratio=cfg.min_width, ignored_layers=tuple(cfg.keep_layers), allocation=cfg.allocation,
+                         **cfg.method_options)
+    return result, None
+
+
+def _recover(cfg: BuildConfig, ctx: dict[str, Any], steps: Steps, result: Any, search: dict[str, Any] | None,
+             base_acc: float) -> dict[str, Any]:
+    """BN statistics re-estimated, then fine-tuned; accuracies before and after."""
+    model, train_ds, test_ds = ctx["model"], ctx["train_ds"], ctx["test_ds"]
     pruned = result.model
+    recalibrate_bn(pruned, train_ds, BN_IMAGES, seed=cfg.seed)  # the full network's BN statistics are wrong for it
     acc_before = evaluate(pruned, test_ds, progress=cfg.progress, limit=cfg.eval_limit)
     steps.done(f"{result.summary()['channels_before']} -> {result.summary()['channels_after']} channels, "
-               f"top-1 before fine-tuning {acc_before:.4f}")
+               f"top-1 before fine-tuning (BN re-estimated) {acc_before:.4f}")
     kd = f", distilling from the unpruned model (alpha {cfg.kd_alpha}, T {cfg.kd_temperature})" if cfg.kd_alpha else ""
     steps.start(f"fine-tuning for {cfg.finetune_epochs} epoch(s){kd}")
     history = {}
@@ -179,6 +214,64 @@ def prune_and_finetune(cfg: BuildConfig, ctx: dict[str, Any], steps: Steps) -> d
     steps.done(f"top-1 {acc_after:.4f}")
     return {"pruned": pruned, "prune": result.summary(), "finetune": history, "search": search,
             "baseline_acc": base_acc, "acc_before_ft": acc_before, "acc_after_ft": acc_after}
+
+
+def prune_and_finetune(cfg: BuildConfig, ctx: dict[str, Any], steps: Steps) -> dict[str, Any]:
+    steps.start("evaluating the baseline")
+    base_acc = evaluate(ctx["model"], ctx["test_ds"], progress=cfg.progress, limit=cfg.eval_limit)
+    steps.done(f"top-1 {base_acc:.4f}")
+    if cfg.fastest_within_bar:
+        return fastest_within_bar(cfg, ctx, steps, base_acc)
+    result, search = _prune(cfg, ctx, steps, cfg.budget)
+    return _recover(cfg, ctx, steps, result, search, base_acc)
+
+
+def fastest_within_bar(cfg: BuildConfig, ctx: dict[str, Any], steps: Steps, base_acc: float) -> dict[str, Any]:
+    """``--max-accuracy-drop`` without a budget or ratio: bisect the latency budget (a share of the baseline's
+    measured latency) for the fastest model whose fine-tuned top-1 stays within the bar.
+
+    Each probe is a whole budget search + fine-tune + evaluation; the latency table, the predictor and its
+    measurements are shared between probes. The fastest passing probe is returned; when none passes, the
+    least pruned one is, and the accuracy gate then fails with every probe's figures in the report.
+    """
+    state: dict[str, Any] = {}
+    low, high = BAR_LOWEST_SHARE, 1.0   # highest failing share, lowest passing share
+    share, probes, best, least = 0.5, [], None, None
+    for n in range(1, cfg.bar_probes + 1):
+        info(f"      accuracy-bar probe {n}/{cfg.bar_probes}: budget {share:.3f}x of the baseline's latency")
+        try:
+            result, search = _prune(cfg, ctx, steps, f"{share:.4f}x", state)
+        except (GateFailed, UserInputError) as exc:  # out of the search's reach at this share
+            probes.append({"share": share, "passed": False, "error": str(exc)})
+            low = share
+        else:
+            pf = _recover(cfg, ctx, steps, result, search, base_acc)
+            drop = 100.0 * (base_acc - pf["acc_after_ft"])
+            passed = drop <= cfg.max_accuracy_drop
+            probes.append({"share": share, "passed": passed, "top1": pf["acc_after_ft"], "drop_points": drop,
+                           "measured_ms": search["attempts"][-1]["measured_ms"]})
+            info(f"      probe {n}: top-1 {pf['acc_after_ft']:.4f} ({drop:+.2f} points), "
+                 f"{'within' if passed else 'outside'} the {cfg.max_accuracy_drop}-point bar")
+            if passed and (best is None or share < best[0]):
+                best = (share, pf)
+            if least is None or share > least[0]:
+                least = (share, pf)
+            if passed:
+                high = share
+            else:
+                low = share
+        if high - low < BAR_RESOLUTION:
+            break
+        share = (low + high) / 2
+    chosen = best or least
+    if chosen is None:
+        raise GateFailed(f"no model within the {cfg.max_accuracy_drop}-point accuracy bar: every probe failed "
+                         f"({'; '.join(p.get('error', '') for p in probes)})",
+                         "raise --max-accuracy-drop, or prune by --ratio / --budget-ms")
+    pf = chosen[1]
+    pf["search"] = {**pf["search"], "bar_search": {"max_accuracy_drop": cfg.max_accuracy_drop, "probes": probes,
+                                                   "chosen_share": chosen[0], "found": best is not None}}
+    return pf
 
 
 def _deploy(stage: Path, cfg: BuildConfig, profile: dict[str, Any], ctx: dict[str, Any],

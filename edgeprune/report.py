@@ -83,6 +83,34 @@ def _groups_table(report: dict[str, Any]) -> str:
     return markdown_table(["group root", "channels before", "after", "coupled layers"], rows)
 
 
+def _candidates(search: dict[str, Any]) -> list[str]:
+    """How the search chose: its strategy, the candidates arbitration compared, the accuracy-bar probes."""
+    lines = [f"Search: {search.get('strategy', 'greedy')}, channel importance {search.get('importance') or 'n/a'}."]
+    if search.get("candidates"):
+        rows = [[c["name"] + (" (chosen)" if c["name"] == search.get("winner") else ""), c["predicted_ms"],
+                 c["holdout_top1"], c["kept_share"], c["min_group_share"], c.get("note", "")]
+                for c in search["candidates"]]
+        lines += ["", "Candidates within the budget by prediction, each with its BN statistics re-estimated and "
+                  "scored on held-out training images (not the test set):", "",
+                  markdown_table(["candidate", "predicted ms", "held-out top-1", "channels kept", "narrowest layer kept",
+                                  "note"], rows), "", f"Why: {search.get('why', '')}."]
+    if search.get("schedule"):
+        lines += ["", "Knapsack schedule: " + "; ".join(
+            f"step {t['step']} aimed at {t['aim_ms']:.3f} ms, predicted {t['predicted_ms']:.3f} ms, "
+            f"{100 * t['kept_share']:.0f}% of channels kept (per-layer cut cap {t['max_cut']:.1f})"
+            for t in search["schedule"]) + "."]
+    bar = search.get("bar_search")
+    if bar:
+        rows = [[p["share"], p.get("measured_ms"), p.get("top1"), p.get("drop_points"), p["passed"],
+                 p.get("error", "")] for p in bar["probes"]]
+        lines += ["", f"Fastest model within a {bar['max_accuracy_drop']}-point accuracy bar: budgets bisected as a "
+                  "share of the baseline's measured latency; each probe searched, fine-tuned and evaluated. "
+                  + (f"Chosen: {bar['chosen_share']:.3f}x." if bar["found"] else
+                     "No probe stayed within the bar; the least pruned one is reported."), "",
+                  markdown_table(["budget share", "measured ms", "top-1", "drop (points)", "within bar", "error"], rows)]
+    return lines + [""]
+
+
 def _search_section(report: dict[str, Any]) -> list[str]:
     search = report["search"]
     attempts = markdown_table(["attempt", "predicted ms", "measured ms (before fine-tune)", "retained importance"],
@@ -95,6 +123,7 @@ def _search_section(report: dict[str, Any]) -> list[str]:
         f"{search['baseline_measured_ms']:.3f} ms; final build measured {search['final_measured_ms']:.3f} ms "
         f"(median of its rounds): **{search.get('decision', 'met' if search['met'] else 'missed')}**.",
         "", budget_sentence(report) or "", "",
+        *_candidates(search),
         "The final verdict is decided on the interleaved rounds (baseline and pruned alternating, fresh process "
         "each): rounds are added until the interval for the median per-round figure lies wholly on one side of "
         "the budget, or the cap is reached (then \"undecided\": the difference is within the noise).",

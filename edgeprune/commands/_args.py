@@ -103,17 +103,24 @@ def add_out(p: argparse.ArgumentParser, required: bool = True, what: str = "outp
 
 
 def add_method(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", default="l1",
-                   help="pruning method: l1, l2, random, taylor (first-order Taylor), slim (Network Slimming), "
-                        "gate (Gate Decorator), thinet (ThiNet). Default: %(default)s")
+    p.add_argument("--method", default=None,
+                   help="pruning method, or with --budget-ms the channel importance the search uses: l1, l2, random, "
+                        "taylor (first-order Taylor), taylor_bn (Taylor on each group's BN, HALP), slim (Network "
+                        "Slimming), gate (Gate Decorator), thinet (ThiNet). Default: taylor_bn with --budget-ms "
+                        "and the knapsack search, else l1")
     p.add_argument("--method-option", type=method_option, action="append", default=[], metavar="KEY=VALUE",
                    dest="method_options",
                    help="method-specific setting, repeatable, e.g. sparsity=1e-3 sparsity_epochs=2 (slim), "
                         "tick_ratio=0.05 (gate), samples=2000 (thinet); see each method's module docstring")
     p.add_argument("--flops-target", type=ranged(float, 0, 1, low_open=True), metavar="SHARE",
                    help="for iterative methods (gate): stop when the MACs are at most this share of the original")
-    p.add_argument("--ratio", type=OPEN_FRACTION, default=0.5,
-                   help="share of prunable channels to remove, in (0,1). Default: %(default)s")
+    p.add_argument("--ratio", type=OPEN_FRACTION, default=None,
+                   help="share of prunable channels to remove, in (0,1). Default: 0.5 (with --max-accuracy-drop "
+                        "and no --budget-ms: none; the build searches for the fastest model within the bar)")
+    p.add_argument("--allocation", choices=("global", "uniform"), default="global",
+                   help="with --ratio: global ranks every channel of every layer together (scores normalised per "
+                        "layer); uniform removes the same share from every layer (on the channel multiple), the "
+                        "baseline to compare against. Default: %(default)s")
     p.add_argument("--round-to", type=POSITIVE_INT, metavar="N",
                    help="channel multiple to keep; default: the target's channel multiple for the precision")
     p.add_argument("--keep", action="append", default=[], metavar="LAYER", dest="keep_layers",
@@ -163,3 +170,25 @@ def add_measure(p: argparse.ArgumentParser, rounds: int = 3) -> None:
 
 def add_json(p: argparse.ArgumentParser, what: str = "the report") -> None:
     p.add_argument("--json", metavar="FILE", help=f"also write {what} as JSON to FILE ('-' for stdout)")
+
+
+def add_search(p: argparse.ArgumentParser) -> None:
+    """Flags of the latency-budget search (``--budget-ms``)."""
+    g = p.add_argument_group("latency-budget search (with --budget-ms)")
+    g.add_argument("--search", choices=("knapsack", "greedy"), default="knapsack",
+                   help="knapsack: iterative latency-saliency knapsack on the target's latency table, then the "
+                        "candidates (knapsack, uniform, greedy, random allocations) compared by accuracy after BN "
+                        "re-estimation on held-out training images; greedy: the earlier importance-per-ms greedy "
+                        "search alone. Default: %(default)s")
+    g.add_argument("--search-steps", type=ranged(int, 1, 100), default=3, metavar="N",
+                   help="knapsack steps from the baseline's latency down to the budget, each followed by a short "
+                        "fine-tune. Default: %(default)s")
+    g.add_argument("--search-step-batches", type=ranged(int, 0, 100000), default=30, metavar="N",
+                   help="fine-tune mini-batches between knapsack steps. Default: %(default)s")
+    g.add_argument("--search-candidates", type=ranged(int, 0, 100), default=4, metavar="N",
+                   help="random allocations within the budget added to the candidates. Default: %(default)s")
+    g.add_argument("--max-cut", type=ranged(float, 0, 1, low_open=True), default=0.5, metavar="SHARE",
+                   help="no layer loses more than this share of its channels unless the budget needs it (then the "
+                        "cap is raised in steps of 0.1, and the report says so). Default: %(default)s")
+    g.add_argument("--search-holdout", type=ranged(int, 10, 1000000), default=1000, metavar="N",
+                   help="held-out training images the candidates are compared on. Default: %(default)s")

@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from edgeprune.commands._args import (POSITIVE_INT, add_data, add_finetune, add_json, add_measure, add_method,
-                                      add_model, add_out, add_samples, ranged)
+                                      add_model, add_out, add_samples, add_search, ranged)
 from edgeprune.commands._device import add_device_arguments
 from edgeprune.commands._output import check_outputs, emit_json
 from edgeprune.targets.base import PRECISIONS
@@ -42,7 +42,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="search-measure-tighten attempts, in [1, 20]. Default: %(default)s")
     p.add_argument("--max-accuracy-drop", type=ranged(float, 0, 100), metavar="POINTS",
                    help="accuracy bar: fail (exit 1, report written) when the pruned model's top-1 is more than "
-                        "POINTS percentage points below the baseline's")
+                        "POINTS percentage points below the baseline's. Without --ratio and --budget-ms: build "
+                        "the fastest model within the bar (budget searches bisected on the measured latency)")
+    p.add_argument("--bar-probes", type=ranged(int, 1, 20), default=4, metavar="N",
+                   help="budget searches (each with its fine-tune) the fastest-within-the-bar mode may run. "
+                        "Default: %(default)s")
+    add_search(p)
     p.add_argument("--precision", choices=PRECISIONS, help="default: the target's default precision")
     add_finetune(p)
     add_measure(p)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from edgeprune.commands._args import NONNEG_INT, add_data, add_finetune, add_json, add_method, add_model, add_out
+from edgeprune.commands._args import (NONNEG_INT, add_data, add_finetune, add_json, add_method, add_model, add_out,
+                                      add_search)
 from edgeprune.commands._output import check_outputs, emit_json
 
 
@@ -19,6 +20,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     add_method(p)
     p.add_argument("--budget-ms", dest="budget", metavar="MS", help="latency budget on --target (ms, or a share like 0.5x)")
     p.add_argument("--threads", type=NONNEG_INT, help="runtime threads for the latency table (with --budget-ms)")
+    add_search(p)
     add_finetune(p)
     add_json(p, "prune.json")
     add_data(p)

@@ -29,10 +29,11 @@ METHODS: dict[str, str] = {
     "gate": "edgeprune.prune.gate",
     "slim": "edgeprune.prune.slimming",
     "taylor": "edgeprune.prune.taylor",
+    "taylor_bn": "edgeprune.prune.taylor_bn",
     "thinet": "edgeprune.prune.thinet",
 }
 # prune_model's own keywords: a misspelling of one of these is hinted as such
-KEYWORDS = ("round_to", "train_ds", "progress", "min_ratio", "ignored_layers", "seed", "flops_target")
+KEYWORDS = ("round_to", "train_ds", "progress", "min_ratio", "ignored_layers", "seed", "flops_target", "allocation")
 
 
 def method_module(method: str):
@@ -80,18 +81,25 @@ def _layer_names(ignored_layers: Any) -> tuple[str, ...]:
 def prune_model(model: nn.Module, example_inputs: torch.Tensor, method: str = "l1", ratio: float = 0.5,
                 round_to: int | None = None, *, train_ds: Any = None, progress: bool = True,
                 min_ratio: float = 0.1, ignored_layers: Sequence[str] = (), seed: int = 0,
-                flops_target: float | None = None, **options: Any) -> PruneResult:
+                flops_target: float | None = None, allocation: str = "global", **options: Any) -> PruneResult:
     """Prune a copy of ``model`` with ``method``; method-specific knobs go in ``options``.
 
     ``ignored_layers``: module names kept whole (a container's name keeps every layer under it);
-    ``min_ratio``: the share of its width every group keeps at least, in [0, 1).
+    ``min_ratio``: the share of its width every group keeps at least, in [0, 1);
+    ``allocation``: ``global`` (channels ranked across groups) or ``uniform`` (every group loses
+    ``ratio`` of its channels, on the multiple) — uniform only for methods that select by score once
+    (``ALLOCATIONS`` in the method's module).
     """
     check_inputs(model, example_inputs)
     module = method_module(method)
     ctx = PruneContext(example_inputs=example_inputs, ratio=ratio, round_to=round_to, min_ratio=min_ratio,
                        ignored_layers=_layer_names(ignored_layers), train_ds=train_ds, flops_target=flops_target,
-                       progress=progress, seed=seed, options={"method": method, **options})
+                       progress=progress, seed=seed, options={"method": method, **options}, allocation=allocation)
     check_context(ctx)
+    if allocation not in getattr(module, "ALLOCATIONS", ("global",)):
+        raise UserInputError(f"method {method} has its own allocation of channels over layers; "
+                             f"--allocation {allocation} does not apply to it",
+                             "use --allocation uniform with l1, l2, random, taylor or taylor_bn")
     check_options(method, options)
     return module.prune(model, ctx)
 

@@ -41,6 +41,7 @@ class PruneContext:
     progress: bool = True
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)  # method-specific knobs
+    allocation: str = "global"    # how a ratio is spread over groups: global ranking or the same share each
 
     def option(self, key: str, default: Any) -> Any:
         return self.options.get(key, default)
@@ -73,8 +74,13 @@ class PruneResult:
                 "channels_before": before, "channels_after": after, "groups": self.groups, **self.extra}
 
 
+ALLOCATIONS = ("global", "uniform")
+
+
 def check_context(ctx: PruneContext) -> None:
-    """Raise ``UserInputError`` for a ratio, multiple or minimum width out of range."""
+    """Raise ``UserInputError`` for a ratio, multiple, minimum width or allocation out of range."""
+    if ctx.allocation not in ALLOCATIONS:
+        raise UserInputError(f"unknown allocation {ctx.allocation!r}", f"choose one of: {', '.join(ALLOCATIONS)}")
     if isinstance(ctx.ratio, bool) or not isinstance(ctx.ratio, numbers.Real) or not 0.0 < ctx.ratio < 1.0:
         raise UserInputError(f"pruning ratio must be a number in (0, 1), got {ctx.ratio!r}", "pass e.g. ratio=0.5")
     if ctx.round_to is not None and (isinstance(ctx.round_to, bool) or not isinstance(ctx.round_to, numbers.Integral)
@@ -123,7 +129,11 @@ def prune_with_scores(model: nn.Module, ctx: PruneContext, method: str,
     if not graph.groups:
         raise no_groups_error()
     scores = scores_fn(graph, ctx)
-    counts = select.global_counts(scores, ctx.ratio, ctx.round_to, ctx.min_ratio, normalize=normalize,
-                                  multiples=multiples(graph, ctx.round_to))
+    if ctx.allocation == "uniform":
+        counts = select.uniform_counts([g.channels for g in graph.groups], ctx.ratio, ctx.round_to, ctx.min_ratio,
+                                       multiples=multiples(graph, ctx.round_to))
+    else:
+        counts = select.global_counts(scores, ctx.ratio, ctx.round_to, ctx.min_ratio, normalize=normalize,
+                                      multiples=multiples(graph, ctx.round_to))
     records = apply_counts(graph, scores, counts)
     return PruneResult(pruned, method, ctx.ratio, ctx.round_to, records)

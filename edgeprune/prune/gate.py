@@ -63,6 +63,7 @@ from edgeprune.prune.base import PruneContext, PruneResult, check_context, keep_
 from edgeprune.prune.base import floors as group_floors
 from edgeprune.prune.gate_gbn import GateSet, anchor_keep, group_anchors, group_scores, melt_into
 from edgeprune.prune.graph import PruneGraph
+from edgeprune.prune.importance import Importance
 from edgeprune.prune.options import from_dataclass
 from edgeprune.train import train
 
@@ -192,6 +193,10 @@ def scores(graph: PruneGraph, ctx: PruneContext) -> list[np.ndarray]:
     settings = GateSettings.from_context(ctx)
     theta = gate_scores(graph.model, graph, ds, settings, ctx.seed, ctx.progress)
     return group_scores(group_anchors(graph), theta, [g.channels for g in graph.groups])
+
+
+IMPORTANCES = {"gate": Importance("gate", scores, NORMALIZE, True,
+                                 "Gate Decorator's Taylor gate scores (one tick's batches)")}
 
 
 def _tick(model: nn.Module, gates: GateSet, ds: Any, s: GateSettings, classifier: set[str], seed: int) -> None:

@@ -15,7 +15,9 @@ from torch import nn
 
 from edgeprune.prune.base import PruneContext, PruneResult, prune_with_scores
 from edgeprune.prune.graph import PruneGraph
+from edgeprune.prune.importance import Importance
 
+ALLOCATIONS = ("global", "uniform")  # prune_with_scores spreads a ratio either way
 NORMALIZE = True
 OPTIONS: tuple = ()  # l1, l2 and random take no method options (random uses the run's seed)
 
@@ -31,11 +33,18 @@ def random_scores(graph: PruneGraph, seed: int = 0) -> list[np.ndarray]:
     return [rng.random(g.channels) for g in graph.groups]
 
 
+IMPORTANCES = {
+    "l1": Importance("l1", lambda graph, ctx: magnitude_scores(graph, p=1), NORMALIZE, False,
+                     "L1 norm of each channel's weights (Li et al. 2017)"),
+    "l2": Importance("l2", lambda graph, ctx: magnitude_scores(graph, p=2), NORMALIZE, False,
+                     "L2 norm of each channel's weights"),
+    "random": Importance("random", lambda graph, ctx: random_scores(graph, ctx.seed), NORMALIZE, False,
+                         "uniform random scores (seeded)"),
+}
+
+
 def scores(graph: PruneGraph, ctx: PruneContext) -> list[np.ndarray]:
-    method = ctx.option("method", "l1")
-    if method == "random":
-        return random_scores(graph, ctx.seed)
-    return magnitude_scores(graph, p=2 if method == "l2" else 1)
+    return IMPORTANCES[ctx.option("method", "l1")].scores(graph, ctx)
 
 
 def prune(model: nn.Module, ctx: PruneContext) -> PruneResult:

@@ -53,6 +53,7 @@ from edgeprune.prune import select
 from edgeprune.prune.base import PruneContext, PruneResult, apply_counts, check_context, multiples, no_groups_error
 from edgeprune.prune.base import floors as group_floors
 from edgeprune.prune.graph import PruneGraph
+from edgeprune.prune.importance import Importance
 from edgeprune.prune.options import Option
 
 NORMALIZE = False
@@ -131,6 +132,10 @@ def scores(graph: PruneGraph, ctx: PruneContext) -> list[np.ndarray]:
     known = [s for s in raw if s is not None]
     top = max((float(s.max()) for s in known if s.size), default=1.0)
     return [s if s is not None else np.full(g.channels, top) for g, s in zip(graph.groups, raw)]
+
+
+IMPORTANCES = {"slim": Importance("slim", scores, NORMALIZE, False,
+                                 "|gamma| of each channel's BN (after sparsity training when run as a method)")}
 
 
 def _options(ctx: PruneContext) -> dict[str, Any]:

@@ -40,8 +40,10 @@ from tqdm import tqdm
 from edgeprune.errors import UserInputError
 from edgeprune.prune.base import PruneContext, PruneResult, prune_with_scores
 from edgeprune.prune.graph import PruneGraph
+from edgeprune.prune.importance import Importance
 from edgeprune.prune.options import Option
 
+ALLOCATIONS = ("global", "uniform")  # prune_with_scores spreads a ratio either way
 NORMALIZE = True
 OPTIONS = (
     Option("taylor_batches", "int", 32, "mini-batches of training data the scores average over"),
@@ -106,14 +108,20 @@ def _overlap(module: nn.Module, out_map: dict[int, int], in_map: dict[int, int])
     return twice
 
 
-def group_contribution(graph: PruneGraph, index: int) -> torch.Tensor:
-    """z_c = sum of g * w over the set of parameters that group ``index`` removes with channel c."""
+def group_contribution(graph: PruneGraph, index: int, bn_only: bool = False) -> torch.Tensor:
+    """z_c = sum of g * w over the set of parameters that group ``index`` removes with channel c.
+
+    ``bn_only``: only the group's BatchNorm layers count (gamma_c * dL/dgamma_c + beta_c * dL/dbeta_c
+    summed over every BN of the coupled group: HALP's importance).
+    """
     group = graph.groups[index]
     z = torch.zeros(group.channels, dtype=torch.float64)
     maps: dict[tuple[int, bool], dict[int, int]] = {}
     modules: dict[int, nn.Module] = {}
     for i, (dep, idxs) in enumerate(group.tp_group):
         module = dep.target.module
+        if bn_only and not isinstance(module, nn.modules.batchnorm._BatchNorm):
+            continue
         out_pruned = bool(graph.dg.is_out_channel_pruning_fn(dep.handler))
         root_idxs = group.tp_group[i].root_idxs
         if (id(module), out_pruned) in maps or root_idxs is None or any(r is None for r in root_idxs):
@@ -143,7 +151,7 @@ def batch_plan(n_items: int, batches: int, batch_size: int, seed: int) -> list[l
 
 
 def taylor_scores(graph: PruneGraph, ds, *, batches: int = 32, batch_size: int = 64, seed: int = 0,
-                  square: bool = False, progress: bool = True) -> list[np.ndarray]:
+                  square: bool = False, progress: bool = True, bn_only: bool = False) -> list[np.ndarray]:
     """Mean over batches of |z_c| (or z_c^2) for every channel of every group of ``graph``."""
     from edgeprune.data.memory import fetch
 
@@ -159,7 +167,7 @@ def taylor_scores(graph: PruneGraph, ds, *, batches: int = 32, batch_size: int =
             with torch.enable_grad():
                 F.cross_entropy(model(x), y).backward()
             for gi, total in enumerate(totals):
-                z = group_contribution(graph, gi)
+                z = group_contribution(graph, gi, bn_only)
                 total += z * z if square else z.abs()
     finally:
         model.zero_grad(set_to_none=True)
@@ -172,6 +180,10 @@ def scores(graph: PruneGraph, ctx: PruneContext) -> list[np.ndarray]:
     return taylor_scores(graph, ctx.require_data("taylor"), batches=opts["taylor_batches"],
                          batch_size=opts["taylor_batch_size"], seed=ctx.seed,
                          square=opts["taylor_square"], progress=ctx.progress)
+
+
+IMPORTANCES = {"taylor": Importance("taylor", scores, NORMALIZE, True,
+                                     "first-order Taylor over every parameter a channel removes (Molchanov 2019)")}
 
 
 def prune(model: nn.Module, ctx: PruneContext) -> PruneResult:

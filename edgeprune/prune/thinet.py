@@ -61,6 +61,7 @@ from edgeprune.errors import UserInputError
 from edgeprune.prune import select
 from edgeprune.prune.base import PruneContext, PruneResult, check_context, multiples, no_groups_error
 from edgeprune.prune.graph import ChannelGroup, PruneGraph
+from edgeprune.prune.importance import Importance
 from edgeprune.prune.options import Option
 from edgeprune.prune.thinet_stats import Probe, collect, group_probes
 from edgeprune.train import train
@@ -287,3 +288,6 @@ def scores(graph: PruneGraph, ctx: PruneContext) -> list[np.ndarray]:
     probes = measure(graph, graph.groups, ctx)
     return [order_scores(objective(probes[g.index])) if probes[g.index] else _magnitude(g)
             for g in graph.groups]
+
+
+IMPORTANCES = {"thinet": Importance("thinet", scores, NORMALIZE, True, "ThiNet's greedy reconstruction order")}

@@ -15,7 +15,7 @@ reachable prediction instead of returning a zero-width model.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -35,6 +35,11 @@ class SearchResult:
     retained_importance: float
     steps: int
     trace: list[dict[str, Any]]
+    strategy: str = "greedy"
+    candidates: list[dict[str, Any]] = field(default_factory=list)  # what arbitration compared (knapsack)
+    winner: str = "greedy"
+    why: str = ""
+    importance: str = ""
 
 
 def _sorted_scores(scores: Sequence[np.ndarray], normalize: bool) -> list[np.ndarray]:

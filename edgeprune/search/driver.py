@@ -22,6 +22,7 @@ from edgeprune.errors import GateFailed, UserInputError
 from edgeprune.measure.protocol import MeasureSettings
 from edgeprune.prune.base import PruneContext, PruneResult, check_context
 from edgeprune.search.budget import BudgetError
+from edgeprune.search.allocate import SearchSettings
 from edgeprune.search.hardware import HardwareSearch
 from edgeprune.ui import info
 
@@ -38,10 +39,10 @@ def parse_budget(text: str) -> tuple[float, bool]:
 
 
 def _search(hs: HardwareSearch, pctx: PruneContext, method: str, target_ms: float, budget_ms: float,
-            tries: list[dict[str, Any]]):
+            tries: list[dict[str, Any]], settings: SearchSettings):
     """One search; after a measured miss an unreachable tightened aim is the measurements' doing, not the input's."""
     try:
-        return hs.search(pctx, method, target_ms)
+        return hs.search(pctx, method, target_ms, settings)
     except BudgetError as exc:
         if not tries:
             raise
@@ -55,13 +56,27 @@ def _search(hs: HardwareSearch, pctx: PruneContext, method: str, target_ms: floa
 
 def prune_to_budget(model: nn.Module, example: torch.Tensor, profile: dict[str, Any], budget: str,
                     method: str, pctx: PruneContext, threads: int, calib: np.ndarray | None,
-                    attempts: int = 3, progress: bool = True) -> tuple[PruneResult, dict[str, Any]]:
+                    attempts: int = 3, progress: bool = True,
+                    search: SearchSettings | None = None,
+                    state: dict[str, Any] | None = None) -> tuple[PruneResult, dict[str, Any]]:
+    """``search``: the strategy and its knobs (default: the greedy search, as before the knapsack existed).
+
+    ``state``: a dict kept between calls on the same model and target (the accuracy-bar search): its
+    latency table, predictor and measurements are reused instead of built and measured again.
+    """
+    search = search or SearchSettings(strategy="greedy", seed=pctx.seed)
+    search.check()
     value, relative = parse_budget(budget)
     check_context(pctx)
     settings = MeasureSettings(threads=threads, warmup_s=0.5, min_seconds=1.0)
-    hs = HardwareSearch(model, example, profile, profile["precision"], threads, settings, calib, progress,
-                        multiple=pctx.round_to, ignored_layers=pctx.ignored_layers)
-    fit = hs.calibrate()
+    state = {} if state is None else state
+    if "hs" in state:
+        hs, fit = state["hs"], state["hs"].predictor.fit
+    else:
+        hs = HardwareSearch(model, example, profile, profile["precision"], threads, settings, calib, progress,
+                            multiple=pctx.round_to, ignored_layers=pctx.ignored_layers)
+        fit = state["fit"] = hs.calibrate()
+        state["hs"] = hs
     budget_ms = value * hs.baseline_ms if relative else value
     info(f"      baseline measured {hs.baseline_ms:.3f} ms; budget {budget_ms:.3f} ms; "
          f"predictor fit on {fit['samples']} models (scale {fit['scale']:.2f}, offset {fit['offset_ms']:+.3f} ms)")
@@ -71,11 +86,11 @@ def prune_to_budget(model: nn.Module, example: torch.Tensor, profile: dict[str, 
     tries = []
     target_ms = budget_ms  # what the search aims at by prediction; tightened after each miss
     for attempt in range(1, attempts + 1):
-        result, found = _search(hs, pctx, method, target_ms, budget_ms, tries)
+        result, found = _search(hs, pctx, method, target_ms, budget_ms, tries, search)
         measured = hs.measure_model(result.model)
         tries.append({"attempt": attempt, "search_target_ms": target_ms, "predicted_ms": found.predicted_ms,
                       "measured_ms": measured, "counts": found.counts,
-                      "retained_importance": found.retained_importance})
+                      "retained_importance": found.retained_importance, "winner": found.winner})
         info(f"      attempt {attempt}: aimed at {target_ms:.3f} ms, predicted {found.predicted_ms:.3f} ms, "
              f"measured {measured:.3f} ms")
         if measured <= budget_ms:
@@ -87,12 +102,14 @@ def prune_to_budget(model: nn.Module, example: torch.Tensor, profile: dict[str, 
         raise GateFailed(f"budget {budget_ms:.3f} ms not met after {attempts} attempts: "
                          + "; ".join(f"predicted {t['predicted_ms']:.3f} / measured {t['measured_ms']:.3f} ms" for t in tries),
                          "raise the budget or allow more attempts (--budget-attempts)")
-    search = {"budget_ms": budget_ms, "budget_arg": budget, "baseline_measured_ms": hs.baseline_ms,
+    report = {"budget_ms": budget_ms, "budget_arg": budget, "baseline_measured_ms": hs.baseline_ms,
+              "strategy": search.strategy, "importance": found.importance, "winner": found.winner, "why": found.why,
+              "candidates": found.candidates, "schedule": found.trace if search.strategy == "knapsack" else [],
               "attempts": tries, "predictor": hs.predictor.fit, "table": hs.table["meta"],
               "groups": [{"group": g.root_name, "width": w, "kept": c}
                          for g, w, c in zip(hs.graph.groups, hs.widths, tries[-1]["counts"])],
               "staircase": staircase(hs)}
-    return result, search
+    return result, report
 
 
 def staircase(hs: HardwareSearch, top: int = 3) -> list[dict[str, Any]]:

@@ -30,7 +30,7 @@ from edgeprune.export import export_onnx
 from edgeprune.measure.lut_build import build_table
 from edgeprune.measure.predictor import Predictor
 from edgeprune.measure.protocol import MeasureSettings, measure
-from edgeprune.prune import check_options, method_module
+from edgeprune.prune import check_options
 from edgeprune.prune.base import PruneContext, PruneResult, apply_counts, multiples, no_groups_error
 from edgeprune.prune.graph import PruneGraph
 from edgeprune.prune.select import min_keep, uniform_counts
@@ -107,18 +107,28 @@ class HardwareSearch:
         apply_counts(graph, scores, counts)
         return graph.model
 
-    def search(self, ctx: PruneContext, method: str, budget_ms: float) -> tuple[PruneResult, SearchResult]:
-        """Counts within ``budget_ms`` by prediction, from ``method``'s scores; the pruned copy."""
-        mod = method_module(method)
-        if not hasattr(mod, "scores"):
-            raise UserInputError(f"method {method} has no channel scores for the latency-budget search",
-                                 "use --ratio with this method, or l1, l2, random, taylor, slim, gate or thinet")
+    def search(self, ctx: PruneContext, method: str, budget_ms: float,
+               settings: "SearchSettings | None" = None) -> tuple[PruneResult, SearchResult]:
+        """Counts within ``budget_ms`` by prediction, from ``method``'s channel importance; the pruned copy.
+
+        ``settings.strategy``: ``knapsack`` (iterative knapsack + candidates + adaptive-BN arbitration,
+        ``search.allocate``) or ``greedy`` (``budget.search_counts`` on the unpruned network's scores).
+        """
+        from edgeprune.prune import importance as importance_registry
+        from edgeprune.search.allocate import Allocator, SearchSettings
+
+        settings = settings or SearchSettings(strategy="greedy")
+        settings.check()
+        imp = importance_registry.get(method)
         check_options(method, {k: v for k, v in ctx.options.items() if k != "method"})
+        if settings.strategy == "knapsack":
+            return Allocator(self, ctx, method, settings).run(budget_ms)
         graph = self._graph()
-        scores = mod.scores(graph, ctx)
+        scores = imp.scores(graph, ctx)
         floors = [min_keep(w, m, ctx.min_ratio) for w, m in zip(self.widths, self.multiples)]
         found = search_counts(self.predictor, self.widths, scores, budget_ms, self.multiples, floors,
-                              normalize=getattr(mod, "NORMALIZE", True))
+                              normalize=imp.normalize)
+        found.importance = imp.name
         records = apply_counts(graph, scores, found.counts)
         ratio = 1 - sum(found.counts) / sum(self.widths)
         return PruneResult(graph.model, method, ratio, self.multiple, records), found

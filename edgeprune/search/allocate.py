@@ -1,0 +1,271 @@
+"""The default budget search: iterative latency-saliency knapsack, then arbitration by adaptive BatchNorm.
+
+1. **Iterative schedule** (HALP): the predicted latency walks from the unpruned model's down to the
+   budget in ``steps`` equal steps. Each step scores the channels of the network *as it stands*
+   (the run's importance, e.g. BN Taylor), solves the knapsack with the neighbours' current widths
+   (``knapsack.solve``), removes the dropped channels physically and fine-tunes the smaller network
+   for ``step_batches`` mini-batches (a physically pruned network is the masked one without its
+   zeros, so this is HALP's masked fine-tune). The original index of every kept channel is tracked.
+2. **Candidates** that meet the budget by prediction: the iterative result, the one-shot knapsack
+   on the unpruned network's scores, the greedy search (``budget.search_counts``), uniform pruning
+   (every group loses the same share, the least pruning that meets the budget) with the run's
+   importance and with L1, and ``random_candidates`` random allocations scaled to the budget
+   (EagleEye). Every candidate is a set of channels of the *original* network, with its weights.
+3. **Arbitration** (EagleEye): each candidate's BN statistics are re-estimated on ``bn_images``
+   training images (``prune.bn.recalibrate_bn``) and its top-1 is taken on ``holdout_images`` held-out
+   *training* images (never the test set). The most accurate wins (ties: the faster prediction);
+   the caller measures it on the target and fine-tunes it like any pruned model. The iterative
+   schedule's fine-tuned weights are used to choose channels only, so every candidate is judged
+   from the same weights and the winner gets the same fine-tune as a uniform model would.
+
+Because uniform pruning is a candidate, the search loses to it only through the proxy's error
+(BN-recalibrated accuracy ranks sub-networks imperfectly) or the predictor's.
+Invariants: every candidate's predicted latency is within the budget; every group keeps at least
+its floor and one channel; the result lists every candidate with its predicted latency, held-out
+top-1 and the share of channels it keeps, and names the winner.
+"""
+from __future__ import annotations
+
+import copy
+import sys
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Subset
+from tqdm import tqdm
+
+from edgeprune.errors import UserInputError
+from edgeprune.prune import importance as importance_registry
+from edgeprune.prune.base import PruneContext, PruneResult, keep_lists
+from edgeprune.prune.bn import recalibrate_bn
+from edgeprune.prune.graph import PruneGraph
+from edgeprune.prune.select import min_keep, round_channels, uniform_counts
+from edgeprune.search import knapsack
+from edgeprune.search.budget import BudgetError, SearchResult, search_counts
+from edgeprune.ui import info
+
+STRATEGIES = ("knapsack", "greedy")
+
+
+@dataclass
+class SearchSettings:
+    """How the budget search runs (``--search`` and friends)."""
+
+    strategy: str = "knapsack"     # knapsack (this module) or greedy (budget.search_counts alone)
+    steps: int = 3                 # knapsack schedule steps
+    step_batches: int = 30         # fine-tune mini-batches between steps
+    step_lr: float = 0.01
+    batch_size: int = 64
+    max_cut: float = 0.5           # no group loses more than this share unless the budget needs it
+    random_candidates: int = 4
+    bn_images: int = 512
+    holdout_images: int = 1000
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise UserInputError(f"unknown search strategy {self.strategy!r}", f"choose one of: {', '.join(STRATEGIES)}")
+        if not 0.0 < self.max_cut <= 1.0:
+            raise UserInputError(f"maximum cut per layer must be in (0, 1], got {self.max_cut}", "pass e.g. --max-cut 0.5")
+
+
+def split_train(ds, holdout: int, seed: int = 0) -> tuple[Any, Any]:
+    """(fit, held-out) subsets of ``ds``: ``holdout`` items of a seeded permutation are held out."""
+    n = len(ds)
+    holdout = max(1, min(int(holdout), n // 5)) if n > 1 else 0
+    order = np.random.default_rng(seed + 104729).permutation(n)
+    return Subset(ds, [int(i) for i in order[holdout:]]), Subset(ds, [int(i) for i in order[:holdout]])
+
+
+def _evaluate(model: nn.Module, ds) -> float:
+    from edgeprune.train import evaluate
+
+    return evaluate(model, ds, progress=False)
+
+
+@dataclass
+class Candidate:
+    name: str
+    counts: list[int]
+    keep: dict[int, list[int]]      # group index -> kept channel indices of the original network
+    predicted_ms: float
+    holdout_top1: float | None = None
+    note: str = ""
+
+    def row(self, widths: list[int]) -> dict[str, Any]:
+        shares = [c / w for c, w in zip(self.counts, widths)]
+        return {"name": self.name, "predicted_ms": self.predicted_ms, "holdout_top1": self.holdout_top1,
+                "kept_share": sum(self.counts) / sum(widths), "min_group_share": min(shares),
+                "counts": list(self.counts), "note": self.note}
+
+
+class Allocator:
+    """The knapsack strategy over one ``HardwareSearch`` (its graph, predictor, multiples)."""
+
+    def __init__(self, hs, ctx: PruneContext, importance: str, settings: SearchSettings):
+        self.hs, self.ctx, self.s = hs, ctx, settings
+        self.imp = importance_registry.get(importance)
+        data = ctx.train_ds
+        if data is None:
+            raise UserInputError("the knapsack budget search needs training data (held-out images to compare "
+                                 "candidates on)", "pass --data, or --search greedy")
+        self.fit_ds, self.holdout_ds = split_train(data, settings.holdout_images, settings.seed)
+        self.widths = list(hs.widths)
+        self.floors = [min_keep(w, m, ctx.min_ratio) for w, m in zip(self.widths, hs.multiples)]
+        self._scores0: list[np.ndarray] | None = None
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _ctx(self, **kw) -> PruneContext:
+        return replace(self.ctx, train_ds=self.fit_ds, progress=False, **kw)
+
+    def _graph(self, model: nn.Module) -> PruneGraph:
+        graph = PruneGraph(model, self.hs.example, self.hs.ignored_layers)
+        got = [g.root_name for g in graph.groups]
+        want = [g.root_name for g in self.hs.graph.groups]
+        if got != want:
+            raise RuntimeError(f"pruned network's groups {got[:3]}... differ from the original's {want[:3]}...")
+        return graph
+
+    def original_scores(self) -> list[np.ndarray]:
+        if self._scores0 is None:
+            self._scores0 = self.imp.scores(self.hs._graph(), self._ctx())
+        return self._scores0
+
+    def _from_counts(self, name: str, counts: list[int], scores: list[np.ndarray] | None = None, note: str = "") -> Candidate:
+        graph = self.hs._graph()
+        keep = keep_lists(graph, scores if scores is not None else self.original_scores(), counts)
+        return Candidate(name, list(counts), keep, self.hs.predictor.predict(counts), note=note)
+
+    # -- the iterative knapsack ----------------------------------------------------------------
+    def iterative(self, budget_ms: float) -> tuple[Candidate, list[dict[str, Any]]]:
+        from edgeprune.train import train
+
+        hs, s = self.hs, self.s
+        model = copy.deepcopy(hs.model).eval()
+        counts = list(self.widths)
+        ids = [list(range(w)) for w in self.widths]
+        start = hs.predictor.predict(counts)
+        trace = []
+        for step in range(1, s.steps + 1):
+            aim = start - (start - budget_ms) * step / s.steps
+            graph = self._graph(model)
+            scores = self.imp.scores(graph, self._ctx(seed=self.ctx.seed + step))
+            found = knapsack.solve(hs.predictor, self.widths, scores, aim, hs.multiples, self.floors,
+                                   current=counts, normalize=self.imp.normalize, max_cut=s.max_cut)
+            keep = keep_lists(graph, scores, found.counts)
+            graph.apply(keep)
+            ids = [[ids[g][i] for i in keep[g]] for g in range(len(ids))]
+            counts = list(found.counts)
+            trace.append({"step": step, "aim_ms": aim, "predicted_ms": found.predicted_ms,
+                          "max_cut": found.trace[-1]["max_cut"], "kept_share": sum(counts) / sum(self.widths)})
+            if step < s.steps and s.step_batches > 0:
+                model = graph.model
+                recalibrate_bn(model, self.fit_ds, self.s.bn_images, seed=self.s.seed)
+                train(model, self.fit_ds, epochs=1.0, max_steps=s.step_batches, lr=s.step_lr,
+                      batch_size=s.batch_size, augment=False, progress=False, desc="search step",
+                      seed=self.ctx.seed + step)
+                model.eval()
+            else:
+                model = graph.model
+        cand = Candidate(f"knapsack ({s.steps} steps)", counts, {g: ids[g] for g in range(len(ids))},
+                         hs.predictor.predict(counts), note=f"max cut {trace[-1]['max_cut']:.1f}")
+        return cand, trace
+
+    # -- the other candidates ------------------------------------------------------------------
+    def uniform(self, budget_ms: float) -> list[int] | None:
+        """The least uniform pruning (on the multiples) whose prediction meets the budget."""
+        for r in np.arange(0.01, 0.96, 0.01):
+            counts = uniform_counts(self.widths, float(r), min_ratio=self.ctx.min_ratio, multiples=self.hs.multiples)
+            if self.hs.predictor.predict(counts) <= budget_ms:
+                return counts
+        return None
+
+    def random_allocations(self, budget_ms: float, n: int, max_cut: float) -> list[list[int]]:
+        rng = np.random.default_rng(self.s.seed + 7)
+        out = []
+        for _ in range(n):
+            willing = rng.uniform(0.2, 1.0, len(self.widths))
+            for t in np.arange(0.02, 3.0, 0.02):
+                counts = [round_channels(w * (1 - min(max_cut, t * u)), w, m, f)
+                          for w, u, m, f in zip(self.widths, willing, self.hs.multiples, self.floors)]
+                if self.hs.predictor.predict(counts) <= budget_ms:
+                    out.append(counts)
+                    break
+        return out
+
+    def candidates(self, budget_ms: float) -> tuple[list[Candidate], list[dict[str, Any]]]:
+        s = self.s
+        best, trace = self.iterative(budget_ms)
+        cands = [best]
+        cut = max(s.max_cut, max(t["max_cut"] for t in trace))
+        scores0 = self.original_scores()
+        if s.steps > 1:
+            one = knapsack.solve(self.hs.predictor, self.widths, scores0, budget_ms, self.hs.multiples, self.floors,
+                                 normalize=self.imp.normalize, max_cut=s.max_cut)
+            cands.append(self._from_counts("knapsack (one shot)", one.counts))
+        try:
+            greedy = search_counts(self.hs.predictor, self.widths, scores0, budget_ms, self.hs.multiples,
+                                   self.floors, normalize=self.imp.normalize)
+            cands.append(self._from_counts("greedy", greedy.counts))
+        except BudgetError:
+            pass
+        uni = self.uniform(budget_ms)
+        if uni is not None:
+            cands.append(self._from_counts(f"uniform ({self.imp.name})", uni))
+            if self.imp.name != "l1":
+                l1 = importance_registry.get("l1").scores(self.hs._graph(), self._ctx())
+                cands.append(self._from_counts("uniform (l1)", uni, l1))
+        for i, counts in enumerate(self.random_allocations(budget_ms, s.random_candidates, cut)):
+            cands.append(self._from_counts(f"random {i + 1}", counts))
+        unique, seen = [], set()
+        for c in cands:
+            key = tuple(tuple(c.keep[g]) for g in sorted(c.keep))
+            if key not in seen:
+                seen.add(key)
+                unique.append(c)
+        return unique, trace
+
+    def subnet(self, cand: Candidate) -> nn.Module:
+        graph = self.hs._graph()
+        graph.apply(cand.keep)
+        return graph.model
+
+    def arbitrate(self, cands: list[Candidate]) -> tuple[Candidate, nn.Module]:
+        best = None
+        for cand in tqdm(cands, desc="candidates", disable=not self.ctx.progress, file=sys.stderr, leave=False):
+            model = recalibrate_bn(self.subnet(cand).eval(), self.fit_ds, self.s.bn_images, seed=self.s.seed)
+            cand.holdout_top1 = _evaluate(model, self.holdout_ds)
+            if best is None or (cand.holdout_top1, -cand.predicted_ms) > (best[0].holdout_top1, -best[0].predicted_ms):
+                best = (cand, model)
+        return best
+
+    def run(self, budget_ms: float) -> tuple[PruneResult, SearchResult]:
+        fastest = self.hs.predictor.predict(
+            [knapsack.options_for(w, m, f, w, 1.0)[0] for w, m, f in zip(self.widths, self.hs.multiples, self.floors)])
+        if fastest > budget_ms:
+            raise BudgetError(f"latency budget {budget_ms:.3f} ms cannot be met: the fastest model this search "
+                              f"reaches is predicted at {fastest:.3f} ms",
+                              "raise the budget, keep fewer layers whole (--keep), or lower the minimum width "
+                              "(--min-width SHARE)")
+        with torch.random.fork_rng():
+            cands, trace = self.candidates(budget_ms)
+            winner, model = self.arbitrate(cands)
+        rows = [c.row(self.widths) for c in cands]
+        runner_up = max((c for c in cands if c is not winner), key=lambda c: c.holdout_top1, default=None)
+        why = (f"{winner.name} scored {100 * winner.holdout_top1:.2f}% top-1 on {len(self.holdout_ds)} held-out "
+               f"training images after BN re-estimation" +
+               (f", ahead of {runner_up.name} ({100 * runner_up.holdout_top1:.2f}%)" if runner_up else ""))
+        info(f"      search: {len(cands)} candidates within {budget_ms:.3f} ms predicted; {why}")
+        ranked = knapsack.ranked_scores(self.original_scores(), self.imp.normalize)
+        total = sum(float(r.sum()) for r in ranked) or 1.0
+        kept = sum(float(r[:c].sum()) for r, c in zip(ranked, winner.counts))
+        found = SearchResult(winner.counts, winner.predicted_ms, kept / total, len(trace), trace,
+                             strategy="knapsack", candidates=rows, winner=winner.name, why=why,
+                             importance=self.imp.name)
+        records = [{"group": g.root_name, "before": g.channels, "after": n, "members": len(g.members)}
+                   for g, n in zip(self.hs.graph.groups, winner.counts)]
+        ratio = 1 - sum(winner.counts) / sum(self.widths)
+        return PruneResult(model, self.imp.name, ratio, self.hs.multiple, records), found

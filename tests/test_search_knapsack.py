@@ -1,0 +1,200 @@
+"""The knapsack budget search: capacity and floors, the build's multiple and kept layers, arbitration,
+adaptive BN, uniform allocation, and the fastest model within an accuracy bar.
+
+Searches run against a deterministic cost model (``tests.test_search_multiple``: latency = 1e-4 ms
+per in x out x kernel area, the same for the table and the "measured" check) so they take seconds;
+the importance, BN re-estimation and held-out scoring run for real on the carried Fashion-MNIST subset.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgeprune.data import load_dataset
+from edgeprune.errors import UserInputError
+from edgeprune.models import build_model
+from edgeprune.profiles import load_profile
+from edgeprune.prune import prune_model
+from edgeprune.prune.base import PruneContext
+from edgeprune.prune.bn import recalibrate_bn
+from edgeprune.prune.graph import PruneGraph
+from edgeprune.search import allocate, knapsack
+from edgeprune.search.allocate import SearchSettings
+from edgeprune.search.driver import prune_to_budget
+from edgeprune.search.plan import build_plan
+from edgeprune.train import evaluate, train
+from tests.conftest import MINI_FMNIST, make_tiny_cnn
+from tests.test_search import _staircase_predictor
+from tests.test_search_multiple import fake_runtime  # noqa: F401 (fixture)
+
+EXAMPLE = torch.zeros(1, 1, 28, 28)
+DATA = f"fashion-mnist:{MINI_FMNIST}"
+QUICK = SearchSettings(strategy="knapsack", steps=2, step_batches=2, random_candidates=2, bn_images=64,
+                       holdout_images=60, batch_size=32)
+QUICK_OPTS = {"method": "taylor_bn", "taylor_batches": 2, "taylor_batch_size": 32}
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset(DATA, "train"), load_dataset(DATA, "test")
+
+
+@pytest.fixture(scope="module")
+def r20_plan():
+    graph = PruneGraph(build_model("resnet20", num_classes=10, in_channels=1).eval(), EXAMPLE)
+    return graph, build_plan(graph)
+
+
+class Bilinear:
+    """latency = sum over layers of in x out (x kernel area): two shrunk neighbours save more than either alone."""
+
+    def __init__(self, plan):
+        self.plan = plan
+
+    def predict(self, counts):
+        total = 0.0
+        for layer in self.plan:
+            cin, cout = layer.channels(list(counts))
+            k = layer.sig.kernel[0] * layer.sig.kernel[1] if layer.sig.kind == "conv" else 1
+            total += 1e-4 * (cout * k if layer.sig.kind == "depthwise" else cin * cout * k)
+        return total + 0.01
+
+
+@pytest.mark.parametrize("share", [0.9, 0.7, 0.5, 0.35, 0.2])
+@pytest.mark.parametrize("model", ["staircase", "bilinear"])
+def test_knapsack_never_exceeds_its_capacity_nor_empties_a_group(r20_plan, share, model):
+    graph, plan = r20_plan
+    pred = _staircase_predictor(plan) if model == "staircase" else Bilinear(plan)
+    widths = [g.channels for g in graph.groups]
+    rng = np.random.default_rng(3)
+    scores = [rng.random(w) for w in widths]
+    floors = [4] * len(widths)
+    budget = share * pred.predict(widths)
+    found = knapsack.solve(pred, widths, scores, budget, [4] * len(widths), floors, max_cut=0.5)
+    assert found.predicted_ms <= budget + 1e-12
+    assert pred.predict(found.counts) == pytest.approx(found.predicted_ms)
+    assert all(c >= 4 and (c % 4 == 0 or c == w) and c <= w for c, w in zip(found.counts, widths))
+    if found.trace[-1]["max_cut"] <= 0.5:  # the cap holds unless the search says it relaxed it
+        assert all(c >= w * 0.5 for c, w in zip(found.counts, widths))
+
+
+def test_knapsack_cuts_the_group_whose_channels_matter_less(r20_plan):
+    graph, plan = r20_plan
+    pred = Bilinear(plan)
+    widths = [g.channels for g in graph.groups]
+    # same latency per channel everywhere in a stage; group 0 (stem + stage-1 residual) scores 10x the others
+    scores = [np.full(w, 10.0 if i == 0 else 1.0) for i, w in enumerate(widths)]
+    found = knapsack.solve(pred, widths, scores, 0.8 * pred.predict(widths), [4] * len(widths), [4] * len(widths),
+                           normalize=False)
+    assert found.counts[0] == widths[0]
+    assert sum(found.counts) < sum(widths)
+
+
+def test_knapsack_respects_current_widths_and_refuses_the_unreachable(r20_plan):
+    graph, plan = r20_plan
+    pred = Bilinear(plan)
+    widths = [g.channels for g in graph.groups]
+    current = [max(8, w // 2) for w in widths]
+    found = knapsack.solve(pred, widths, [np.ones(c) for c in current], 0.9 * pred.predict(current),
+                           [4] * len(widths), [4] * len(widths), current=current)
+    assert all(c <= k for c, k in zip(found.counts, current))
+    with pytest.raises(knapsack.BudgetError, match="cannot be met"):
+        knapsack.solve(pred, widths, [np.ones(w) for w in widths], 0.001, [4] * len(widths), [4] * len(widths))
+
+
+def _knapsack_budget(train_ds, profile, round_to, keep=(), budget="0.6x"):
+    torch.manual_seed(0)
+    model = build_model("resnet20", num_classes=10, in_channels=1).eval()
+    pctx = PruneContext(example_inputs=EXAMPLE, round_to=round_to, ignored_layers=keep, progress=False,
+                        train_ds=train_ds, options=QUICK_OPTS)
+    result, search = prune_to_budget(model, EXAMPLE, profile, budget, "taylor_bn", pctx, 1, None, 3, False, QUICK)
+    return model, result, search
+
+
+def test_knapsack_budget_honours_round_to_and_kept_layers(fake_runtime, data):  # noqa: F811
+    profile = {**load_profile("onnxruntime"), "precision": "fp32"}
+    model, result, search = _knapsack_budget(data[0], profile, 16, keep=("layer2.0.conv1", "layer3"), budget="0.9x")
+    assert search["strategy"] == "knapsack" and search["importance"] == "taylor_bn"
+    assert search["table"]["channel_multiple"] == 16 and result.round_to == 16
+    assert all(g["kept"] % 16 == 0 or g["kept"] == g["width"] for g in search["groups"]), search["groups"]
+    before = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    after = {n: m.out_channels for n, m in result.model.named_modules() if isinstance(m, nn.Conv2d)}
+    assert all(after[n] == before[n] for n in before if n == "layer2.0.conv1" or n.startswith("layer3."))
+    assert sum(after.values()) < sum(before.values())
+    assert search["attempts"][-1]["measured_ms"] <= search["budget_ms"]
+    names = [c["name"] for c in search["candidates"]]
+    assert names[0].startswith("knapsack") and any(n.startswith("uniform") for n in names)
+    assert search["winner"] in names
+    assert all(c["predicted_ms"] <= search["budget_ms"] + 1e-9 for c in search["candidates"])
+    assert all(0.0 <= c["holdout_top1"] <= 1.0 for c in search["candidates"])
+
+
+def test_knapsack_budget_uses_the_int8_multiple(fake_runtime, data):  # noqa: F811
+    profile = {**load_profile("onnxruntime"), "precision": "int8", "int8_channel_multiple": 16}
+    _, result, search = _knapsack_budget(data[0], profile, None)
+    assert search["table"]["channel_multiple"] == 16
+    assert all(g["kept"] % 16 == 0 or g["kept"] == g["width"] for g in search["groups"])
+
+
+def test_arbitration_picks_uniform_when_it_scores_best(fake_runtime, data, monkeypatch):  # noqa: F811
+    """Constructed: held-out "accuracy" is 1 minus the spread of the layers' kept shares, so the most even cut wins."""
+    widths_of = lambda m: [mod.out_channels for mod in m.modules() if isinstance(mod, nn.Conv2d)]
+    full = widths_of(build_model("resnet20", num_classes=10, in_channels=1))
+
+    def score(model, ds):
+        shares = [w / f for w, f in zip(widths_of(model), full) if f > 1]
+        return 1.0 - (max(shares) - min(shares))
+
+    monkeypatch.setattr(allocate, "_evaluate", score)
+    _, _, search = _knapsack_budget(data[0], {**load_profile("onnxruntime"), "precision": "fp32"}, 8)
+    assert search["winner"].startswith("uniform"), search["candidates"]
+    assert "uniform" in search["why"]
+
+
+def test_bn_recalibration_raises_accuracy_right_after_pruning(data):
+    train_ds, test_ds = data
+    torch.manual_seed(0)
+    model = make_tiny_cnn(width=32)
+    train(model, train_ds, epochs=3, lr=0.05, batch_size=32, augment=False, progress=False)
+    base = evaluate(model, test_ds, progress=False)
+    pruned = prune_model(model, EXAMPLE, "l1", 0.5, 8, progress=False).model
+    stale = evaluate(pruned, test_ds, progress=False)
+    weights = [p.detach().clone() for p in pruned.parameters()]
+    recalibrate_bn(pruned, train_ds, 512)
+    fresh = evaluate(pruned, test_ds, progress=False)
+    assert base > 0.3, base  # the model learnt something
+    assert fresh > stale + 0.05, (stale, fresh)
+    assert all(torch.equal(a, b) for a, b in zip(weights, pruned.parameters()))  # only statistics changed
+
+
+def test_uniform_allocation_cuts_every_group_by_the_same_share():
+    model = build_model("resnet20", num_classes=10, in_channels=1).eval()
+    result = prune_model(model, EXAMPLE, "l1", 0.5, 8, allocation="uniform", progress=False)
+    assert {g["after"] / g["before"] for g in result.groups} == {0.5}
+    with pytest.raises(UserInputError, match="allocation"):
+        prune_model(model, EXAMPLE, "gate", 0.5, 8, allocation="uniform", progress=False)
+
+
+def test_fastest_within_the_bar_bisects_budgets(fake_runtime, data, tmp_path):  # noqa: F811
+    from edgeprune.build import BuildConfig, fastest_within_bar
+    from edgeprune.ui import Steps
+
+    cfg = BuildConfig(target="onnxruntime", data=DATA, out=str(tmp_path / "o"), max_accuracy_drop=100.0,
+                      finetune_epochs=0, search_steps=1, search_step_batches=0, search_candidates=0,
+                      search_holdout=60, method_options={"taylor_batches": 1, "taylor_batch_size": 32},
+                      bar_probes=2, progress=False)
+    assert cfg.fastest_within_bar and cfg.method == "taylor_bn"
+    torch.manual_seed(0)
+    ctx = {"model": build_model("resnet20", num_classes=10, in_channels=1).eval(), "train_ds": data[0],
+           "test_ds": data[1], "input_shape": (1, 1, 28, 28), "round_to": 8, "threads": 1, "calib": None,
+           "profile": {**load_profile("onnxruntime"), "precision": "fp32"}}
+    pf = fastest_within_bar(cfg, ctx, Steps(1, quiet=True), 0.1)
+    bar = pf["search"]["bar_search"]
+    assert [round(p["share"], 4) for p in bar["probes"]] == [0.5, 0.325]  # every probe passed: go lower
+    assert bar["found"] and bar["chosen_share"] == min(p["share"] for p in bar["probes"] if p["passed"])
+    assert all(p["measured_ms"] <= p["share"] * 27.1 for p in bar["probes"])
+    strict = BuildConfig(target="onnxruntime", data=DATA, out=str(tmp_path / "o"), max_accuracy_drop=0.0)
+    assert strict.fastest_within_bar
+    assert not BuildConfig(target="onnxruntime", data=DATA, out="o", max_accuracy_drop=1.0, ratio=0.3).fastest_within_bar
