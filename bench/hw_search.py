@@ -1,24 +1,27 @@
-"""Hardware-aware search vs uniform L1 vs FLOPs-targeted Torch-Pruning, at equal latency budgets.
+"""Budget search vs the baselines at equal *measured* latency: is the knapsack search the most accurate?
 
-ResNet-20 on Fashion-MNIST (1x1x28x28), fp32, 1 thread. Per target (x86 = OpenVINO, arm64 = ncnn on
-this x86 host) and budget (a share of the unpruned model's p50, median of 3 fresh runs), four candidates:
-- hw: ``HardwareSearch.search`` (L1 scores), checked by measurement and retried like the ``--budget-ms``
-  driver (a miss is fed back and the search aims lower; at most 3 attempts); every budget starts
-  from the same two-point calibration.
-- uniform: every group loses the same share (``select.uniform_counts``, target's channel multiple, L1
-  channels kept); the share is swept, every distinct model measured (2 interleaved rounds, min), and
-  the least-pruned one within budget taken (the fastest one if none is).
-- tp / tp-round: Torch-Pruning's ``MagnitudePruner(global_pruning=True, GroupMagnitudeImportance(p=1),
-  ignored_layers=[fc])`` without / with ``round_to=channel multiple``, ``pruning_ratio`` picked so the
-  MACs drop by the same share as the hw model's (nearest MACs ratio).
-Then the unpruned model and all candidates of a target are measured interleaved in rounds, each run
-a fresh process; a model's figure is its median round's p50. Predicted p50: the two-point calibrated
-predictor (off-grid counts interpolated; counts below the table's range: none). The FLOPs-targeted
-models' "predicted speed-up" is 1 / MACs ratio. Top-1 on the full 10k test set, right after pruning
-and after the same short fine-tune for every model (``--ft-epochs``, SGD ``--ft-lr``, cosine, no aug.).
+Protocol (issue 11), per target and budget (a share of the unpruned model's p50, median of 3 fresh runs):
+- one trained checkpoint for every arm; fp32, 1 thread;
+- arms: ``knapsack`` (the default ``--budget-ms`` search: BN-Taylor importance, iterative knapsack,
+  adaptive-BN arbitration), ``greedy`` (the earlier search, L1 importance), ``uniform`` (every layer
+  loses the same share, L1 channels kept), ``tp`` (Torch-Pruning's global ``MagnitudePruner`` with
+  ``GroupMagnitudeImportance(p=1)`` and ``round_to`` = the target's multiple);
+- knapsack and greedy run the driver's search-measure-tighten loop against the budget (every budget
+  starts from the same calibration); uniform and tp are then *matched on measured latency* to the
+  knapsack model: a few candidates around the predicted (uniform) or MACs (tp) match are measured
+  interleaved with it, and the closest is taken;
+- every arm: BN statistics re-estimated on 512 training images, then the same fine-tune
+  (``--ft-epochs`` of the training set, SGD lr ``--ft-lr``, cosine, batch 128, no augmentation, the seed's
+  batch order), top-1 on the full test set;
+- seeds change the search's randomness (importance batches, random candidates, step fine-tunes) and
+  every arm's fine-tuning order; mean ± std over seeds;
+- final latency: every model of a target measured interleaved in ``--rounds`` rounds, a fresh process
+  per run; a model's figure is its median round's p50; the table says how far each arm is from the
+  knapsack model's latency (the protocol asks for within ±3%).
+Writes bench/results/hw_search.json, hw_search.md and hw_search.png (top-1 vs measured latency).
 
-Usage: python bench/hw_search.py [--weights CKPT | --train-only] [--targets x86,arm64]
-           [--budgets 0.7,0.5,0.35] [--ft-epochs 0.25] [--ft-budgets all|none|0.5,...] [--rounds 3]
+Usage: python bench/hw_search.py --weights CKPT [--targets x86] [--budgets 0.7,0.5,0.35] [--seeds 0,1]
+           [--ft-epochs 0.15] [--rounds 3]
 """
 from __future__ import annotations
 
@@ -27,6 +30,8 @@ import copy
 import datetime
 import json
 import os
+import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -36,40 +41,13 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-SHAPE = (1, 1, 28, 28)
+sys.path.insert(0, str(REPO))
 THREADS, PRECISION = 1, "fp32"
-DEFAULT_CACHE = Path(os.path.expanduser("~")) / ".cache" / "edgeprune" / "bench-lut"
-DEFAULT_WEIGHTS = Path(os.path.expanduser("~")) / ".cache" / "edgeprune" / "bench-weights" / "resnet20-fmnist.pt"
-TP_COARSE = [float(round(r, 3)) for r in np.arange(0.02, 0.951, 0.04)]
-UNIFORM_RATIOS = [float(round(r, 3)) for r in np.arange(0.05, 0.951, 0.025)]
+ARMS = ("knapsack", "greedy", "uniform", "tp")
 
 
 def log(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def baseline(args, train_ds, test_ds) -> tuple[torch.nn.Module, dict]:
-    """The trained ResNet-20: ``--weights`` if given, else trained now (1 epoch) and saved for reuse."""
-    from edgeprune.loading import load_model
-    from edgeprune.models import model_spec
-    from edgeprune.models.checkpoint import save_checkpoint
-    from edgeprune.train import evaluate, train
-
-    info = {}
-    if args.weights:
-        model, _ = load_model("resnet20", args.weights, num_classes=10, in_channels=1)
-        info["weights"] = args.weights
-    else:
-        model, _ = load_model("resnet20", None, num_classes=10, in_channels=1)
-        torch.manual_seed(0)
-        hist = train(model, train_ds, epochs=1, lr=0.05, augment=False, seed=0, desc="baseline")
-        Path(args.save_weights).parent.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(args.save_weights, model, model_spec("resnet20", 10, 1), {"epochs": 1, "lr": 0.05})
-        info.update({"trained_s": hist["seconds"], "weights": args.save_weights})
-        log(f"baseline trained in {hist['seconds'] / 60:.1f} min, saved to {args.save_weights}")
-    info["top1"] = evaluate(model.eval(), test_ds, progress=False)
-    log(f"baseline top-1 {100 * info['top1']:.2f}%")
-    return model.eval(), info
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
 def tp_prune(model, example, ratio: float, round_to: int | None):
@@ -83,351 +61,288 @@ def tp_prune(model, example, ratio: float, round_to: int | None):
     return m
 
 
-class TPSweep:
-    """MACs ratio of Torch-Pruning's global pruning by ``pruning_ratio`` (memoised). With ``round_to`` it is
-    not monotone in the ratio, so ``nearest`` scans a coarse grid, then refines around the best point."""
-
-    def __init__(self, model, example, round_to: int | None, base_macs: int):
-        self.model, self.example, self.round_to, self.base_macs = model, example, round_to, base_macs
-        self.memo: dict[float, float] = {}
-
-    def macs_ratio(self, r: float) -> float:
-        from edgeprune.loading import count_flops_params
-
-        r = round(r, 3)
-        if r not in self.memo:
-            self.memo[r] = count_flops_params(tp_prune(self.model, self.example, r, self.round_to), SHAPE)[0] / self.base_macs
-        return self.memo[r]
-
-    def nearest(self, target: float) -> tuple[float, float]:
-        best = min(TP_COARSE, key=lambda r: abs(self.macs_ratio(r) - target))
-        fine = [best + d / 100 for d in range(-3, 4) if 0 < best + d / 100 < 1]
-        r = min(fine, key=lambda r: abs(self.macs_ratio(r) - target))
-        return float(round(r, 3)), self.macs_ratio(r)
-
-
-def group_counts(hs, model) -> list[int]:
-    """Kept channels of each of ``hs``'s groups in a pruned model (its root layer's out-channels)."""
-    mods = dict(model.named_modules())
-    return [mods[g.root_name].out_channels if hasattr(mods[g.root_name], "out_channels")
-            else mods[g.root_name].out_features for g in hs.graph.groups]
-
-
-def predict(hs, counts) -> float | None:
-    try:
-        return hs.predictor.predict(counts)
-    except KeyError:  # a count below the table's smallest measured width (off the channel grid)
-        return None
-
-
-def hw_candidate(hs, ctx, budget_ms: float, attempts: int = 3) -> tuple[torch.nn.Module, list[int], list[dict]]:
-    """The driver's loop: search by prediction, measure, feed a miss back and aim lower.
-
-    Unlike the driver (which then raises), a later attempt whose aim is unreachable by prediction ends the
-    loop and the last measured attempt is kept (marked over budget), so the budget is still compared."""
-    from edgeprune.search.budget import BudgetError
-
-    calibrated = list(hs.samples)
-    tries, target = [], budget_ms
-    try:
-        for attempt in range(1, attempts + 1):
-            try:
-                result, found = hs.search(ctx, "l1", target)
-            except BudgetError as exc:  # the fed-back predictor says the tightened aim is out of reach
-                if attempt == 1:
-                    raise
-                tries.append({"attempt": attempt, "aimed_ms": target, "gave_up": str(exc)})
-                log(f"      hw attempt {attempt}: gave up ({exc}); keeping attempt {attempt - 1}")
-                break
-            measured = hs.measure_model(result.model)
-            tries.append({"attempt": attempt, "aimed_ms": target, "predicted_ms": found.predicted_ms,
-                          "measured_ms": measured, "counts": found.counts})
-            log(f"      hw attempt {attempt}: aimed {target:.3f} ms, predicted {found.predicted_ms:.3f}, "
-                f"measured {measured:.3f} (budget {budget_ms:.3f})")
-            if measured <= budget_ms:
-                break
-            hs.add_measurement(found.counts, measured)
-            target = min(target, found.predicted_ms) * budget_ms / measured * 0.99
-    finally:  # every budget starts from the same two-point calibration
-        hs.samples = calibrated
-        hs.predictor.calibrate(calibrated)
-    return result.model, found.counts, tries
-
-
-def compile_model(hs, model, dest: Path) -> Path:
-    """Export + compile exactly as ``HardwareSearch.measure_model`` does, keeping the artifact."""
-    from edgeprune.export import export_onnx
-    from edgeprune.targets import require_runtime
-
-    mod = require_runtime(hs.profile["runtime"])
-    onnx_path = export_onnx(model, SHAPE, dest / "m.onnx")["path"]
-    return mod.compile(Path(onnx_path), hs.precision, hs.calib, hs.profile, dest / "art").path
-
-
-def uniform_sweep(hs, scores, tmp: Path) -> list[dict]:
-    """Every distinct uniform-L1 model over ``UNIFORM_RATIOS``, compiled and measured (2 interleaved rounds)."""
-    from edgeprune.measure.protocol import measure_interleaved
-    from edgeprune.prune.select import uniform_counts
-
-    multiple = int(hs.profile["channel_multiple"])
-    seen: dict[tuple, dict] = {}
-    for r in UNIFORM_RATIOS:
-        counts = uniform_counts(hs.widths, r, multiple)
-        if tuple(counts) != tuple(hs.widths) and tuple(counts) not in seen:
-            seen[tuple(counts)] = {"ratio": r, "counts": counts}
-    arts = {}
-    for i, c in enumerate(seen.values()):
-        c["artifact"] = str(compile_model(hs, hs.prune_counts(c["counts"], scores), tmp / f"u{i}"))
-        arts[f"u{i}"] = c["artifact"]
-    log(f"   uniform sweep: {len(arts)} distinct models, 2 interleaved rounds")
-    res = measure_interleaved(arts, hs.settings, rounds=2, progress=True)
-    for i, c in enumerate(seen.values()):
-        c["sweep_ms"] = res[f"u{i}"]["latency"]["p50_ms"]
-    return list(seen.values())
-
-
-def pick_uniform(sweep: list[dict], budget_ms: float) -> dict:
-    ok = [c for c in sweep if c["sweep_ms"] <= budget_ms]
-    if ok:
-        return max(ok, key=lambda c: sum(c["counts"]))
-    return min(sweep, key=lambda c: c["sweep_ms"])
-
-
-
-
-def make_candidates(hs, model, example, scores, budgets, tp_sweeps, base_macs, anchor_ms: float,
-                    tmp: Path) -> dict[str, dict]:
+def macs(model, shape) -> int:
     from edgeprune.loading import count_flops_params
-    from edgeprune.prune.base import PruneContext
-    from edgeprune.search.budget import BudgetError
 
-    ctx = PruneContext(example_inputs=example, progress=False, options={"method": "l1"})
-    multiple = int(hs.profile["channel_multiple"])
-    sweep = uniform_sweep(hs, scores, tmp)
-    cands: dict[str, dict] = {}
-    for b in budgets:
-        budget_ms = b * anchor_ms
-        log(f"   budget {b}x = {budget_ms:.3f} ms")
+    return count_flops_params(model, shape)[0]
+
+
+class Bench:
+    def __init__(self, args, model, train_ds, test_ds):
+        self.args, self.model, self.train_ds, self.test_ds = args, model.eval(), train_ds, test_ds
+        self.shape = (1, train_ds.channels, train_ds.image_size, train_ds.image_size)
+        self.example = torch.zeros(*self.shape)
+        self.tmp = Path(tempfile.mkdtemp(prefix="edgeprune-hwsearch-"))
+        self.n = 0
+
+    def compile(self, hs, model) -> str:
+        from edgeprune.export import export_onnx
+        from edgeprune.targets import require_runtime
+
+        self.n += 1
+        dest = self.tmp / f"m{self.n}"
+        onnx_path = export_onnx(model, self.shape, dest / "m.onnx")["path"]
+        return str(require_runtime(hs.profile["runtime"]).compile(Path(onnx_path), hs.precision, hs.calib,
+                                                                   hs.profile, dest / "art").path)
+
+    def interleaved(self, hs, arts: dict[str, str], rounds: int) -> dict[str, float]:
+        from edgeprune.measure.protocol import measure_interleaved
+
+        res = measure_interleaved(arts, hs.settings, rounds=rounds, progress=False)
+        return {k: float(v["latency"]["p50_ms"]) for k, v in res.items()}
+
+    def searched(self, hs, budget_ms: float, strategy: str, seed: int):
+        from edgeprune.prune.base import PruneContext
+        from edgeprune.search.allocate import SearchSettings
+        from edgeprune.search.driver import prune_to_budget
+
+        method = "taylor_bn" if strategy == "knapsack" else "l1"
+        pctx = PruneContext(example_inputs=self.example, round_to=hs.multiple, train_ds=self.train_ds,
+                            progress=False, seed=seed, options={"method": method})
+        saved = list(hs.samples)
         try:
-            hw_model, counts, tries = hw_candidate(hs, ctx, budget_ms)
-        except BudgetError as exc:  # below the fastest model the search reaches: no comparison at this budget
-            log(f"   budget {b}x skipped: {exc}")
-            continue
-        macs_ratio = count_flops_params(hw_model, SHAPE)[0] / base_macs
-        cands[f"hw@{b}"] = {"method": "hw", "budget": b, "budget_ms": budget_ms, "model": hw_model,
-                            "key": ("l1", tuple(counts)), "attempts": tries, "macs_ratio": macs_ratio}
-        u = pick_uniform(sweep, budget_ms)
-        u_model = hs.prune_counts(u["counts"], scores)
-        cands[f"uniform@{b}"] = {"method": "uniform", "budget": b, "budget_ms": budget_ms, "model": u_model,
-                                 "key": ("l1", tuple(u["counts"])), "artifact": u["artifact"],
-                                 "ratio": u["ratio"], "sweep_ms": u["sweep_ms"],
-                                 "macs_ratio": count_flops_params(u_model, SHAPE)[0] / base_macs}
-        for label, rt in (("tp", None), ("tp-round", multiple)):
-            r, mr = tp_sweeps[rt].nearest(macs_ratio)
-            cands[f"{label}@{b}"] = {"method": label, "budget": b, "budget_ms": budget_ms, "ratio": r,
-                                     "round_to": rt, "model": tp_prune(model, example, r, rt),
-                                     "key": ("tp", r, rt), "macs_ratio": mr}
-    return cands
+            result, search = prune_to_budget(self.model, self.example, hs.profile, f"{budget_ms:.6f}ms", method,
+                                             pctx, THREADS, None, 3, False,
+                                             SearchSettings(strategy=strategy, seed=seed), state={"hs": hs})
+        finally:  # every search starts from the same calibration
+            hs.samples = saved
+            hs.predictor.calibrate(saved)
+        return result.model, search
+
+    def uniform_matched(self, hs, target_art: str, target_pred: float) -> tuple[torch.nn.Module, dict]:
+        from edgeprune.prune.importance import get
+        from edgeprune.prune.select import uniform_counts
+
+        scores = get("l1").scores(hs._graph(), None)  # L1 needs no context
+        options = {}
+        for r in np.arange(0.02, 0.96, 0.01):
+            counts = uniform_counts(hs.widths, float(r), multiples=hs.multiples)
+            options.setdefault(tuple(counts), float(r))
+        near = sorted(options, key=lambda c: abs(hs.predictor.predict(list(c)) - target_pred))[:4]
+        arts = {"target": target_art}
+        models = {}
+        for i, c in enumerate(near):
+            models[f"u{i}"] = (hs.prune_counts(list(c), scores), options[c], list(c))
+            arts[f"u{i}"] = self.compile(hs, models[f"u{i}"][0])
+        ms = self.interleaved(hs, arts, 2)
+        best = min(models, key=lambda k: abs(ms[k] - ms["target"]))
+        return models[best][0], {"ratio": models[best][1], "counts": models[best][2], "match_ms": ms[best],
+                                 "target_ms": ms["target"]}
+
+    def tp_matched(self, hs, target_model, target_art: str) -> tuple[torch.nn.Module, dict]:
+        goal = macs(target_model, self.shape) / macs(self.model, self.shape)
+        grid = {}
+        for r in np.arange(0.02, 0.95, 0.02):
+            grid[float(round(r, 3))] = macs(tp_prune(self.model, self.example, float(r), hs.multiple), self.shape) / macs(self.model, self.shape)
+        near = sorted(grid, key=lambda r: abs(grid[r] - goal))[:4]
+        arts = {"target": target_art}
+        models = {}
+        for i, r in enumerate(near):
+            models[f"t{i}"] = (tp_prune(self.model, self.example, r, hs.multiple), r)
+            arts[f"t{i}"] = self.compile(hs, models[f"t{i}"][0])
+        ms = self.interleaved(hs, arts, 2)
+        best = min(models, key=lambda k: abs(ms[k] - ms["target"]))
+        return models[best][0], {"ratio": models[best][1], "macs_ratio_goal": goal, "match_ms": ms[best],
+                                 "target_ms": ms["target"]}
+
+    def finetune(self, model, seed: int) -> dict:
+        from edgeprune.prune.bn import recalibrate_bn
+        from edgeprune.train import evaluate, train
+
+        m = copy.deepcopy(model)
+        recalibrate_bn(m, self.train_ds, 512, seed=seed)
+        before = evaluate(m, self.test_ds, progress=False)
+        if self.args.ft_epochs > 0:
+            train(m, self.train_ds, epochs=self.args.ft_epochs, lr=self.args.ft_lr, batch_size=128, augment=False,
+                  progress=False, desc="fine-tune", seed=seed)
+        return {"top1_after_prune": before, "top1": evaluate(m.eval(), self.test_ds, progress=False)}
 
 
-def measure_candidates(hs, cands: dict[str, dict], rounds: int, base_art: Path, tmp: Path) -> dict:
-    from edgeprune.measure.protocol import measure_interleaved
-
-    arts = {"base": base_art}
-    for name, c in cands.items():
-        arts[name] = c.get("artifact") or compile_model(hs, c["model"], tmp / name.replace("@", "_"))
-    log(f"   final: {len(arts)} models x {rounds} interleaved rounds")
-    return measure_interleaved(arts, hs.settings, rounds=rounds, progress=True)
-
-
-def fill_rows(hs, cands: dict[str, dict], res: dict) -> list[dict]:
-    base_ms = res["base"]["latency"]["p50_ms"]
-    base_pred = hs.predictor.predict(hs.widths)
-    rows = []
-    for name, c in cands.items():
-        counts = group_counts(hs, c["model"])
-        pred = predict(hs, counts)
-        ms = res[name]["latency"]["p50_ms"]
-        flops_based = c["method"].startswith("tp")
-        pred_speedup = 1 / c["macs_ratio"] if flops_based else (base_pred / pred if pred else None)
-        rows.append({**{k: v for k, v in c.items() if k not in ("model", "key", "artifact")}, "name": name, "counts": counts,
-                     "measured_ms": ms, "rounds_ms": res[name]["rounds"], "within_budget": ms <= c["budget_ms"],
-                     "predicted_ms": pred, "table_speedup": base_pred / pred if pred else None,
-                     "measured_speedup": base_ms / ms, "predicted_speedup": pred_speedup,
-                     "speedup_error_pct": 100 * (pred_speedup / (base_ms / ms) - 1) if pred_speedup else None})
-    return rows
-
-
-def run_target(target: str, model, example, scores, tp_sweeps, base_macs, args) -> dict:
-    from edgeprune.measure.protocol import MeasureSettings, measure_interleaved
+def run_target(bench: Bench, target: str) -> dict:
+    from edgeprune.measure.protocol import MeasureSettings
     from edgeprune.profiles import load_profile
     from edgeprune.search.hardware import HardwareSearch
 
-    profile = load_profile(target)
+    args = bench.args
+    profile = {**load_profile(target), "precision": PRECISION}
     log(f"== {target} ({profile['runtime']})")
     settings = MeasureSettings(threads=THREADS, warmup_s=0.5, min_seconds=1.0)
     t0 = time.perf_counter()
-    hs = HardwareSearch(model, example, profile, PRECISION, THREADS, settings, progress=True)
+    hs = HardwareSearch(bench.model, bench.example, profile, PRECISION, THREADS, settings, progress=False)
     table_s = time.perf_counter() - t0
     fit = hs.calibrate()
-    log(f"   table {table_s:.0f} s ({hs.table['meta']['rows_from_cache']} rows cached); baseline "
-        f"{hs.baseline_ms:.3f} ms; fit scale {fit['scale']:.2f} offset {fit['offset_ms']:+.3f}")
-    with tempfile.TemporaryDirectory(prefix="edgeprune-hwsearch-") as tmp:
-        # budgets are shares of a robust baseline: median of 3 more fresh-process runs (calibration's one run is noisy)
-        base_art = compile_model(hs, hs.model, Path(tmp) / "base")
-        anchor = measure_interleaved({"base": base_art}, settings, rounds=3, progress=False)["base"]
-        log(f"   budget anchor: unpruned p50 {anchor['p50_ms_median']:.3f} ms (median of {anchor['rounds']})")
-        cands = make_candidates(hs, model, example, scores, args.budget_list, tp_sweeps, base_macs,
-                                anchor["p50_ms_median"], Path(tmp))
-        res = measure_candidates(hs, cands, args.rounds, base_art, Path(tmp))
-    rows = fill_rows(hs, cands, res)
-    return {"target": target, "runtime": profile["runtime"], "channel_multiple": profile["channel_multiple"],
-            "table_s": table_s, "table_meta": hs.table["meta"], "calibration": fit, "widths": hs.widths,
-            "baseline_calibration_ms": hs.baseline_ms, "budget_anchor_ms": anchor["p50_ms_median"],
-            "budget_anchor_rounds_ms": anchor["rounds"], "baseline_ms": res["base"]["latency"]["p50_ms"],
-            "baseline_rounds_ms": res["base"]["rounds"], "rows": rows, "models": {n: c["model"] for n, c in cands.items()},
-            "keys": {n: c["key"] for n, c in cands.items()}}
+    base_art = bench.compile(hs, bench.model)
+    anchor = statistics.median(bench.interleaved(hs, {"base": base_art}, 1)["base"] for _ in range(3))
+    log(f"   table {table_s:.0f} s; baseline {anchor:.3f} ms; predictor scale {fit['scale']:.2f} "
+        f"offset {fit['offset_ms']:+.3f}")
+    rows, arts = [], {"base": base_art}
+    for b in args.budget_list:
+        budget_ms = b * anchor
+        for seed in args.seed_list:
+            log(f"   budget {b}x = {budget_ms:.3f} ms, seed {seed}")
+            cell = {}
+            t = time.perf_counter()
+            try:
+                k_model, k_search = bench.searched(hs, budget_ms, "knapsack", seed)
+            except Exception as exc:  # noqa: BLE001 - a failed search is a result of the benchmark
+                log(f"      knapsack failed: {exc}")
+                rows.append({"target": target, "budget": b, "seed": seed, "arm": "knapsack", "error": str(exc)})
+                continue
+            cell["knapsack"] = (k_model, {"winner": k_search["winner"], "candidates": k_search["candidates"],
+                                          "search_s": time.perf_counter() - t,
+                                          "search_measured_ms": k_search["attempts"][-1]["measured_ms"]})
+            k_art = bench.compile(hs, k_model)
+            log(f"      knapsack: winner {k_search['winner']}, measured {k_search['attempts'][-1]['measured_ms']:.3f} ms")
+            try:
+                g_model, g_search = bench.searched(hs, budget_ms, "greedy", seed)
+                cell["greedy"] = (g_model, {"search_measured_ms": g_search["attempts"][-1]["measured_ms"]})
+            except Exception as exc:  # noqa: BLE001
+                log(f"      greedy failed: {exc}")
+                rows.append({"target": target, "budget": b, "seed": seed, "arm": "greedy", "error": str(exc)})
+            k_pred = hs.predictor.predict([g["kept"] for g in k_search["groups"]])
+            cell["uniform"] = bench.uniform_matched(hs, k_art, k_pred)
+            cell["tp"] = bench.tp_matched(hs, k_model, k_art)
+            for arm, (model, info) in cell.items():
+                name = f"{target}/{b}/{seed}/{arm}"
+                arts[name] = k_art if arm == "knapsack" else bench.compile(hs, model)
+                acc = bench.finetune(model, seed)
+                rows.append({"target": target, "budget": b, "budget_ms": budget_ms, "seed": seed, "arm": arm,
+                             "name": name, "macs": macs(model, bench.shape), **acc, **info})
+                log(f"      {arm}: top-1 {acc['top1_after_prune']:.4f} after prune (BN re-estimated) -> "
+                    f"{acc['top1']:.4f} fine-tuned")
+    log(f"   final: {len(arts)} models x {args.rounds} interleaved rounds")
+    ms = bench.interleaved(hs, arts, args.rounds)
+    for r in rows:
+        if "name" in r:
+            r["measured_ms"] = ms[r["name"]]
+    return {"target": target, "runtime": profile["runtime"], "multiple": hs.multiple, "table_s": table_s,
+            "anchor_ms": anchor, "baseline_final_ms": ms["base"], "calibration": fit, "rows": rows,
+            "baseline_macs": macs(bench.model, bench.shape)}
 
 
-def accuracies(case: dict, data, args, memo: dict) -> None:
-    """Top-1 right after pruning and after the short fine-tune; identical models are scored once."""
-    from edgeprune.train import evaluate, train
-
-    train_ds, test_ds = data
-    for row in case["rows"]:
-        key = case["keys"][row["name"]]
-        ft = args.ft_budgets is None or row["budget"] in args.ft_budgets
-        if key not in memo or (ft and memo[key][1] is None):
-            model = copy.deepcopy(case["models"][row["name"]])
-            t0 = time.perf_counter()
-            before = evaluate(model, test_ds, progress=False)
-            after = None
-            if ft:
-                train(model, train_ds, epochs=args.ft_epochs, lr=args.ft_lr, augment=False, seed=0,
-                      desc=f"fine-tune {case['target']} {row['name']}")
-                after = evaluate(model, test_ds, progress=False)
-            memo[key] = (before, after)
-            log(f"   {case['target']} {row['name']}: top-1 {100 * before:.2f}% -> "
-                f"{'—' if after is None else f'{100 * after:.2f}%'} ({time.perf_counter() - t0:.0f} s)")
-        row["top1_pruned"], row["top1_ft"] = memo[key]
-
-
-def f(x, fmt="{:.3f}") -> str:
-    return "—" if x is None else fmt.format(x)
-
-
-def case_table(case: dict) -> str:
-    fit = case["calibration"]
-    lines = [f"### {case['target']} ({case['runtime']}), channel multiple {case['channel_multiple']}",
-             "",
-             f"Unpruned: {case['baseline_calibration_ms']:.3f} ms at calibration; budget anchor {case['budget_anchor_ms']:.3f} ms "
-             f"(median of {', '.join(f'{x:.3f}' for x in case['budget_anchor_rounds_ms'])}); {case['baseline_ms']:.3f} ms in the final "
-             f"interleaved rounds ({', '.join(f'{x:.3f}' for x in case['baseline_rounds_ms'])}). Predictor: scale "
-             f"{fit['scale']:.3f}, offset {fit['offset_ms']:+.3f} ms (unpruned + uniform 0.5). Table: {case['table_s']:.0f} s, "
-             f"{case['table_meta']['rows_from_cache']} of {case['table_meta']['rows_from_cache'] + case['table_meta']['rows_measured']} "
-             "rows from cache.",
-             "",
-             "| budget | method | kept channels per group | measured p50 ms (rounds) | within budget | predicted ms | "
-             "MACs ratio | measured speed-up | predicted speed-up | speed-up error | top-1 pruned | top-1 fine-tuned |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in case["rows"]:
-        extra = f" (r={r['ratio']})" if "ratio" in r else ""
-        lines.append(
-            f"| {r['budget']}x = {r['budget_ms']:.3f} | {r['method']}{extra} | {r['counts']} | {r['measured_ms']:.3f} "
-            f"({', '.join(f'{x:.3f}' for x in r['rounds_ms'])}) | {'yes' if r['within_budget'] else 'NO'} | "
-            f"{f(r['predicted_ms'])} | {r['macs_ratio']:.3f} | {r['measured_speedup']:.2f}x | "
-            f"{f(r['predicted_speedup'], '{:.2f}x')}{' (MACs)' if r['method'].startswith('tp') else ''} | "
-            f"{f(r['speedup_error_pct'], '{:+.0f}%')} | {f(r['top1_pruned'] and 100 * r['top1_pruned'], '{:.2f}%')} | "
-            f"{f(r['top1_ft'] and 100 * r['top1_ft'], '{:.2f}%')} |")
-    return "\n".join(lines)
-
-
-def verdicts(case: dict) -> list[str]:
+def summarise(cases: list[dict], args, base_top1: float) -> list[dict]:
     out = []
-    for b in sorted({r["budget"] for r in case["rows"]}, reverse=True):
-        rows = {r["method"]: r for r in case["rows"] if r["budget"] == b}
-        hw = rows["hw"]
-        acc = "top1_ft" if hw["top1_ft"] is not None else "top1_pruned"
-        for name in ("uniform", "tp", "tp-round"):
-            o = rows[name]
-            dt = 100 * (hw["measured_ms"] / o["measured_ms"] - 1)
-            da = 100 * (hw[acc] - o[acc])
-            out.append(f"- {case['target']} {b}x: hw {hw['measured_ms']:.3f} ms / {100 * hw[acc]:.2f}% vs {name} "
-                       f"{o['measured_ms']:.3f} ms / {100 * o[acc]:.2f}% -> hw {abs(dt):.0f}% "
-                       f"{'faster' if dt < 0 else 'slower'}, {da:+.2f} pp top-1 ({acc.replace('top1_', '')})")
+    for case in cases:
+        for b in args.budget_list:
+            ref = [r["measured_ms"] for r in case["rows"] if r["budget"] == b and r.get("arm") == "knapsack"
+                   and "measured_ms" in r]
+            for arm in ARMS:
+                rs = [r for r in case["rows"] if r["budget"] == b and r.get("arm") == arm and "top1" in r]
+                if not rs:
+                    continue
+                top = [100 * r["top1"] for r in rs]
+                lat = [r["measured_ms"] for r in rs]
+                out.append({"target": case["target"], "budget": b, "arm": arm, "seeds": len(rs),
+                            "top1_mean": float(np.mean(top)), "top1_std": float(np.std(top, ddof=1)) if len(top) > 1 else 0.0,
+                            "after_prune_mean": float(np.mean([100 * r["top1_after_prune"] for r in rs])),
+                            "ms_mean": float(np.mean(lat)),
+                            "vs_knapsack_pct": 100 * (np.mean(lat) / np.mean(ref) - 1) if ref else None,
+                            "macs_ratio": float(np.mean([r["macs"] for r in rs])) / case["baseline_macs"],
+                            "baseline_top1": 100 * base_top1})
     return out
 
 
-def tracking(cases: list[dict]) -> str:
-    lines = ["| method | mean abs speed-up error | max abs speed-up error | models within budget |", "|---|---|---|---|"]
-    for m in ("hw", "uniform", "tp", "tp-round"):
-        rows = [r for c in cases for r in c["rows"] if r["method"] == m]
-        errs = [abs(r["speedup_error_pct"]) for r in rows if r["speedup_error_pct"] is not None]
-        lines.append(f"| {m} | {f(np.mean(errs) if errs else None, '{:.1f}%')} | {f(max(errs) if errs else None, '{:.1f}%')} "
-                     f"| {sum(r['within_budget'] for r in rows)}/{len(rows)} |")
-    return "\n".join(lines)
+def plot(summary: list[dict], cases: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    targets = sorted({s["target"] for s in summary})
+    fig, axes = plt.subplots(1, len(targets), figsize=(6 * len(targets), 4.5), squeeze=False)
+    for ax, target in zip(axes[0], targets):
+        for arm, marker in zip(ARMS, "osD^"):
+            pts = [s for s in summary if s["target"] == target and s["arm"] == arm]
+            ax.errorbar([p["ms_mean"] for p in pts], [p["top1_mean"] for p in pts],
+                        yerr=[p["top1_std"] for p in pts], marker=marker, linestyle="-", capsize=3, label=arm)
+        case = next(c for c in cases if c["target"] == target)
+        ax.scatter([case["baseline_final_ms"]], [summary[0]["baseline_top1"]], marker="*", s=120, color="k",
+                   label="unpruned")
+        ax.set_xlabel(f"measured p50 latency, ms ({case['runtime']}, 1 thread)")
+        ax.set_ylabel("top-1 % (Fashion-MNIST test, after the common fine-tune)")
+        ax.set_title(f"ResNet-20, target {target}")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
-def parse_args():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--weights", help="trained ResNet-20 checkpoint (else: train 1 epoch and save to --save-weights)")
-    ap.add_argument("--save-weights", default=str(DEFAULT_WEIGHTS))
-    ap.add_argument("--train-only", action="store_true", help="train and save the baseline, then stop")
-    ap.add_argument("--torch-threads", type=int, default=1, help="torch threads for training and evaluation")
-    ap.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
-    ap.add_argument("--targets", default="x86,arm64")
-    ap.add_argument("--budgets", default="0.7,0.5,0.35")
-    ap.add_argument("--ft-epochs", type=float, default=0.25)
-    ap.add_argument("--ft-lr", type=float, default=0.01)
-    ap.add_argument("--ft-budgets", default="all", help="budgets whose models are fine-tuned: all, none, or a list")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--cache", default=str(DEFAULT_CACHE), help="latency-table cache (EDGEPRUNE_CACHE)")
-    ap.add_argument("--out", default=str(REPO / "bench" / "results"))
-    args = ap.parse_args()
-    args.budget_list = [float(b) for b in args.budgets.split(",")]
-    fb = args.ft_budgets.strip().lower()
-    args.ft_budgets = None if fb == "all" else (set() if fb == "none" else {float(b) for b in fb.split(",")})
-    return args
+def write_md(result: dict, path: Path) -> None:
+    from edgeprune.ui import markdown_table
+
+    a = result["args"]
+    lines = ["# Budget search vs baselines at equal measured latency (issue 11)", "",
+             f"Command: `{result['command']}`", "",
+             f"Date {result['date']}, wall time {result['wall_min']:.1f} min; machine: {result['machine']}; "
+             f"load average at start {result['load']}. Checkpoint `{a['weights']}` (ResNet-20, Fashion-MNIST, "
+             f"top-1 {result['baseline_top1'] * 100:.2f}%). Fine-tune for every arm: {a['ft_epochs']} epoch(s) of the "
+             f"60k training images, SGD lr {a['ft_lr']} cosine, batch 128, no augmentation, after BN re-estimation "
+             f"on 512 training images. Raw data: `hw_search.json`; plot: `hw_search.png`.", "",
+             "## Summary (mean ± std over seeds)", ""]
+    rows = [[s["target"], f"{s['budget']}x", s["arm"], s["seeds"], f"{s['top1_mean']:.2f} ± {s['top1_std']:.2f}",
+             f"{s['after_prune_mean']:.2f}", f"{s['ms_mean']:.3f}",
+             "" if s["vs_knapsack_pct"] is None else f"{s['vs_knapsack_pct']:+.1f}%", f"{s['macs_ratio']:.3f}"]
+            for s in result["summary"]]
+    lines += [markdown_table(["target", "budget", "arm", "seeds", "top-1 % after fine-tune", "top-1 % right after "
+                              "pruning (BN re-estimated)", "measured ms", "latency vs knapsack", "MACs share"], rows),
+              "", "![top-1 vs measured latency](hw_search.png)", ""]
+    for case in result["cases"]:
+        lines += [f"## {case['target']} ({case['runtime']}): per run", "",
+                  f"Channel multiple {case['multiple']}; latency table {case['table_s']:.0f} s; budget anchor "
+                  f"(unpruned, median of 3) {case['anchor_ms']:.3f} ms; unpruned in the final rounds "
+                  f"{case['baseline_final_ms']:.3f} ms.", ""]
+        rows = []
+        for r in case["rows"]:
+            if "error" in r:
+                rows.append([f"{r['budget']}x", r["seed"], r["arm"], "", "", "", r["error"][:80]])
+                continue
+            extra = r.get("winner") or (f"ratio {r['ratio']}" if "ratio" in r else "")
+            rows.append([f"{r['budget']}x", r["seed"], r["arm"], f"{100 * r['top1_after_prune']:.2f}",
+                         f"{100 * r['top1']:.2f}", f"{r['measured_ms']:.3f}", extra])
+        lines += [markdown_table(["budget", "seed", "arm", "top-1 after prune", "top-1 fine-tuned", "measured ms",
+                                  "winner / matched ratio"], rows), ""]
+    path.write_text("\n".join(lines) + "\n")
 
 
 def main() -> int:
-    args = parse_args()
-    os.environ["EDGEPRUNE_CACHE"] = args.cache
-    torch.set_num_threads(args.torch_threads)  # 1: on this shared 2-core box, 2 threads trained slower
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--weights", required=True, help="trained ResNet-20 checkpoint (edgeprune train)")
+    ap.add_argument("--data", default="fashion-mnist")
+    ap.add_argument("--targets", default="x86")
+    ap.add_argument("--budgets", default="0.7,0.5,0.35")
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--ft-epochs", type=float, default=0.15)
+    ap.add_argument("--ft-lr", type=float, default=0.01)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", default=str(REPO / "bench" / "results"))
+    args = ap.parse_args()
+    args.budget_list = [float(b) for b in args.budgets.split(",")]
+    args.seed_list = [int(s) for s in args.seeds.split(",")]
     from edgeprune.data import load_dataset
-    from edgeprune.loading import count_flops_params
-    from edgeprune.profiles import load_profile
-    from edgeprune.prune.graph import PruneGraph
-    from edgeprune.prune.magnitude import magnitude_scores
+    from edgeprune.loading import load_model
+    from edgeprune.train import evaluate
 
-    started = time.perf_counter()
-    data = (load_dataset(f"fashion-mnist:{args.data}", "train"), load_dataset(f"fashion-mnist:{args.data}", "test"))
-    model, base_info = baseline(args, *data)
-    if args.train_only:
-        return 0
-    example = torch.zeros(*SHAPE)
-    scores = magnitude_scores(PruneGraph(copy.deepcopy(model).eval(), example))
-    base_macs = count_flops_params(model, SHAPE)[0]
-    targets = args.targets.split(",")
-    tp_sweeps = {rt: TPSweep(model, example, rt, base_macs)
-                 for rt in [None] + sorted({int(load_profile(t)["channel_multiple"]) for t in targets})}
-    cases = [run_target(t, model, example, scores, tp_sweeps, base_macs, args) for t in targets]
-    latency_s = time.perf_counter() - started
-    memo: dict = {}
-    for case in cases:
-        accuracies(case, data, args, memo)
-    text = "\n\n".join(case_table(c) for c in cases) + "\n\n" + "\n".join(v for c in cases for v in verdicts(c)) \
-        + "\n\n" + tracking(cases)
-    print(text)
-    result = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "command": " ".join(sys.argv),
-              "baseline": {**base_info, "macs": base_macs}, "ft_epochs": args.ft_epochs, "ft_lr": args.ft_lr,
-              "threads": THREADS, "rounds": args.rounds, "latency_phase_s": latency_s,
-              "total_s": time.perf_counter() - started, "tp_sweeps": {str(k): sorted(v.memo.items()) for k, v in tp_sweeps.items()},
-              "cases": [{k: v for k, v in c.items() if k not in ("models", "keys")} for c in cases]}
+    started = time.time()
+    load = os.getloadavg()
+    train_ds, test_ds = load_dataset(args.data, "train"), load_dataset(args.data, "test")
+    model, _ = load_model("resnet20", args.weights, num_classes=10, in_channels=1)
+    base_top1 = evaluate(model.eval(), test_ds, progress=False)
+    log(f"baseline top-1 {100 * base_top1:.2f}%")
+    bench = Bench(args, model, train_ds, test_ds)
+    cases = [run_target(bench, t) for t in args.targets.split(",")]
+    summary = summarise(cases, args, base_top1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    result = {"command": "python bench/hw_search.py " + " ".join(sys.argv[1:]),
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "wall_min": (time.time() - started) / 60, "machine": f"{cpu}, {os.cpu_count()} cores, {platform.python_version()}",
+              "load": [round(x, 1) for x in load], "baseline_top1": base_top1,
+              "args": {k: v for k, v in vars(args).items()}, "summary": summary, "cases": cases}
     (out / "hw_search.json").write_text(json.dumps(result, indent=1, default=str))
-    log(f"wrote {out / 'hw_search.json'} ({result['total_s'] / 60:.1f} min)")
+    plot(summary, cases, out / "hw_search.png")
+    write_md(result, out / "hw_search.md")
+    log(f"wrote {out}/hw_search.md")
     return 0
 
 

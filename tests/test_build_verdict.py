@@ -39,7 +39,8 @@ def fake_budget_build(monkeypatch):
 
     state: dict = {}
 
-    def prune_to_budget(model, example, profile, budget, method, pctx, threads, calib, attempts, progress):
+    def prune_to_budget(model, example, profile, budget, method, pctx, threads, calib, attempts, progress,
+                        search=None, state=None):
         value, relative = build.parse_budget(budget)
         result = prune_model(model, example, "l1", 0.5, pctx.round_to, progress=False)
         return result, _fake_search(value * BASE_MS if relative else value, budget)
