@@ -60,12 +60,14 @@ def table_only(target: str, model_name: str) -> int:
     from edgeprune.measure.lut_build import build_table
     from edgeprune.profiles import load_profile
     from edgeprune.prune.graph import PruneGraph
-    from edgeprune.search.plan import build_plan, table_requests
+    from edgeprune.search.plan import build_plan
+    from edgeprune.search.units import plan_with_units
 
     model, example = build_net(model_name)
-    plan = build_plan(PruneGraph(model, example))
+    graph = PruneGraph(model, example)
     start = time.perf_counter()
-    table = build_table(load_profile(target), table_requests(plan), precision=PRECISION, threads=THREADS)
+    build = lambda req: build_table(load_profile(target), req, precision=PRECISION, threads=THREADS)
+    _, table = plan_with_units(model, build_plan(graph), [g.channels for g in graph.groups], build)
     print(json.dumps({"seconds": time.perf_counter() - start, "meta": table["meta"]}))
     return 0
 

@@ -27,7 +27,21 @@ def _area(kind: str, kernel) -> int:
     return 1 if kind == "linear" else kernel[0] * kernel[1]
 
 
+def _unit_cost(sig, a: int, b: int) -> float:
+    """A fused unit costs the sum of its layers in this model: no runtime fuses, so no unit is used."""
+    from edgeprune.measure.micro_units import parse_step
+
+    total, width = 0.0, a
+    for step in map(parse_step, sig.steps):
+        out = width if step["op"] == "dw" else (a if step["to"] == "a" else b)
+        total += PER_MAC * step["k"] ** 2 * (1 if step["op"] == "dw" else width) * out
+        width = out
+    return total
+
+
 def _fake_row(profile, precision, threads, sig, ins, outs, rounds, timeout_s) -> SigTable:
+    if sig.kind == "unit":
+        return SigTable(sig, ins, outs, [[_unit_cost(sig, i, o) for o in outs] for i in ins])
     area = _area(sig.kind, sig.kernel)
     if sig.kind == "depthwise":
         return SigTable(sig, ins, [ins[-1]], [[PER_MAC * c * area] for c in ins])

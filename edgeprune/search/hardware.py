@@ -1,6 +1,7 @@
 """Hardware-aware pruning: measured table -> calibrated predictor -> search -> prune.
 
-``HardwareSearch`` owns one model's latency plan, the target's table (built or read from
+``HardwareSearch`` owns one model's latency plan (layers, with the runtime's fused units in
+place of the layers it fuses: ``search.units``), the target's table (built or read from
 cache), and a predictor calibrated on whole-model measurements of that model on the target.
 ``prune_to_budget`` runs the method's importance scores through the budget search and
 removes channels physically. ``measure_model`` exports, compiles and measures any model
@@ -35,7 +36,8 @@ from edgeprune.prune.base import PruneContext, PruneResult, apply_counts, multip
 from edgeprune.prune.graph import PruneGraph
 from edgeprune.prune.select import min_keep, uniform_counts
 from edgeprune.search.budget import SearchResult, search_counts
-from edgeprune.search.plan import build_plan, table_requests
+from edgeprune.search.plan import build_plan
+from edgeprune.search.units import plan_with_units
 from edgeprune.targets import require_runtime
 
 
@@ -64,11 +66,12 @@ class HardwareSearch:
         self.graph = self._graph()
         if not self.graph.groups:
             raise no_groups_error()
-        self.plan = build_plan(self.graph)
+        self.layer_plan = build_plan(self.graph)
         self.widths = [g.channels for g in self.graph.groups]
         self.multiples = multiples(self.graph, self.multiple)
-        self.table = build_table(self.profile, table_requests(self.plan), precision=self.precision,
-                                 threads=self.threads, progress=self.progress, multiple=self.multiple)
+        build = lambda requests: build_table(self.profile, requests, precision=self.precision, threads=self.threads,
+                                             progress=self.progress, multiple=self.multiple)
+        self.plan, self.table = plan_with_units(self.graph.model, self.layer_plan, self.widths, build)
         self.predictor = Predictor(self.table["rows"], self.plan)
 
     def _graph(self) -> PruneGraph:
