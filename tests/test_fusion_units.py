@@ -77,6 +77,7 @@ def test_identity_subtraction(monkeypatch):
         return {(i, o): 1.0 + 0.01 * i + 0.02 * o + 0.001 * i * o for i, o in points}
 
     monkeypatch.setattr(lut_rows, "run_points", fake_points)
+    monkeypatch.setattr(lut_rows, "_IDENTITY_MEMO", {})
     row = lut_rows.measure_row({}, "fp32", MeasureSettings.for_table(1), sig, [8, 16, 24, 32], [8, 16, 24, 32], 1, 10, 8)
     assert seen[-1] == LayerSig("identity", stride=(2, 2), in_hw=(8, 8), relu=False)
     assert row.lookup(16, 24) == pytest.approx(1.0 + 0.001 * 16 * 24)

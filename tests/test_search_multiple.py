@@ -62,7 +62,8 @@ def _fake_measure(self, model: nn.Module, repeats: int = 2) -> float:
 def fake_runtime(monkeypatch, tmp_path):
     monkeypatch.setenv("EDGEPRUNE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(lut_build, "_measure_row", _fake_row)
-    monkeypatch.setattr(hardware.HardwareSearch, "measure_model", _fake_measure)
+    monkeypatch.setattr(hardware.HardwareSearch, "measure_models",
+                        lambda self, models, rounds=2: {n: _fake_measure(self, m) for n, m in models.items()})
 
 
 def _budget_run(round_to: int, keep: tuple[str, ...] = (), budget: str = "0.5x"):

@@ -7,7 +7,8 @@ worker is used as it is: a job is one signature and its (in, out) points), then
    measured too, in a second job;
 2. *identity subtraction*: an identity micro-model (``micro_units.identity_onnx``) with the
    same input and output shapes is measured the same way, on a coarse grid (at most
-   ``IDENTITY_POINTS`` per axis, interpolated between), and subtracted from every point.
+   ``IDENTITY_POINTS`` per axis, interpolated between; each identity point once per process), and
+   subtracted from every point.
 Invariant: the returned row is *net* — ms = max(raw - identity, NET_FLOOR * raw) at every point
 it lists — and covers at least the requested grid; nothing here imports torch.
 """
@@ -30,7 +31,13 @@ from edgeprune.measure.settings import MeasureSettings
 
 IDENTITY_POINTS = 4
 NET_FLOOR = 0.05  # a layer always costs something: never below 5% of its raw figure
-MAX_NEW = 6       # adaptive points per axis per row
+MAX_NEW = 4       # adaptive points per axis per row (a new point adds a whole line of the grid)
+MAX_NEW_UNIT = 2  # for fused units, whose points are the dearest to measure
+
+# Identity points measured in this process: (settings and profile, identity key, in, out) -> ms. Identities
+# depend only on input size and stride, so one table's rows share most of them; measuring each once is what
+# keeps the identity subtraction cheap. A fresh process (each table build) starts empty.
+_IDENTITY_MEMO: dict[tuple, float] = {}
 
 
 class LutError(EdgepruneError):
@@ -87,7 +94,7 @@ def _refine(args: tuple, sig: LayerSig, ins: list[int], outs: list[int], ms: dic
     row = _assemble(sig, ins, outs, ms)
     grid_ins = sorted(set(channel_grid(ins[-1], multiple)) | set(ins))
     new_ins, new_outs = propose(row.ins, row.outs, row.ms, grid_ins, channel_grid(row.outs[-1], multiple),
-                                max_new=MAX_NEW)
+                                max_new=MAX_NEW_UNIT if sig.kind == "unit" else MAX_NEW)
     if sig.kind == "depthwise":
         new_outs = []
     all_ins, all_outs = sorted(set(ins) | set(new_ins)), sorted(set(outs) | set(new_outs))
@@ -104,8 +111,13 @@ def _identity_table(args: tuple, sig: LayerSig, ins: list[int], outs: list[int])
     id_outs = thin(sorted({b for _, b in pairs}), IDENTITY_POINTS)
     isig = identity_sig(sig)
     profile, precision, settings, rounds, timeout_s = args
-    got = run_points(profile, precision, settings, isig, [[i, o] for i in id_ins for o in id_outs], rounds, timeout_s)
-    return SigTable(isig, id_ins, id_outs, [[got[(i, o)] for o in id_outs] for i in id_ins])
+    scope = (json.dumps(profile, sort_keys=True, default=str), precision, json.dumps(settings.to_dict(), sort_keys=True),
+             rounds, isig.key())
+    todo = [[i, o] for i in id_ins for o in id_outs if (*scope, i, o) not in _IDENTITY_MEMO]
+    if todo:
+        got = run_points(profile, precision, settings, isig, todo, rounds, timeout_s)
+        _IDENTITY_MEMO.update({(*scope, i, o): ms for (i, o), ms in got.items()})
+    return SigTable(isig, id_ins, id_outs, [[_IDENTITY_MEMO[(*scope, i, o)] for o in id_outs] for i in id_ins])
 
 
 def measure_row(profile: dict[str, Any], precision: str, settings: MeasureSettings, sig: LayerSig, ins: list[int],

@@ -55,12 +55,13 @@ def _search(hs: HardwareSearch, pctx: PruneContext, method: str, target_ms: floa
 
 def prune_to_budget(model: nn.Module, example: torch.Tensor, profile: dict[str, Any], budget: str,
                     method: str, pctx: PruneContext, threads: int, calib: np.ndarray | None,
-                    attempts: int = 3, progress: bool = True) -> tuple[PruneResult, dict[str, Any]]:
+                    attempts: int = 3, progress: bool = True, device: Any = None) -> tuple[PruneResult, dict[str, Any]]:
+    """``device``: a connected ``RemoteDevice`` — the table is measured and every model measured on it."""
     value, relative = parse_budget(budget)
     check_context(pctx)
     settings = MeasureSettings(threads=threads, warmup_s=0.5, min_seconds=1.0)
     hs = HardwareSearch(model, example, profile, profile["precision"], threads, settings, calib, progress,
-                        multiple=pctx.round_to, ignored_layers=pctx.ignored_layers)
+                        multiple=pctx.round_to, ignored_layers=pctx.ignored_layers, device=device)
     fit = hs.calibrate()
     budget_ms = value * hs.baseline_ms if relative else value
     info(f"      baseline measured {hs.baseline_ms:.3f} ms; budget {budget_ms:.3f} ms; "
