@@ -503,3 +503,30 @@ def test_lut_command_measures_the_table_on_the_device(sshd, tmp_path, capsys):
     assert main(argv) == 0
     again = json.loads((tmp_path / "t.json").read_text())
     assert again["meta"]["rows_measured"] == 0 and again["meta"]["rows_from_cache"] == table["meta"]["rows_measured"]
+
+
+def test_budget_build_searches_and_measures_on_the_device(sshd, tmp_path):
+    """`edgeprune build --budget-ms 0.7x` against a profile's [device]: the table is measured on the board (its
+    cache holds the rows), the predictor calibrated on models measured there, and the verdict measured there."""
+    from edgeprune.cli import main
+    from tests.conftest import MINI_FMNIST
+
+    cache = tmp_path / "board-cache"
+    profile = tmp_path / "board.toml"  # channel multiple 16: a small table, so the test stays short
+    profile.write_text(Path(load_profile("x86")["path"]).read_text().replace("channel_multiple = 8",
+                                                                             "channel_multiple = 16") + (
+        f'\n[device]\nhost = "127.0.0.1"\nuser = "{sshd.user}"\nport = {sshd.port}\n'
+        f'python = "{sys.executable}"\nidentity_file = "{sshd.client_key}"\nknown_hosts = "{sshd.known_hosts}"\n'
+        f'cache_dir = "{cache}"\n'))
+    code = main(["build", "--target", str(profile), "--model", "resnet20", "--data", f"fashion-mnist:{MINI_FMNIST}",
+                 "--budget-ms", "0.7x", "--finetune-epochs", "0", "--threads", "1", "--rounds", "2",
+                 "--max-rounds", "3", "--min-seconds", "0.3", "--no-progress", "--out", str(tmp_path / "out")])
+    # 0: within the budget; 3: too close to call on this shared box. Either way the build ran to its verdict.
+    assert code in (0, 3)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    search = report["search"]
+    assert search["table"]["device"] == f"{sshd.user}@127.0.0.1:{sshd.port}"
+    assert search["predictor"]["samples"] >= 3 and search["baseline_measured_ms"] > 0
+    assert list((cache / "lut").glob("*.json"))  # the board's own cache holds the table rows
+    assert report["config"]["device"] == f"{sshd.user}@127.0.0.1:{sshd.port}"
+    assert report["pruned"]["latency"]["p50_ms"] > 0
