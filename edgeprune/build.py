@@ -152,9 +152,9 @@ def prune_and_finetune(cfg: BuildConfig, ctx: dict[str, Any], steps: Steps) -> d
         pctx = PruneContext(example_inputs=example, round_to=ctx["round_to"], train_ds=train_ds,
                             min_ratio=cfg.min_width, ignored_layers=tuple(cfg.keep_layers),
                             progress=cfg.progress, seed=cfg.seed, options={"method": cfg.method, **cfg.method_options})
+        remote = {"device": ctx["device"]} if ctx.get("device") is not None else {}  # table and models there
         result, search = prune_to_budget(model, example, ctx["profile"], cfg.budget, cfg.method, pctx,
-                                         ctx["threads"], ctx["calib"], cfg.budget_attempts, cfg.progress,
-                                         device=ctx.get("device"))
+                                         ctx["threads"], ctx["calib"], cfg.budget_attempts, cfg.progress, **remote)
     else:
         steps.start(f"pruning ({cfg.method}, ratio {cfg.ratio}, channels rounded to {ctx['round_to']})")
         result = prune_model(model, example, cfg.method, cfg.ratio, ctx["round_to"], train_ds=train_ds,
