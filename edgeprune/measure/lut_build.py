@@ -29,7 +29,7 @@ ENTRY = "net of an identity micro-model's time; adaptive refinement where interp
 
 MAX_OUT_POINTS = 16  # per layer: every channel multiple up to this many, strided beyond
 MAX_IN_POINTS = 6
-MAX_UNIT_POINTS = (4, 8)  # (in, out) for fused units
+MAX_UNIT_POINTS = (3, 5)  # (in, out) for fused units: several convolutions per point, the dearest to measure
 
 
 def _bar(total: int, enabled: bool):

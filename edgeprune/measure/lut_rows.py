@@ -31,8 +31,8 @@ from edgeprune.measure.settings import MeasureSettings
 
 IDENTITY_POINTS = 4
 NET_FLOOR = 0.05  # a layer always costs something: never below 5% of its raw figure
-MAX_NEW = 4       # adaptive points per axis per row (a new point adds a whole line of the grid)
-MAX_NEW_UNIT = 2  # for fused units, whose points are the dearest to measure
+MAX_NEW = 3       # adaptive points per axis per row (a new point adds a whole line of the grid)
+MAX_NEW_UNIT = 1  # for fused units, whose points are the dearest to measure
 
 # Identity points measured in this process: (settings and profile, identity key, in, out) -> ms. Identities
 # depend only on input size and stride, so one table's rows share most of them; measuring each once is what
