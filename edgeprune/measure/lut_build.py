@@ -25,7 +25,8 @@ from edgeprune.measure.settings import MeasureSettings
 from edgeprune.measure.timing import TIMING_LOOP
 
 # What a row's figures mean; part of every cache key, so rows measured under another rule are not reused.
-ENTRY = "net of an identity micro-model's time; adaptive refinement where interpolation is off by >10%"
+ENTRY = ("net of an identity micro-model's time (max-pool/concat/slice); adaptive refinement where interpolation "
+         "is off by >10%")
 
 MAX_OUT_POINTS = 16  # per layer: every channel multiple up to this many, strided beyond
 MAX_IN_POINTS = 6

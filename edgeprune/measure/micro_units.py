@@ -9,9 +9,9 @@ is always "same" ((k - 1) // 2). ``sig.residual`` adds the unit's input to its o
 widths must match: the last conv targets ``a``), and ``sig.relu`` applies a ReLU after that add.
 
 An *identity* (kind ``"identity"``) has the input and output shapes of the micro-model it
-stands for — input [1, in, H, W], output [1, out, H/stride, W/stride] — and does no
-arithmetic: a strided Slice (spatial, and channels down to ``out``) and a zero Pad (channels
-up to ``out``). Measured the same way, its time is what the runtime spends on a one-layer
+stands for — input [1, in, H, W], output [1, max(in, out), H/stride, W/stride] — and does no
+arithmetic: a 1x1 max-pool with the stride, then a zero channel Pad up to ``out`` (ops that
+ncnn's pnnx, MNN and OpenVINO all convert; see ``identity_onnx`` for out < in). Measured the same way, its time is what the runtime spends on a one-layer
 model beyond the layer: the per-inference call, input and output copies.
 Invariant: both builders write a valid single-input ONNX model whose input is
 [1, in_c, *sig.in_hw]; nothing here imports torch.
@@ -91,15 +91,27 @@ def unit_onnx(sig: Any, a: int, b: int, path: Path) -> Path:
 
 
 def identity_onnx(sig: Any, in_c: int, out_c: int, path: Path) -> Path:
-    """Write the no-arithmetic model with input [1, in_c, H, W] and output [1, out_c, H/s, W/s]."""
+    """Write the no-arithmetic model with input [1, in_c, H, W] and output [1, out_c, H/s, W/s].
+
+    Built from ops every target converts (pnnx for ncnn refuses a strided Slice): a 1x1 max-pool with
+    stride s (a strided copy; also the whole model when nothing else changes), then a zero Pad of the
+    channels up to ``out_c``. With ``out_c < in_c`` the output keeps all ``in_c`` channels: pnnx converts
+    neither a channel Slice nor a Split to a single-output ncnn model correctly, so such an identity
+    over-counts the output copy by (in_c - out_c) channels.
+    """
     from onnx import helper, numpy_helper
 
     s = sig.stride[0]
     h, w = sig.in_hw
-    keep = min(in_c, out_c)
-    consts = {"st": [0, 0, 0], "en": [keep, h, w], "ax": [1, 2, 3], "sp": [1, s, s],
-              "pads": [0, 0, 0, 0, 0, out_c - keep, 0, 0]}
-    inits = [numpy_helper.from_array(np.array(v, np.int64), k) for k, v in consts.items()]
-    nodes = [helper.make_node("Slice", ["x", "st", "en", "ax", "sp"], ["sl"]),
-             helper.make_node("Pad", ["sl", "pads"], ["y"], mode="constant")]
-    return _save(nodes, inits, [1, in_c, h, w], "y", path)
+    nodes, inits, cur = [], [], "x"
+    if s > 1:
+        nodes.append(helper.make_node("MaxPool", [cur], ["pool"], kernel_shape=[1, 1], strides=[s, s]))
+        cur = "pool"
+    if out_c > in_c:
+        inits.append(numpy_helper.from_array(np.array([0, 0, 0, 0, 0, out_c - in_c, 0, 0], np.int64), "pads"))
+        nodes.append(helper.make_node("Pad", [cur, "pads"], ["pad"], mode="constant"))
+        cur = "pad"
+    if not nodes:  # same shape in and out: a stride-1 1x1 max-pool, one copy (a graph of Identity alone
+        nodes.append(helper.make_node("MaxPool", [cur], ["y"], kernel_shape=[1, 1], strides=[1, 1]))  # fails pnnx)
+        cur = "y"
+    return _save(nodes, inits, [1, in_c, h, w], cur, path)
