@@ -3,19 +3,24 @@
 Per target runtime and model: build the target's latency table for the model (timed, in a
 child process so a table that takes too long can be abandoned), calibrate the predictor the
 way the ``--budget-ms`` driver does (``HardwareSearch.calibrate``: the unpruned model plus
-one uniformly pruned variant, each measured once), then draw N random pruned variants
+uniformly pruned variants, measured interleaved over several rounds in fresh processes, each
+model's fastest round), then draw N random pruned variants
 (every group's kept count drawn uniformly from the target's channel-multiple grid between
 ``min_keep`` and full width, seed fixed). Every variant is exported, compiled and measured
 in fresh processes, interleaved in rounds (v1 v2 ... vN, v1 v2 ... vN, ...) with the
-unpruned model among them; a variant's figure is its median round's p50.
+unpruned model and the calibration's models among them; a variant's figure is its median
+round's p50 (and, in a second column, its fastest round's p50: the statistic calibration uses).
 
 Reported per variant: predicted (calibrated), raw table sum (uncalibrated) and measured ms.
 Per case: share of variants whose prediction is within +/-10% of the measurement, median
 and max |error|, the same for the raw sum, the best a straight line through the raw sums
 could do (fit on all variants, in-sample: separates the table's shape error from the
-two-point calibration's noise), table build time and points measured.
+calibration's noise), table build time and points measured.
 
-Usage: python bench/predictor_accuracy.py [--targets x86,arm64] [--models resnet20,mobilenet_v2]
+Models (``--models``): resnet20 (1x1x28x28), mobilenet_v2 (1x3x224x224), resnet18 (1x3x224x224),
+mobilenet_v2_96 (1x1x96x96, the trained Fashion-MNIST size); untrained weights (latency only).
+
+Usage: python bench/predictor_accuracy.py [--targets x86,arm64,arm64-mnn] [--models resnet20,mobilenet_v2]
            [--variants 30] [--rounds 3] [--table-limit-min 25] [--cache DIR] [--out bench/results]
 """
 from __future__ import annotations
@@ -34,7 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
-SHAPES = {"resnet20": (1, 1, 28, 28), "mobilenet_v2": (1, 3, 224, 224)}
+# bench name -> (zoo model, input shape)
+CASES = {"resnet20": ("resnet20", (1, 1, 28, 28)), "mobilenet_v2": ("mobilenet_v2", (1, 3, 224, 224)),
+         "resnet18": ("resnet18", (1, 3, 224, 224)), "mobilenet_v2_96": ("mobilenet_v2", (1, 1, 96, 96))}
 PRECISION = "fp32"
 THREADS = 1
 REPO = Path(__file__).resolve().parent.parent
@@ -51,8 +58,8 @@ def build_net(name: str):
     from edgeprune.models import build_model
 
     torch.manual_seed(0)
-    shape = SHAPES[name]
-    return build_model(name, num_classes=10, in_channels=shape[1]).eval(), torch.zeros(*shape)
+    zoo, shape = CASES[name]
+    return build_model(zoo, num_classes=10, in_channels=shape[1]).eval(), torch.zeros(*shape)
 
 
 def table_only(target: str, model_name: str) -> int:
@@ -60,12 +67,14 @@ def table_only(target: str, model_name: str) -> int:
     from edgeprune.measure.lut_build import build_table
     from edgeprune.profiles import load_profile
     from edgeprune.prune.graph import PruneGraph
-    from edgeprune.search.plan import build_plan, table_requests
+    from edgeprune.search.plan import build_plan
+    from edgeprune.search.units import plan_with_units
 
     model, example = build_net(model_name)
-    plan = build_plan(PruneGraph(model, example))
+    graph = PruneGraph(model, example)
     start = time.perf_counter()
-    table = build_table(load_profile(target), table_requests(plan), precision=PRECISION, threads=THREADS)
+    build = lambda req: build_table(load_profile(target), req, precision=PRECISION, threads=THREADS)
+    _, table = plan_with_units(model, build_plan(graph), [g.channels for g in graph.groups], build)
     print(json.dumps({"seconds": time.perf_counter() - start, "meta": table["meta"]}))
     return 0
 
@@ -119,15 +128,17 @@ def error_stats(pred: list[float], meas: list[float]) -> dict:
 
 
 def measure_variants(hs, variants: list[list[int]], rounds: int) -> tuple[dict, float, float]:
-    """Compile every variant (+ 'base', the unpruned model, and 'u50', the calibration's uniform variant),
+    """Compile every variant (+ 'cal0', 'cal1', ...: the calibration's models, 'cal0' the unpruned one),
     measure all interleaved; name -> result."""
     from edgeprune.measure.protocol import measure_interleaved
 
     ones = [np.ones(w) for w in hs.widths]
     with tempfile.TemporaryDirectory(prefix="edgeprune-predacc-") as tmp:
         t0 = time.perf_counter()
-        arts = {"base": compile_model(hs, hs.model, Path(tmp) / "base"),
-                "u50": compile_model(hs, hs.prune_counts(hs.samples[1][0], ones), Path(tmp) / "u50")}
+        arts = {}
+        for j, (counts, _) in enumerate(hs.samples):
+            model = hs.model if counts == hs.widths else hs.prune_counts(counts, ones)
+            arts[f"cal{j}"] = compile_model(hs, model, Path(tmp) / f"cal{j}")
         for i, counts in enumerate(variants):
             log(f"      compiling variant {i + 1}/{len(variants)}")
             arts[f"v{i}"] = compile_model(hs, hs.prune_counts(counts, ones), Path(tmp) / f"v{i}")
@@ -143,7 +154,8 @@ def run_case(target: str, model_name: str, args) -> dict:
     from edgeprune.search.hardware import HardwareSearch
 
     profile = load_profile(target)
-    case = {"target": target, "runtime": profile["runtime"], "model": model_name, "input_shape": list(SHAPES[model_name])}
+    case = {"target": target, "runtime": profile["runtime"], "model": model_name,
+            "input_shape": list(CASES[model_name][1])}
     log(f"== {target} ({profile['runtime']}) {model_name}: latency table (limit {args.table_limit_min} min)")
     table = timed_table(target, model_name, args.table_limit_min * 60, args.cache)
     case["table"] = table
@@ -158,11 +170,12 @@ def run_case(target: str, model_name: str, args) -> dict:
     hs = HardwareSearch(model, example, profile, PRECISION, THREADS, settings, progress=False)
     case["setup_s"] = time.perf_counter() - t0
     log(f"   search set up in {case['setup_s']:.1f} s ({hs.table['meta']['rows_from_cache']} table rows from cache); "
-        "calibrating (baseline + uniform 0.5 variant, one measurement each)")
+        "calibrating (HardwareSearch.calibrate: unpruned + uniform variants, interleaved rounds)")
     t0 = time.perf_counter()
     fit = hs.calibrate()
     case["calibrate_s"] = time.perf_counter() - t0
     case["calibration"] = {**fit, "measured": [{"counts": c, "ms": m} for c, m in hs.samples]}
+    log(f"   calibrated in {case['calibrate_s']:.0f} s: " + ", ".join(f"{m:.3f}" for _, m in hs.samples) + " ms")
     multiple = int(profile["channel_multiple"])
     rng = np.random.default_rng(args.seed)
     variants = [random_counts(rng, hs.widths, multiple, 0.1) for _ in range(args.variants)]
@@ -173,25 +186,28 @@ def run_case(target: str, model_name: str, args) -> dict:
         r = res[f"v{i}"]
         rows.append({"counts": counts, "channels": sum(counts), "predicted_ms": hs.predictor.predict(counts),
                      "raw_ms": hs.predictor.raw_ms(counts), "measured_ms": r["latency"]["p50_ms"],
-                     "rounds_ms": r["rounds"], "spread": r["noise"]["spread"]})
+                     "measured_min_ms": r["p50_ms_min"], "rounds_ms": r["rounds"], "spread": r["noise"]["spread"]})
     meas = [r["measured_ms"] for r in rows]
+    meas_min = [r["measured_min_ms"] for r in rows]
     raw = [r["raw_ms"] for r in rows]
     a, b = np.polyfit(raw, meas, 1)
-    # the same two-point calibration, but from the interleaved rounds' figures of the same two models
-    (r0, m0), (r1, m1) = [(hs.predictor.raw_ms(c), res[n]["latency"]["p50_ms"])
-                          for c, n in ((hs.widths, "base"), (hs.samples[1][0], "u50"))]
-    ia = (m0 - m1) / (r0 - r1)
-    ib = m0 - ia * r0
+    # the same calibration models, but fitted on their figures from these interleaved rounds (median round)
+    cal_raw = [hs.predictor.raw_ms(c) for c, _ in hs.samples]
+    cal_meas = [res[f"cal{j}"]["latency"]["p50_ms"] for j in range(len(hs.samples))]
+    ia, ib = np.polyfit(cal_raw, cal_meas, 1)
     case.update({
         "widths": hs.widths, "channel_multiple": multiple, "variants": rows, "compile_s": compile_s,
-        "measure_s": measure_s, "baseline": {"calibration_ms": hs.baseline_ms, "interleaved_ms": res["base"]["latency"]["p50_ms"],
-                                             "rounds_ms": res["base"]["rounds"], "predicted_ms": hs.predictor.predict(hs.widths),
-                                             "u50_interleaved_ms": res["u50"]["latency"]["p50_ms"], "u50_rounds_ms": res["u50"]["rounds"]},
+        "measure_s": measure_s, "baseline": {"calibration_ms": hs.baseline_ms, "interleaved_ms": cal_meas[0],
+                                             "rounds_ms": res["cal0"]["rounds"], "predicted_ms": hs.predictor.predict(hs.widths),
+                                             "calibration_interleaved_ms": cal_meas,
+                                             "calibration_rounds_ms": [res[f"cal{j}"]["rounds"] for j in range(len(hs.samples))]},
         "calibrated": error_stats([r["predicted_ms"] for r in rows], meas),
+        "calibrated_vs_fastest_round": error_stats([r["predicted_ms"] for r in rows], meas_min),
         "raw_sum": error_stats(raw, meas),
-        "interleaved_calibration": {"scale": ia, "offset_ms": ib, **error_stats([ia * x + ib for x in raw], meas)},
+        "interleaved_calibration": {"scale": float(ia), "offset_ms": float(ib), **error_stats([ia * x + ib for x in raw], meas)},
         "best_line": {"scale": float(a), "offset_ms": float(b), **error_stats([a * x + b for x in raw], meas)},
         "noise_median_spread": statistics.median(r["spread"] for r in rows),
+        "load_avg": os.getloadavg(),
         "measured_range_ms": [min(meas), max(meas)]})
     log(f"   calibrated: {100 * case['calibrated']['within_10pct']:.0f}% within 10%, "
         f"median |err| {case['calibrated']['median_abs_pct']:.1f}%")
@@ -204,22 +220,25 @@ def pct(x: float) -> str:
 
 def summary_table(cases: list[dict]) -> str:
     head = ("| target (runtime) | model | table build | points measured | variants | measured range ms | "
-            "calibrated: within ±10% | median abs err | max err | raw sum: within ±10% | median abs err | max err | "
-            "two-point calibration from the interleaved rounds: within ±10% / median | "
+            "calibrated: within ±10% | median abs err | max err | vs fastest round: within ±10% / median | "
+            "raw sum: within ±10% | median abs err | max err | "
+            "calibration models' line from the interleaved rounds: within ±10% / median | "
             "best line (in-sample): within ±10% / median | noise (median max/min of rounds) |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for c in cases:
         tag = f"{c['target']} ({c['runtime']})"
         if not c["table"]["ok"]:
-            lines.append(f"| {tag} | {c['model']} | {c['table']['why']} |" + " — |" * 12)
+            lines.append(f"| {tag} | {c['model']} | {c['table']['why']} |" + " — |" * 13)
             continue
         cal, raw, best, inter = c["calibrated"], c["raw_sum"], c["best_line"], c["interleaved_calibration"]
         lo, hi = c["measured_range_ms"]
         lines.append(
             f"| {tag} | {c['model']} | {c['table']['seconds']:.0f} s | {c['table']['meta']['points_measured']} | "
             f"{len(c['variants'])} | {lo:.3f}–{hi:.3f} | {100 * cal['within_10pct']:.0f}% | "
-            f"{cal['median_abs_pct']:.1f}% | {pct(cal['max_signed_pct'])} | {100 * raw['within_10pct']:.0f}% | "
+            f"{cal['median_abs_pct']:.1f}% | {pct(cal['max_signed_pct'])} | "
+            f"{100 * c['calibrated_vs_fastest_round']['within_10pct']:.0f}% / "
+            f"{c['calibrated_vs_fastest_round']['median_abs_pct']:.1f}% | {100 * raw['within_10pct']:.0f}% | "
             f"{raw['median_abs_pct']:.1f}% | {pct(raw['max_signed_pct'])} | "
             f"{100 * inter['within_10pct']:.0f}% / {inter['median_abs_pct']:.1f}% | "
             f"{100 * best['within_10pct']:.0f}% / {best['median_abs_pct']:.1f}% | {c['noise_median_spread']:.2f}x |")
@@ -233,11 +252,12 @@ def detail_table(c: dict) -> str:
              f"{c['channel_multiple']}, widths {c['widths']}",
              "",
              f"Calibration (driver's `calibrate()`): scale {fit['scale']:.3f}, offset {fit['offset_ms']:+.3f} ms, from "
-             + ", ".join(f"{s['ms']:.3f} ms" for s in fit["measured"]) + " (unpruned, uniform 0.5). "
+             + ", ".join(f"{s['ms']:.3f} ms" for s in fit["measured"]) + " (unpruned, then uniform variants; fastest "
+             f"of {fit.get('calibration', {}).get('rounds', '?')} interleaved rounds). "
              f"Unpruned model: {base['calibration_ms']:.3f} ms at calibration, {base['interleaved_ms']:.3f} ms in the "
              f"interleaved rounds ({', '.join(f'{x:.3f}' for x in base['rounds_ms'])}), predicted {base['predicted_ms']:.3f} ms. "
-             f"Uniform 0.5 variant in the interleaved rounds: {base['u50_interleaved_ms']:.3f} ms "
-             f"({', '.join(f'{x:.3f}' for x in base['u50_rounds_ms'])}); the line through these two: scale "
+             f"Calibration models in the interleaved rounds (median round): "
+             f"{', '.join(f'{x:.3f}' for x in base['calibration_interleaved_ms'])} ms; the line through these: scale "
              f"{c['interleaved_calibration']['scale']:.3f}, offset {c['interleaved_calibration']['offset_ms']:+.3f} ms.",
              "",
              "| # | kept channels per group | predicted ms | raw sum ms | measured ms (rounds) | error | raw error |",
@@ -267,15 +287,19 @@ def main() -> int:
         return table_only(args.targets, args.models)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so a table child's session is ended too
     started = time.perf_counter()
-    cases = [run_case(t, m, args) for m in args.models.split(",") for t in args.targets.split(",")]
-    result = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "command": " ".join(sys.argv),
-              "threads": THREADS, "precision": PRECISION, "seed": args.seed, "rounds": args.rounds,
-              "total_s": time.perf_counter() - started, "cases": cases}
-    text = summary_table(cases) + "\n\n" + "\n\n".join(detail_table(c) for c in cases if c["table"]["ok"])
-    print(text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "predictor_accuracy.json").write_text(json.dumps(result, indent=1))
+    cases = []
+    for m in args.models.split(","):
+        for t in args.targets.split(","):
+            cases.append(run_case(t, m, args))
+            result = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "command": " ".join(sys.argv),
+                      "threads": THREADS, "precision": PRECISION, "seed": args.seed, "rounds": args.rounds,
+                      "total_s": time.perf_counter() - started, "cases": cases}
+            (out / "predictor_accuracy.json").write_text(json.dumps(result, indent=1))  # after every case
+    text = summary_table(cases) + "\n\n" + "\n\n".join(detail_table(c) for c in cases if c["table"]["ok"])
+    print(text)
+    (out / "predictor_accuracy-tables.md").write_text(text + "\n")
     log(f"wrote {out / 'predictor_accuracy.json'} ({result['total_s'] / 60:.1f} min)")
     return 0
 

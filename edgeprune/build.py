@@ -138,9 +138,6 @@ def _validate(cfg: BuildConfig, needs_runtime: bool = True) -> dict[str, Any]:
                              f"choose one of: {', '.join(profile['precisions'])}")
     if cfg.budget is not None:
         parse_budget(cfg.budget)
-        if cfg.device is not None:
-            raise UserInputError("--budget-ms does not run against a remote --device yet",
-                                 "run edgeprune on the device itself, or prune by --ratio for the remote build")
     if cfg.weights is not None and not Path(cfg.weights).is_file():
         raise UserInputError(f"weights file not found: {cfg.weights}", "pass the checkpoint written by 'edgeprune train'")
     if needs_runtime and cfg.device is not None:
@@ -181,8 +178,9 @@ def _prune(cfg: BuildConfig, ctx: dict[str, Any], steps: Steps, budget: str | No
         pctx = PruneContext(example_inputs=example, round_to=ctx["round_to"], train_ds=train_ds,
                             min_ratio=cfg.min_width, ignored_layers=tuple(cfg.keep_layers),
                             progress=cfg.progress, seed=cfg.seed, options={"method": cfg.method, **cfg.method_options})
+        remote = {"device": ctx["device"]} if ctx.get("device") is not None else {}  # table and models there
         return prune_to_budget(model, example, ctx["profile"], budget, cfg.method, pctx, ctx["threads"], ctx["calib"],
-                               cfg.budget_attempts, cfg.progress, search_settings(cfg), state=state)
+                               cfg.budget_attempts, cfg.progress, search_settings(cfg), state=state, **remote)
     steps.start(f"pruning ({cfg.method}, ratio {cfg.ratio}, {cfg.allocation} allocation, channels rounded to "
                 f"{ctx['round_to']})")
     result = prune_model(model, example, cfg.method, cfg.ratio, ctx["round_to"], train_ds=train_ds,

@@ -503,3 +503,50 @@ def test_lut_command_measures_the_table_on_the_device(sshd, tmp_path, capsys):
     assert main(argv) == 0
     again = json.loads((tmp_path / "t.json").read_text())
     assert again["meta"]["rows_measured"] == 0 and again["meta"]["rows_from_cache"] == table["meta"]["rows_measured"]
+
+
+def test_budget_search_measures_table_and_models_on_the_device(device, tmp_path):
+    """``HardwareSearch`` with a device: the table is measured on the board, and the calibration's models and
+    any checked model are compiled and measured there (interleaved rounds, a fresh process each)."""
+    import torch
+
+    from edgeprune.models import build_model
+    from edgeprune.search.hardware import HardwareSearch
+
+    torch.manual_seed(0)
+    model = build_model("resnet20", num_classes=10, in_channels=1).eval()
+    profile = {**load_profile("x86"), "channel_multiple": 16, "precision": "fp32"}
+    hs = HardwareSearch(model, torch.zeros(1, 1, 8, 8), profile, "fp32", 1, FAST, progress=False, device=device)
+    assert hs.table["meta"]["device"] == device.label and hs.table["meta"]["rows_measured"] > 0
+    fit = hs.calibrate(rounds=2)
+    assert fit["samples"] == 3 and all(ms > 0 for _, ms in hs.samples) and hs.baseline_ms == hs.samples[0][1]
+    assert set(fit["calibration"]["models"]) == {"unpruned", "uniform-0.25", "uniform-0.5"}
+    assert hs.measure_model(hs.prune_counts(hs.samples[2][0], [np.ones(w) for w in hs.widths]), repeats=1) > 0
+    assert list(Path(device.cache_dir(), "lut").glob("*.json"))  # the board's own cache holds the rows
+    assert list(Path(device.cache_dir(), "jobs").iterdir()) == []  # every job folder removed
+
+
+def test_budget_build_on_the_device_is_not_refused(sshd, tmp_path):
+    """`edgeprune build --budget-ms 0.8x` against a profile's [device] runs the search there: the board's cache
+    holds the table. The budget's outcome on this shared box (met, missed, unreachable by a noisy calibration,
+    undecided) is not what is tested; a written report must show the search ran on the device."""
+    from edgeprune.cli import main
+    from tests.conftest import MINI_FMNIST
+
+    cache = tmp_path / "board-cache"
+    profile = tmp_path / "board.toml"  # channel multiple 16: a small table, so the test stays short
+    profile.write_text(Path(load_profile("x86")["path"]).read_text().replace("channel_multiple = 8",
+                                                                             "channel_multiple = 16") + (
+        f'\n[device]\nhost = "127.0.0.1"\nuser = "{sshd.user}"\nport = {sshd.port}\n'
+        f'python = "{sys.executable}"\nidentity_file = "{sshd.client_key}"\nknown_hosts = "{sshd.known_hosts}"\n'
+        f'cache_dir = "{cache}"\n'))
+    code = main(["build", "--target", str(profile), "--model", "resnet20", "--data", f"fashion-mnist:{MINI_FMNIST}",
+                 "--budget-ms", "0.8x", "--finetune-epochs", "0", "--threads", "1", "--rounds", "2",
+                 "--max-rounds", "3", "--min-seconds", "0.3", "--no-progress", "--out", str(tmp_path / "out")])
+    assert code in (0, 1, 2, 3)
+    assert list((cache / "lut").glob("*.json"))  # the table was measured on the board
+    if (tmp_path / "out" / "report.json").is_file():
+        report = json.loads((tmp_path / "out" / "report.json").read_text())
+        assert report["search"]["table"]["device"] == f"{sshd.user}@127.0.0.1:{sshd.port}"
+        assert report["search"]["predictor"]["samples"] >= 3
+        assert report["config"]["device"] == f"{sshd.user}@127.0.0.1:{sshd.port}"

@@ -7,12 +7,15 @@ area) so the search, its table and the measured check agree exactly and run in s
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
 from edgeprune.measure import lut_build
 from edgeprune.measure.lut import SigTable
+from edgeprune.measure.protocol import MeasureSettings
 from edgeprune.models import build_model
 from edgeprune.profiles import load_profile
 from edgeprune.prune.base import PruneContext
@@ -27,7 +30,21 @@ def _area(kind: str, kernel) -> int:
     return 1 if kind == "linear" else kernel[0] * kernel[1]
 
 
+def _unit_cost(sig, a: int, b: int) -> float:
+    """A fused unit costs the sum of its layers in this model: no runtime fuses, so no unit is used."""
+    from edgeprune.measure.micro_units import parse_step
+
+    total, width = 0.0, a
+    for step in map(parse_step, sig.steps):
+        out = width if step["op"] == "dw" else (a if step["to"] == "a" else b)
+        total += PER_MAC * step["k"] ** 2 * (1 if step["op"] == "dw" else width) * out
+        width = out
+    return total
+
+
 def _fake_row(profile, precision, threads, sig, ins, outs, rounds, timeout_s) -> SigTable:
+    if sig.kind == "unit":
+        return SigTable(sig, ins, outs, [[_unit_cost(sig, i, o) for o in outs] for i in ins])
     area = _area(sig.kind, sig.kernel)
     if sig.kind == "depthwise":
         return SigTable(sig, ins, [ins[-1]], [[PER_MAC * c * area] for c in ins])
@@ -48,7 +65,8 @@ def _fake_measure(self, model: nn.Module, repeats: int = 2) -> float:
 def fake_runtime(monkeypatch, tmp_path):
     monkeypatch.setenv("EDGEPRUNE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(lut_build, "_measure_row", _fake_row)
-    monkeypatch.setattr(hardware.HardwareSearch, "measure_model", _fake_measure)
+    monkeypatch.setattr(hardware.HardwareSearch, "measure_models",
+                        lambda self, models, rounds=2: {n: _fake_measure(self, m) for n, m in models.items()})
 
 
 def _budget_run(round_to: int, keep: tuple[str, ...] = (), budget: str = "0.5x"):
@@ -80,3 +98,39 @@ def test_budget_search_keeps_kept_layers_whole(fake_runtime):
     assert all(after[n] == before[n] for n in kept), {n: (before[n], after[n]) for n in kept}
     assert not any(g["group"] in kept for g in search["groups"])
     assert sum(after.values()) < sum(before.values())
+
+
+def test_calibration_measures_its_models_interleaved_over_rounds(monkeypatch, tmp_path):
+    """``calibrate`` fits on the unpruned model and two uniform variants, measured in ONE interleaved
+    comparison of several rounds (fresh process each), each model's fastest round; a burst of load in one
+    round does not move the fit."""
+    monkeypatch.setenv("EDGEPRUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(lut_build, "_measure_row", _fake_row)
+    calls = []
+
+    def fake_interleaved(artifacts, settings, rounds=3, progress=True, **kw):
+        calls.append((list(artifacts), rounds))
+        out = {}
+        for name, art in artifacts.items():
+            true = float((Path(art) / "ms").read_text())
+            p50s = [true * 3 if r == 1 else true for r in range(rounds)]  # round 2 hit by a neighbour's burst
+            out[name] = {"rounds": p50s, "p50_ms_min": min(p50s), "latency": {"p50_ms": sorted(p50s)[len(p50s) // 2]}}
+        return out
+
+    def fake_compile(self, model, folder):
+        folder.mkdir(parents=True)
+        (folder / "ms").write_text(repr(_fake_measure(self, model) + 0.05))  # plus a fixed per-call overhead
+        return folder
+
+    monkeypatch.setattr(hardware, "measure_interleaved", fake_interleaved)
+    monkeypatch.setattr(hardware.HardwareSearch, "_compile", fake_compile)
+    torch.manual_seed(0)
+    model = build_model("resnet20", num_classes=10, in_channels=1).eval()
+    hs = hardware.HardwareSearch(model, EXAMPLE, {**load_profile("onnxruntime"), "precision": "fp32"}, "fp32", 1,
+                                 MeasureSettings(threads=1), progress=False, multiple=8)
+    fit = hs.calibrate()
+    assert calls == [(["unpruned", "uniform-0.25", "uniform-0.5"], hardware.CALIBRATION_ROUNDS)]
+    assert fit["samples"] == 3 and hs.samples[0][0] == hs.widths
+    assert hs.baseline_ms == pytest.approx(_fake_measure(hs, model) + 0.05)  # the fastest round, not the burst
+    assert fit["scale"] == pytest.approx(1.0) and fit["offset_ms"] == pytest.approx(0.05)
+    assert fit["calibration"]["rounds"] == hardware.CALIBRATION_ROUNDS

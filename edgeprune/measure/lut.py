@@ -37,22 +37,25 @@ import numpy as np
 class LayerSig:
     """Everything about a layer except its channel counts."""
 
-    kind: str                      # "conv", "depthwise" or "linear"
+    kind: str                      # "conv", "depthwise", "linear"; "unit", "identity" (``micro_units``)
     kernel: tuple[int, int] = (1, 1)
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
     in_hw: tuple[int, int] = (1, 1)
     relu: bool = True
+    steps: tuple[str, ...] = ()    # a fused unit's chain (``micro_units.parse_step``)
+    residual: bool = False         # a fused unit adds its input to its output
 
     def key(self) -> str:
         k, s, p, hw = self.kernel, self.stride, self.padding, self.in_hw
-        return (f"{self.kind}-k{k[0]}x{k[1]}-s{s[0]}x{s[1]}-p{p[0]}x{p[1]}-{hw[0]}x{hw[1]}"
+        unit = (f"[{'+'.join(self.steps)}]" if self.steps else "") + ("-add" if self.residual else "")
+        return (f"{self.kind}-k{k[0]}x{k[1]}-s{s[0]}x{s[1]}-p{p[0]}x{p[1]}-{hw[0]}x{hw[1]}{unit}"
                 f"{'-relu' if self.relu else ''}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LayerSig":
         return cls(d["kind"], tuple(d["kernel"]), tuple(d["stride"]), tuple(d["padding"]),
-                   tuple(d["in_hw"]), bool(d["relu"]))
+                   tuple(d["in_hw"]), bool(d["relu"]), tuple(d.get("steps", ())), bool(d.get("residual", False)))
 
 
 def channel_grid(width: int, multiple: int) -> list[int]:
@@ -81,7 +84,15 @@ def thin(grid: list[int], max_points: int) -> list[int]:
 
 
 def micro_onnx(sig: LayerSig, in_c: int, out_c: int, path: Path) -> Path:
-    """Write a one-layer ONNX model (batch 1, static shape) for ``sig`` at (in_c, out_c)."""
+    """Write a one-layer ONNX model (batch 1, static shape) for ``sig`` at (in_c, out_c).
+
+    Fused units and identities (``sig.kind`` "unit" / "identity") are built by ``micro_units``.
+    """
+    if sig.kind in ("unit", "identity"):
+        from edgeprune.measure import micro_units
+
+        build = micro_units.unit_onnx if sig.kind == "unit" else micro_units.identity_onnx
+        return build(sig, in_c, out_c, path)
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -160,12 +171,14 @@ def cache_key(context: dict[str, Any], sig: LayerSig, ins: list[int], outs: list
 def _row_problem(row: SigTable, sig: LayerSig, ins: list[int], outs: list[int]) -> str | None:
     """Why ``row`` is not the measured row of ``sig`` over (ins, outs), or None when it is."""
     want_outs = [ins[-1]] if sig.kind == "depthwise" else outs
-    if row.sig != sig or row.ins != ins or row.outs != want_outs:
+    # adaptive sampling may have added points: the planned grid must be a subset, in order
+    if (row.sig != sig or not set(ins) <= set(row.ins) or not set(want_outs) <= set(row.outs)
+            or row.ins != sorted(set(row.ins)) or row.outs != sorted(set(row.outs))):
         return "its channel grid is not the one its name promises"
-    if not isinstance(row.ms, list) or len(row.ms) != len(ins):
+    if not isinstance(row.ms, list) or len(row.ms) != len(row.ins):
         return "its latency grid has the wrong number of rows"
     for line in row.ms:
-        if not isinstance(line, list) or len(line) != len(want_outs):
+        if not isinstance(line, list) or len(line) != len(row.outs):
             return "its latency grid has a row of the wrong length"
         for v in line:
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))

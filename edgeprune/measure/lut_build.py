@@ -4,34 +4,33 @@
 widest (in, out) each must cover, measures each signature's grid in its own fresh worker
 process (``lut_worker``, timed by the same loop as whole models: ``timing.time_runs``), and
 caches every row on disk keyed by target, runtime versions, host, thread count, precision,
-timing settings, signature and grid (``lut.cache_key``), so a second model with the same
-layer shapes — ResNet-56 after ResNet-20 — measures nothing.
+timing settings, signature, grid and what a figure means (``ENTRY``: net of the micro-model's
+identity, adaptively refined; ``lut_rows``), so a second model with the same layer shapes —
+ResNet-56 after ResNet-20 — measures nothing. Fused units (``LayerSig`` kind "unit") are rows
+like any other: their signature names their chain.
 Invariant: the returned table has a row for every requested signature covering its grid.
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
-import subprocess
 import sys
-import tempfile
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable
 
-from edgeprune.errors import EdgepruneError, UserInputError
-from edgeprune.interrupt import run_child
+from edgeprune.errors import UserInputError
 from edgeprune.measure.lut import LayerSig, RowCache, SigTable, cache_key, channel_grid, sampled_inputs, thin
+from edgeprune.measure.lut_rows import LutError, measure_row  # noqa: F401  (LutError: re-exported)
 from edgeprune.measure.settings import MeasureSettings
 from edgeprune.measure.timing import TIMING_LOOP
 
+# What a row's figures mean; part of every cache key, so rows measured under another rule are not reused.
+ENTRY = ("net of an identity micro-model's time (max-pool/concat/slice); adaptive refinement where interpolation "
+         "is off by >10%")
+
 MAX_OUT_POINTS = 16  # per layer: every channel multiple up to this many, strided beyond
 MAX_IN_POINTS = 6
-
-
-class LutError(EdgepruneError):
-    exit_code = 1
+MAX_UNIT_POINTS = (3, 5)  # (in, out) for fused units: several convolutions per point, the dearest to measure
 
 
 def _bar(total: int, enabled: bool):
@@ -58,7 +57,8 @@ def table_context(profile: dict[str, Any], precision: str, threads: int,
     settings = settings or MeasureSettings.for_table(threads)
     return {"target": profile["name"], "runtime": profile["runtime"], "precision": precision, "threads": threads,
             "versions": get_runtime(profile["runtime"]).versions(), "cpu": cpu_model(), "host": platform.node(),
-            "options": profile.get("options", {}), "timing": {"loop": TIMING_LOOP, **settings.timing()}}
+            "options": profile.get("options", {}), "timing": {"loop": TIMING_LOOP, **settings.timing()},
+            "entry": ENTRY}
 
 
 def plan_points(sig: LayerSig, max_in: int, max_out: int, multiple: int, in_stride: int,
@@ -67,31 +67,17 @@ def plan_points(sig: LayerSig, max_in: int, max_out: int, multiple: int, in_stri
     if sig.kind == "depthwise":
         grid = thin(channel_grid(max_in, multiple), MAX_OUT_POINTS)
         return grid, [grid[-1]]
-    ins = thin(sampled_inputs(channel_grid(max_in, multiple), in_stride), MAX_IN_POINTS)
-    return sorted(set(ins) | set(fixed_ins)), thin(channel_grid(max_out, multiple), MAX_OUT_POINTS)
+    unit = sig.kind == "unit"  # a fused unit is several layers: coarser first, adaptive sampling adds
+    ins = thin(sampled_inputs(channel_grid(max_in, multiple), in_stride), MAX_UNIT_POINTS[0] if unit else MAX_IN_POINTS)
+    outs = thin(channel_grid(max_out, multiple), MAX_UNIT_POINTS[1] if unit else MAX_OUT_POINTS)
+    return sorted(set(ins) | set(fixed_ins)), outs
 
 
 def _measure_row(profile, precision, settings: MeasureSettings, sig, ins, outs, rounds, timeout_s) -> SigTable:
-    """One row in one fresh ``lut_worker`` process (its own process group, killed if we stop waiting)."""
-    points = [[c, c] for c in ins] if sig.kind == "depthwise" else [[i, o] for i in ins for o in outs]
-    job = {"profile": profile, "precision": precision, "threads": settings.threads, "sig": asdict(sig),
-           "points": points, "rounds": rounds, "settings": settings.to_dict()}
-    with tempfile.TemporaryDirectory(prefix="edgeprune-lutjob-") as tmp:
-        jpath, rpath = Path(tmp) / "job.json", Path(tmp) / "result.json"
-        jpath.write_text(json.dumps(job))
-        try:
-            proc = run_child([sys.executable, "-m", "edgeprune.measure.lut_worker", "--job", str(jpath),
-                              "--out", str(rpath)], timeout=timeout_s)
-        except subprocess.TimeoutExpired as exc:
-            raise LutError(f"latency table row {sig.key()} timed out after {timeout_s:g} s") from exc
-        if proc.returncode != 0 or not rpath.exists():
-            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise LutError(f"latency table row {sig.key()} failed: {last}")
-        result = json.loads(rpath.read_text())
-    by_point = {(p[0], p[1]): p[2] for p in result["points"]}
-    if sig.kind == "depthwise":
-        return SigTable(sig, ins, [ins[-1]], [[by_point[(c, c)]] for c in ins])
-    return SigTable(sig, ins, outs, [[by_point[(i, o)] for o in outs] for i in ins])
+    """The net, adaptively refined row (``lut_rows.measure_row``: fresh ``lut_worker`` processes);
+    ``profile["channel_multiple"]`` is the table's channel step (``build_table`` passes a copy carrying it)."""
+    return measure_row(profile, precision, settings, sig, ins, outs, rounds, timeout_s,
+                       int(profile["channel_multiple"]))
 
 
 def build_table(profile: dict[str, Any], layers: Iterable[tuple], *, precision: str,
@@ -130,10 +116,11 @@ def build_table(profile: dict[str, Any], layers: Iterable[tuple], *, precision: 
             rows[sig.key()] = cached
             hits += 1
         else:
-            row = _measure_row(profile, precision, settings, sig, ins, outs, rounds, timeout_s)
+            row = _measure_row({**profile, "channel_multiple": multiple}, precision, settings, sig, ins, outs,
+                               rounds, timeout_s)
             store.put(key, row)
             rows[sig.key()] = row
-            points += len(ins) * (1 if sig.kind == "depthwise" else len(outs))
+            points += len(row.ins) * len(row.outs)
         if bar is not None:
             bar.update(1)
     if bar is not None:
@@ -143,6 +130,8 @@ def build_table(profile: dict[str, Any], layers: Iterable[tuple], *, precision: 
             "timing": context["timing"],
             "sampling": f"out-channels at every multiple of {multiple} (at most {MAX_OUT_POINTS} per layer, "
                         f"evenly strided beyond); in-channels every {in_stride} multiples (at most {MAX_IN_POINTS}); "
-                        "linear interpolation between measured points", "cache_dir": str(cache),
+                        f"fused units at most {MAX_UNIT_POINTS[0]} x {MAX_UNIT_POINTS[1]}; linear interpolation "
+                        "between measured points; more points where a point is off its neighbours' interpolation "
+                        "by >10%; every figure net of an identity model's time", "cache_dir": str(cache),
             "rows_from_cache": hits, "rows_measured": len(widest) - hits, "points_measured": points}
     return {"meta": meta, "rows": rows}

@@ -2,9 +2,11 @@
 
 predicted(counts) = scale * sum_L table[L.sig](in_c(L), out_c(L)) + offset_ms
 
-The sum misses what micro-benchmarks cannot see (pooling, residual additions, memory traffic
-between layers, the runtime's per-inference overhead) and counts fused ops' standalone
-cost; ``calibrate`` fits ``scale`` and ``offset_ms`` by least squares on whole-model
+L runs over the plan's entries: layers, and fused units where the runtime fuses a chain of
+layers (``search.units``: the unit's row replaces its layers'). Table figures are net of each
+micro-model's own input/output cost (``measure.lut_rows``), so the sum is close to the model's
+compute; it still misses what micro-benchmarks cannot see (pooling, additions outside units,
+memory traffic between units, the runtime's per-inference overhead); ``calibrate`` fits ``scale`` and ``offset_ms`` by least squares on whole-model
 measurements (at least the unpruned model; more variants give a better line).
 Invariant: with no calibration the prediction is the plain sum (scale 1, offset 0).
 Imports without torch: layers are any objects with ``.sig`` and ``.channels(counts)``.

@@ -58,8 +58,10 @@ def prune_to_budget(model: nn.Module, example: torch.Tensor, profile: dict[str, 
                     method: str, pctx: PruneContext, threads: int, calib: np.ndarray | None,
                     attempts: int = 3, progress: bool = True,
                     search: SearchSettings | None = None,
-                    state: dict[str, Any] | None = None) -> tuple[PruneResult, dict[str, Any]]:
+                    state: dict[str, Any] | None = None, device: Any = None) -> tuple[PruneResult, dict[str, Any]]:
     """``search``: the strategy and its knobs (default: the greedy search, as before the knapsack existed).
+
+    ``device``: a connected ``RemoteDevice`` — the table is measured and every model measured on it.
 
     ``state``: a dict kept between calls on the same model and target (the accuracy-bar search): its
     latency table, predictor and measurements are reused instead of built and measured again.
@@ -74,7 +76,7 @@ def prune_to_budget(model: nn.Module, example: torch.Tensor, profile: dict[str, 
         hs, fit = state["hs"], state["hs"].predictor.fit
     else:
         hs = HardwareSearch(model, example, profile, profile["precision"], threads, settings, calib, progress,
-                            multiple=pctx.round_to, ignored_layers=pctx.ignored_layers)
+                            multiple=pctx.round_to, ignored_layers=pctx.ignored_layers, device=device)
         fit = state["fit"] = hs.calibrate()
         state["hs"] = hs
     budget_ms = value * hs.baseline_ms if relative else value

@@ -1,13 +1,20 @@
 """Hardware-aware pruning: measured table -> calibrated predictor -> search -> prune.
 
-``HardwareSearch`` owns one model's latency plan, the target's table (built or read from
+``HardwareSearch`` owns one model's latency plan (layers, with the runtime's fused units in
+place of the layers it fuses: ``search.units``), the target's table (built or read from
 cache), and a predictor calibrated on whole-model measurements of that model on the target.
 ``prune_to_budget`` runs the method's importance scores through the budget search and
 removes channels physically. ``measure_model`` exports, compiles and measures any model
 variant on the target, so the caller can check the budget by measurement and feed the
-result back (``add_measurement``) before searching again.
+result back (``add_measurement``) before searching again. ``calibrate`` measures its models
+(unpruned and uniformly pruned variants) interleaved over several rounds, each measurement in
+a fresh process, and fits on each model's fastest round.
+With ``device`` (a connected ``RemoteDevice``) the table is measured on that board
+(``model_table.table_builder``) and every model is compiled and measured there, exactly as a
+build's final measurement with ``--device`` does (``remote_compile_and_measure`` without
+measuring, then ``remote_measure_interleaved``).
 Invariants: every latency this module reports for a model was measured on the target's
-runtime in a fresh process; predictions are labelled as predictions. The table is sampled
+runtime (on the device when one is given) in a fresh process; predictions are labelled as predictions. The table is sampled
 and the search chooses counts at ``multiple`` — the channel multiple the build rounds to
 (``--round-to``, or the profile's multiple for the chosen precision), combined with a group's
 grouped-conv slices — never at a multiple read from the profile behind the caller's back;
@@ -27,16 +34,23 @@ from torch import nn
 
 from edgeprune.errors import UserInputError
 from edgeprune.export import export_onnx
-from edgeprune.measure.lut_build import build_table
 from edgeprune.measure.predictor import Predictor
-from edgeprune.measure.protocol import MeasureSettings, measure
+from edgeprune.measure.protocol import MeasureSettings, measure_interleaved
 from edgeprune.prune import check_options
 from edgeprune.prune.base import PruneContext, PruneResult, apply_counts, multiples, no_groups_error
 from edgeprune.prune.graph import PruneGraph
 from edgeprune.prune.select import min_keep, uniform_counts
 from edgeprune.search.budget import SearchResult, search_counts
-from edgeprune.search.plan import build_plan, table_requests
+from edgeprune.search.model_table import table_builder
+from edgeprune.search.plan import build_plan
+from edgeprune.search.units import plan_with_units
 from edgeprune.targets import require_runtime
+
+
+# The predictor's calibration: the unpruned model plus variants with these shares of every group's channels
+# removed, measured interleaved over this many rounds (one fresh process per measurement).
+CALIBRATION_RATIOS = (0.25, 0.5)
+CALIBRATION_ROUNDS = 3
 
 
 @dataclass
@@ -52,6 +66,7 @@ class HardwareSearch:
     samples: list[tuple[list[int], float]] = field(default_factory=list)
     multiple: int | None = None            # None: the profile's multiple for ``precision``
     ignored_layers: tuple[str, ...] = ()   # layers kept whole (module names or prefixes)
+    device: Any = None                     # a connected RemoteDevice: table, compile and measure there
 
     def __post_init__(self) -> None:
         if self.multiple is None:
@@ -64,38 +79,70 @@ class HardwareSearch:
         self.graph = self._graph()
         if not self.graph.groups:
             raise no_groups_error()
-        self.plan = build_plan(self.graph)
+        self.layer_plan = build_plan(self.graph)
         self.widths = [g.channels for g in self.graph.groups]
         self.multiples = multiples(self.graph, self.multiple)
-        self.table = build_table(self.profile, table_requests(self.plan), precision=self.precision,
-                                 threads=self.threads, progress=self.progress, multiple=self.multiple)
+        build = table_builder(self.profile, self.precision, self.threads, progress=self.progress,
+                              device=self.device, multiple=self.multiple)
+        self.plan, self.table = plan_with_units(self.graph.model, self.layer_plan, self.widths, build)
         self.predictor = Predictor(self.table["rows"], self.plan)
 
     def _graph(self) -> PruneGraph:
         return PruneGraph(copy.deepcopy(self.model).eval(), self.example, self.ignored_layers)
 
-    def measure_model(self, model: nn.Module, repeats: int = 2) -> float:
-        """p50 (ms) of ``model`` on the target: the smallest of ``repeats`` fresh-process measurements.
+    def _compile(self, model: nn.Module, folder: Path) -> Path:
+        """Export ``model`` and compile it for the target (on the device, if any); the artifact's folder."""
+        onnx_path = Path(export_onnx(model, tuple(self.example.shape), folder / "m.onnx")["path"])
+        if self.device is None:
+            mod = require_runtime(self.profile["runtime"])
+            return Path(mod.compile(onnx_path, self.precision, self.calib, self.profile, folder / "art").path)
+        from edgeprune.remote.remote_target import remote_compile_and_measure
 
-        The minimum, because a burst of load from a neighbour only ever makes a run slower; a single
-        disturbed baseline measurement would otherwise skew a relative budget (``0.5x``).
-        """
-        mod = require_runtime(self.profile["runtime"])
+        result = remote_compile_and_measure(self.device, onnx_path, self.profile, self.precision, self.calib, None,
+                                            self.settings, 1, folder / "remote", force=True, measure=False)
+        return Path(result["artifact"])
+
+    def measure_models(self, models: dict[str, nn.Module], rounds: int = 2) -> dict[str, float]:
+        """name -> p50 (ms) of each model on the target: all compiled first, then measured interleaved
+        (A B C, A B C, ...) for ``rounds`` rounds, a fresh process per measurement; each model's figure is
+        its fastest round, because a neighbour's burst of load only ever makes a round slower."""
         with tempfile.TemporaryDirectory(prefix="edgeprune-variant-") as tmp:
-            onnx_path = export_onnx(model, tuple(self.example.shape), Path(tmp) / "m.onnx")["path"]
-            art = mod.compile(Path(onnx_path), self.precision, self.calib, self.profile, Path(tmp) / "art")
-            return min(float(measure(art.path, self.settings)["latency"]["p50_ms"]) for _ in range(repeats))
+            arts = {name: self._compile(m, Path(tmp) / name) for name, m in models.items()}
+            if self.device is None:
+                res = measure_interleaved(arts, self.settings, rounds=rounds, progress=False)
+            else:
+                from edgeprune.remote.remote_target import remote_measure_interleaved
+
+                res = remote_measure_interleaved(self.device, arts, self.settings, rounds)
+        return {name: float(r["p50_ms_min"]) for name, r in res.items()}
+
+    def measure_model(self, model: nn.Module, repeats: int = 2) -> float:
+        """p50 (ms) of ``model`` on the target: the smallest of ``repeats`` fresh-process measurements."""
+        return self.measure_models({"model": model}, repeats)["model"]
 
     def add_measurement(self, counts: list[int], measured_ms: float) -> dict[str, Any]:
         self.samples.append((list(counts), measured_ms))
         return self.predictor.calibrate(self.samples)
 
-    def calibrate(self, uniform_ratio: float = 0.5) -> dict[str, Any]:
-        """Fit the predictor on the unpruned model and one uniformly pruned variant."""
-        self.add_measurement(self.widths, self.measure_model(self.model))
-        counts = uniform_counts(self.widths, uniform_ratio, multiples=self.multiples)
-        variant = self.prune_counts(counts, [np.ones(w) for w in self.widths])
-        return self.add_measurement(counts, self.measure_model(variant))
+    def calibrate(self, uniform_ratios: tuple[float, ...] = CALIBRATION_RATIOS, rounds: int = CALIBRATION_ROUNDS
+                  ) -> dict[str, Any]:
+        """Fit the predictor on the unpruned model and uniformly pruned variants (``uniform_ratios``: shares of
+        channels removed), measured interleaved over ``rounds`` rounds (``measure_models``); the unpruned model
+        is the first sample (``baseline_ms``). Variants that round to the same counts are measured once."""
+        points = {"unpruned": list(self.widths)}
+        ones = [np.ones(w) for w in self.widths]
+        for ratio in uniform_ratios:
+            counts = uniform_counts(self.widths, ratio, multiples=self.multiples)
+            if counts not in points.values():
+                points[f"uniform-{ratio:g}"] = counts
+        models = {name: self.model if name == "unpruned" else self.prune_counts(c, ones) for name, c in points.items()}
+        measured = self.measure_models(models, rounds)
+        for name, counts in points.items():
+            self.samples.append((list(counts), measured[name]))
+        fit = self.predictor.calibrate(self.samples)
+        fit["calibration"] = {"rounds": rounds, "statistic": "fastest round's p50, rounds interleaved",
+                              "models": {name: {"counts": c, "ms": measured[name]} for name, c in points.items()}}
+        return fit
 
     @property
     def baseline_ms(self) -> float:

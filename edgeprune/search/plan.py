@@ -25,6 +25,7 @@ class PlanLayer:
     out_c: int
     in_group: int | None = None   # group index owning the input channels, or None if fixed
     out_group: int | None = None  # group index owning the output channels, or None if fixed
+    members: tuple[str, ...] = ()  # a fused unit (``search.units``): the layers it stands for
 
     def channels(self, counts: list[int]) -> tuple[int, int]:
         cin = counts[self.in_group] if self.in_group is not None else self.in_c
@@ -35,8 +36,8 @@ class PlanLayer:
 
 
 def _sig(mod: nn.Module, in_hw: tuple[int, int]) -> LayerSig:
-    if isinstance(mod, nn.Linear):
-        return LayerSig("linear", relu=False)
+    if isinstance(mod, nn.Linear):  # timed as a 1x1 conv on a 1x1 map: targets take rank-4 inputs only
+        return LayerSig("conv", relu=False)
     depthwise = mod.groups > 1 and mod.groups == mod.in_channels == mod.out_channels
     if mod.groups > 1 and not depthwise:
         raise UserInputError(f"the latency-budget search cannot time grouped convolutions yet ({mod.groups} groups)",
