@@ -105,6 +105,13 @@ def _refine(args: tuple, sig: LayerSig, ins: list[int], outs: list[int], ms: dic
     return all_ins, all_outs
 
 
+_NO_IDENTITY: set = set()  # (profile name, runtime) whose converter refused the identity micro-model
+
+
+def warn(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
 def _identity_table(args: tuple, sig: LayerSig, ins: list[int], outs: list[int]) -> SigTable:
     pairs = [io_widths(sig, p[0], p[1]) for p in _points(sig, ins, outs)]
     id_ins = thin(sorted({a for a, _ in pairs}), IDENTITY_POINTS)
@@ -127,7 +134,17 @@ def measure_row(profile: dict[str, Any], precision: str, settings: MeasureSettin
     ms = run_points(profile, precision, settings, sig, _points(sig, ins, outs), rounds, timeout_s)
     if adaptive:
         ins, outs = _refine(args, sig, ins, outs, ms, multiple)
-    ident = _identity_table(args, sig, ins, outs)
+    try:
+        ident = _identity_table(args, sig, ins, outs)
+    except LutError as exc:
+        # Some converters refuse a model without weights (MNN: "stored {} weights"): keep the raw figures, whose
+        # per-inference overhead the predictor's calibrated offset absorbs, as it did before identities existed.
+        key = (profile.get("name"), profile.get("runtime"))
+        if key not in _NO_IDENTITY:
+            _NO_IDENTITY.add(key)
+            warn(f"warning: {profile.get('runtime')} cannot run the identity micro-model ({exc}); its table rows "
+                 "keep the runtime's per-inference overhead, which the predictor's calibration absorbs")
+        return _assemble(sig, ins, outs, dict(ms))
     net = {p: net_of(raw, ident.lookup(*io_widths(sig, *p))) for p, raw in ms.items()}
     return _assemble(sig, ins, outs, net)
 

@@ -38,6 +38,29 @@ def parse_budget(text: str) -> tuple[float, bool]:
     return value, relative
 
 
+def _check_reach(hs: HardwareSearch, pctx: PruneContext, method: str, budget_ms: float, settings: SearchSettings,
+                 exc: BudgetError):
+    """The prediction says the budget is out of reach: measure the fastest model the search may return. If it
+    does meet the budget, the predictor learns that point and the search runs again; otherwise the budget
+    really is out of reach (bad input), and the error says what was measured."""
+    counts = hs.fastest_counts(pctx.min_ratio)
+    measured = hs.measure_model(hs.prune_counts(counts, [np.ones(w) for w in hs.widths]))
+    info(f"      the prediction says {budget_ms:.3f} ms is out of reach; the fastest model the search may return "
+         f"measured {measured:.3f} ms")
+    if measured > budget_ms:
+        raise BudgetError(f"latency budget {budget_ms:.3f} ms cannot be met: the fastest model this search may "
+                          f"return (every layer at its minimum width) measured {measured:.3f} ms",
+                          "raise the budget, keep fewer layers whole (--keep), or lower the minimum width "
+                          "(--min-width SHARE)") from exc
+    hs.add_measurement(counts, measured)
+    try:
+        return hs.search(pctx, method, budget_ms, settings)
+    except BudgetError as again:
+        raise GateFailed(f"latency budget {budget_ms:.3f} ms: the fastest model the search may return measured "
+                         f"{measured:.3f} ms, within it, but the predictor still puts every candidate over it",
+                         "rerun on a quieter machine, or raise the budget slightly") from again
+
+
 def _search(hs: HardwareSearch, pctx: PruneContext, method: str, target_ms: float, budget_ms: float,
             tries: list[dict[str, Any]], settings: SearchSettings):
     """One search; after a measured miss an unreachable tightened aim is the measurements' doing, not the input's."""
@@ -45,7 +68,7 @@ def _search(hs: HardwareSearch, pctx: PruneContext, method: str, target_ms: floa
         return hs.search(pctx, method, target_ms, settings)
     except BudgetError as exc:
         if not tries:
-            raise
+            return _check_reach(hs, pctx, method, target_ms, settings, exc)
         figures = "; ".join(f"attempt {t['attempt']} predicted {t['predicted_ms']:.3f} / measured "
                             f"{t['measured_ms']:.3f} ms" for t in tries)
         raise GateFailed(f"budget {budget_ms:.3f} ms not met: the measurements disagreed with the predictions "

@@ -49,7 +49,7 @@ from edgeprune.targets import require_runtime
 
 # The predictor's calibration: the unpruned model plus variants with these shares of every group's channels
 # removed, measured interleaved over this many rounds (one fresh process per measurement).
-CALIBRATION_RATIOS = (0.25, 0.5)
+CALIBRATION_RATIOS = (0.25, 0.5, 0.75)  # the line spans the search's range, deep cuts included
 CALIBRATION_ROUNDS = 3
 
 
@@ -143,6 +143,10 @@ class HardwareSearch:
         fit["calibration"] = {"rounds": rounds, "statistic": "fastest round's p50, rounds interleaved",
                               "models": {name: {"counts": c, "ms": measured[name]} for name, c in points.items()}}
         return fit
+
+    def fastest_counts(self, min_ratio: float) -> list[int]:
+        """Every group at its floor: the fastest model a search may return."""
+        return [min_keep(w, m, min_ratio) for w, m in zip(self.widths, self.multiples)]
 
     @property
     def baseline_ms(self) -> float:
