@@ -81,7 +81,7 @@ class Settings:
     bn_images: int = 512                          # recalibrate_bn on this many training images
     eval_pruned_limit: int | None = 5000          # first N test images for "right after pruning"
     eval_final_limit: int | None = None           # None: the full test set
-    slim_lambdas: tuple = (1e-5, 1e-4, 1e-3, 5e-3, 2e-2, 5e-2)   # swept upward, two at a time
+    slim_lambdas: tuple = (1e-5, 1e-3, 5e-3, 2e-2, 5e-2, 1e-1)   # swept upward, two at a time
     slim_epochs: float = 0.5
     slim_lr: float = 0.02
     slim_weight_decay: float = 1e-4               # the paper's

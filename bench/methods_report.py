@@ -250,6 +250,32 @@ def claims(res: dict[str, Any], rows: list[dict[str, Any]], any_ahead: bool) -> 
     return out
 
 
+def headline(res: dict[str, Any]) -> str:
+    """One paragraph for bench/RESULTS.md: baseline, per target the best seed method and Torch-Pruning's best."""
+    rows = aggregate(res)
+    _, any_ahead = equal_latency(res, rows)
+    base = res["baseline"]["acc"]
+    n = len(res["seeds"])
+    parts = []
+    for t in res["settings"]["targets"]:
+        at = [r for r in rows if r["target"] == t]
+        seed_best = max((r for r in at if r["name"] in SEED_METHODS), key=lambda r: r["acc_ft_mean"], default=None)
+        tp_best = max((r for r in at if r["name"] in TP), key=lambda r: r["acc_ft_mean"], default=None)
+        if seed_best and tp_best:
+            parts.append(f"at ~{t:.0%} MACs cut the best seed method was {seed_best['name']} "
+                         f"({_pct(seed_best['acc_ft_mean'])}%) and Torch-Pruning's best {tp_best['name']} "
+                         f"({_pct(tp_best['acc_ft_mean'])}%)")
+    lo = min(res["settings"]["targets"])
+    gaps = [(r["name"], r["acc_ft_mean"] - base) for r in rows if r["target"] == lo and r["name"] in SEED_METHODS]
+    met = bool(gaps) and all(d >= -WITHIN for _, d in gaps)
+    return (f"ResNet-20 on Fashion-MNIST, baseline {_pct(base)}% (baseline + the same fine-tune "
+            f"{_pct(_ms(_baseline_ft(res))[0])}%), every pruned model fine-tuned {res['settings']['ft_epochs']:g} "
+            f"epoch after BN re-estimation, mean of {n} seed(s): " + "; ".join(parts) + ". Goal \"every seed method "
+            f"within 1 point at -{lo:.0%} MACs\": {'met' if met else 'not met'} ("
+            + ", ".join(f"{k} {100 * d:+.2f}" for k, d in gaps) + " pts); \"one ahead of Torch-Pruning at equal "
+            f"measured latency\": {'met' if any_ahead else 'not met'}. Wall time {res['seconds'] / 60:.0f} min.")
+
+
 def schedule(res: dict[str, Any]) -> list[str]:
     s, b = res["settings"], res["baseline"]
     tr = b.get("train", {})
@@ -294,6 +320,7 @@ def render(res: dict[str, Any], stem: str = "methods") -> str:
         f"{env['cpu']} ({env['cores']} cores, shared with other jobs; load {env['load_at_start']:.1f} at start), "
         f"torch {env['torch']}, torch-pruning {env['torch_pruning']}, OpenVINO {env['openvino']}. Raw numbers: "
         f"`{stem}.json`; this page and the plots are rendered from it by `python bench/methods_report.py`.", "",
+        "## Headline", "", headline(res), "",
         "## Schedule", "", *schedule(res), "",
         "## Results", "", *results_table(res, rows), "",
         f"![top-1 vs measured latency]({stem}-latency.png)", "",
