@@ -281,8 +281,10 @@ def schedule(res: dict[str, Any]) -> list[str]:
     tr = b.get("train", {})
     first = res["seeds"][sorted(res["seeds"], key=int)[0]]
     steps = first["rows"][0]["ft_steps"] if first["rows"] else "-"
-    base_tr = (f"{tr.get('epochs', '?')} epochs" + (f", lr {tr['lr']}" if "lr" in tr else "")
-               + (f", batch {tr['batch_size']}" if "batch_size" in tr else "")) if tr else "unknown schedule"
+    h = {**tr.get("history", {}), **tr}
+    base_tr = (f"trained {h.get('epochs', '?'):g} epochs" + (f", lr {h['lr']}" if "lr" in h else "")
+               + (f", batch {h['batch_size']}" if "batch_size" in h else "")
+               + (f", {h['seconds'] / 60:.0f} min" if "seconds" in h else "")) if tr else "unknown schedule"
     return [
         f"- Baseline: ResNet-20 from `{b.get('path')}` ({base_tr}), loaded, not retrained; top-1 {_pct(b['acc'])}% "
         f"on the {res['test_size']} test images.",
