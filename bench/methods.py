@@ -76,10 +76,10 @@ class Settings:
     tol: float = 0.01                             # bisection stops within this of the target
     seeds: tuple = (0, 1)
     batch_size: int = 128
-    ft_epochs: float = 0.5                        # the common fine-tune of every pruned model
+    ft_epochs: float = 0.2                        # the common fine-tune of every pruned model
     ft_lr: float = 0.01                           # cosine from here, SGD momentum 0.9, wd 5e-4
     bn_images: int = 512                          # recalibrate_bn on this many training images
-    eval_pruned_limit: int | None = 5000          # first N test images for "right after pruning"
+    eval_pruned_limit: int | None = 2000          # first N test images for "right after pruning"
     eval_final_limit: int | None = None           # None: the full test set
     slim_lambdas: tuple = (1e-5, 1e-3, 5e-3, 2e-2, 5e-2, 1e-1)   # swept upward, two at a time
     slim_epochs: float = 0.5
@@ -87,11 +87,12 @@ class Settings:
     slim_weight_decay: float = 1e-4               # the paper's
     sep_share: float = 0.25                       # "separated": >= this share of |gamma| < 0.01
     gate: dict = dataclasses.field(default_factory=lambda: {
-        # edgeprune.prune.gate's paper-like Tick-Tock (module docstring): 5% of the remaining channels per
-        # tick, a tick = a tenth of an epoch of gate+classifier training, a tock (1 epoch of all weights with
-        # lambda * sum|phi|, lambda 1e-4) every 10 ticks; no augmentation, like every other step here
-        "tick_ratio": 0.05, "tick_batches": 47, "batch_size": 128, "tick_lr": 0.01, "tock_every": 10,
-        "tock_epochs": 1.0, "tock_lr": 0.01, "gate_l1": 1e-4, "augment": False})
+        # edgeprune.prune.gate's paper-like Tick-Tock (module docstring: 5% of the remaining channels per
+        # tick, a tick = a tenth of an epoch, a tock of 1 epoch with lambda * sum|phi|, lambda 1e-4, every 10
+        # ticks), with ticks of 20 batches (~0.04 epoch) and tocks of 0.5 epoch to fit the 2-core budget;
+        # no augmentation, like every other step here
+        "tick_ratio": 0.05, "tick_batches": 20, "batch_size": 128, "tick_lr": 0.01, "tock_every": 10,
+        "tock_epochs": 0.5, "tock_lr": 0.01, "gate_l1": 1e-4, "augment": False})
     taylor: dict = dataclasses.field(default_factory=dict)   # library defaults (32 batches of 64)
     thinet: dict = dataclasses.field(default_factory=dict)   # library defaults (256 images x 10 positions)
     tp_max_pruning_ratio: float = 0.9             # = edgeprune's min_ratio 0.1
@@ -420,7 +421,11 @@ def _alive(p: subprocess.Popen) -> bool:
 
 def run(s: Settings, state: Path, common: list[str]) -> dict[str, Any]:
     state.mkdir(parents=True, exist_ok=True)
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    first = state / "started"  # a resumed run counts its wall time from the first start
+    if not first.is_file():
+        first.write_text(repr(time.time()))
+    t_start = float(first.read_text())
+    started = datetime.fromtimestamp(t_start, timezone.utc).isoformat(timespec="seconds")
     env = environment()
     timing: dict[str, float] = {}
     # 1. lambda sweep, two lambdas at a time, upward until the scales separate
@@ -468,7 +473,8 @@ def run(s: Settings, state: Path, common: list[str]) -> dict[str, Any]:
     return {"command": " ".join(["python", *sys.argv]), "date": started, "environment": env,
             "settings": dataclasses.asdict(s), "train_size": len(train_ds), "test_size": len(test_ds),
             "baseline": baseline, "hist_edges": HIST_EDGES, "sweep": sweep, "slim_lambda": chosen,
-            "seeds": seeds, "latency": lat, "timing": timing}
+            "seeds": seeds, "latency": lat, "timing": timing, "seconds": time.time() - t_start,
+            "resumed": (state / "resumed").is_file()}
 
 
 def main() -> int:
@@ -501,8 +507,9 @@ def main() -> int:
             phase_seed(s, args.worker_seed, args.lam, state)
         return 0
     common += ["--state", str(state)] if not args.state else []
+    if (state / "started").is_file():
+        (state / "resumed").write_text("1")
     result = run(s, state, common)
-    result["seconds"] = time.perf_counter() - T0
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str))

@@ -316,12 +316,15 @@ def render(res: dict[str, Any], stem: str = "methods") -> str:
     rows = aggregate(res)
     eq_lines, any_ahead = equal_latency(res, rows)
     phases = ", ".join(f"{k[:-2]} {v / 60:.1f} min" for k, v in t.items())
+    if res.get("resumed"):
+        phases = f"resumed from its state folder; phases of the last invocation: {phases}"
     return "\n".join([
         "# Seed pruning methods at a schedule that can test their claims (Fashion-MNIST, ResNet-20)", "",
         f"Run {res['date']}, wall time {res['seconds'] / 60:.1f} min ({phases}): `{res['command']}` on "
         f"{env['cpu']} ({env['cores']} cores, shared with other jobs; load {env['load_at_start']:.1f} at start), "
         f"torch {env['torch']}, torch-pruning {env['torch_pruning']}, OpenVINO {env['openvino']}. Raw numbers: "
         f"`{stem}.json`; this page and the plots are rendered from it by `python bench/methods_report.py`.", "",
+        *([f"Note: {n}" for n in res.get("notes", [])] + [""] if res.get("notes") else []),
         "## Headline", "", headline(res), "",
         "## Schedule", "", *schedule(res), "",
         "## Results", "", *results_table(res, rows), "",
