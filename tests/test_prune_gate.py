@@ -222,3 +222,37 @@ def test_gate_score_is_the_taylor_term_of_bn_affine_gradients(train_ds):
         bn = getattr(plain, name)
         expected = (bn.weight.grad * bn.weight + bn.bias.grad * bn.bias).abs().detach().double().numpy()
         assert np.allclose(theta[name], expected, rtol=1e-4, atol=1e-9)
+
+
+def test_tick_removes_exactly_the_lowest_scored_channels(train_ds):
+    """One real tick on the tiny CNN: the channels that go are the global lowest by summed Theta,
+    computed here independently from the raw gate scores (residual group = bn1 + bn2, conv3's = bn3)."""
+    from edgeprune.prune.gate import _Run, _tick
+
+    model = make_tiny_cnn()
+    ctx = PruneContext(example_inputs=X, ratio=0.5, train_ds=train_ds, progress=False,
+                       options=dict(FAST, tick_ratio=0.2, tock_every=0))
+    run = _Run(model, ctx, GateSettings.from_context(ctx))
+    before_w = {n: getattr(run.model, n).weight.detach().clone() for n in ("conv1", "conv3")}  # rows identify channels
+    run.gates.attach()
+    _tick(run.model, run.gates, train_ds, run.s, run.classifier, seed=0)
+    run.gates.detach()
+    theta, phi = run.gates.scores(), run.gates.values()
+    n_remove = run.to_remove()
+    assert n_remove == 10  # ceil(0.2 * 48)
+    flat = [("res", i, theta["bn1"][i] + theta["bn2"][i]) for i in range(16)]
+    flat += [("c3", i, theta["bn3"][i]) for i in range(32)]
+    lowest = sorted(flat, key=lambda t: t[2])[:n_remove]
+    assert lowest[-1][2] < sorted(t[2] for t in flat)[n_remove]  # no tie at the cut
+    gone = {(g, i) for g, i, _ in lowest}
+    assert run.prune_tick() == n_remove
+
+    kept_res = [j for j in range(16) if ("res", j) not in gone]
+    kept_c3 = [j for j in range(32) if ("c3", j) not in gone]
+    assert run.model.conv1.out_channels == len(kept_res) and run.model.conv3.out_channels == len(kept_c3)
+    assert torch.equal(run.model.conv1.weight.detach(), before_w["conv1"][kept_res])
+    assert torch.equal(run.model.conv3.weight.detach(), before_w["conv3"][kept_c3][:, kept_res])
+    # the gates (and their scores) that stay are the kept channels' own
+    assert torch.equal(run.gates.values()["bn1"], phi["bn1"][kept_res])
+    assert torch.equal(run.gates.values()["bn3"], phi["bn3"][kept_c3])
+    assert np.array_equal(run.gates.scores()["bn3"], theta["bn3"][kept_c3])

@@ -12,7 +12,7 @@ from edgeprune.export import export_onnx
 from edgeprune.prune import prune_model
 from edgeprune.prune.base import PruneContext
 from edgeprune.prune.graph import PruneGraph
-from edgeprune.prune.slimming import (l1_subgradient_hook, pass_targets, prunable_bns, scores,
+from edgeprune.prune.slimming import (gamma_histogram, l1_subgradient_hook, pass_targets, prunable_bns, scores,
                                       small_gamma_share)
 from edgeprune.train import train
 from tests.conftest import MINI_FMNIST, make_tiny_cnn
@@ -49,13 +49,24 @@ def test_hook_adds_l1_subgradient_only_to_prunable_bns():
         assert not (mod.bias if name.endswith("bias") else mod.weight).grad.any(), name
 
 
-def test_sparsity_training_drives_prunable_bn_scales_down(mini_train):
-    """Same seed, same data: the penalty makes many prunable gammas ~0 and leaves bn3 (ignored group) alone."""
+@pytest.fixture(scope="module")
+def plain_and_sparse(mini_train):
+    """Same seed, same data, 2 epochs on the carried subset: without and with the L1 term (bn3's group ignored)."""
     args = dict(epochs=2, lr=0.05, batch_size=32, weight_decay=1e-4, augment=False, progress=False, seed=0)
     plain, sparse = make_tiny_cnn(width=8), make_tiny_cnn(width=8)  # seeds 0-2: 44-56% of gammas < 1e-2
+    initial = gamma_histogram([plain.bn1, plain.bn2], EDGES)
     train(plain, mini_train, **args)
     graph = PruneGraph(sparse, X, ignored_layers=("conv3",))
     train(sparse, mini_train, after_backward=l1_subgradient_hook(prunable_bns(graph), 0.15), **args)
+    return initial, plain, sparse
+
+
+EDGES = [0.0, 1e-3, 1e-2, 0.1, 0.5, 1.0, 2.0, 10.0]
+
+
+def test_sparsity_training_drives_prunable_bn_scales_down(plain_and_sparse):
+    """The penalty makes many prunable gammas ~0 and leaves bn3 (ignored group) alone."""
+    _, plain, sparse = plain_and_sparse
     regularised = lambda m: [m.bn1, m.bn2]  # noqa: E731
     assert small_gamma_share(regularised(plain)) == 0.0
     assert small_gamma_share(regularised(sparse)) >= 0.25, [b.weight for b in regularised(sparse)]
@@ -64,6 +75,19 @@ def test_sparsity_training_drives_prunable_bn_scales_down(mini_train):
     # bn3 is outside every prunable group: no penalty, its scales stay where plain training puts them
     assert small_gamma_share([sparse.bn3]) == 0.0
     assert abs(mean_abs(sparse.bn3) - mean_abs(plain.bn3)) < 0.05
+
+
+def test_sparsity_moves_the_gamma_histogram_below_0_01(plain_and_sparse):
+    """The |gamma| histogram (what bench/methods.py plots): plain training leaves every scale above 0.1, the
+    L1 term moves at least a quarter of them into the bins below 0.01 and empties the top bins."""
+    initial, plain, sparse = plain_and_sparse
+    h_plain, h_sparse = (gamma_histogram([m.bn1, m.bn2], EDGES) for m in (plain, sparse))
+    assert sum(initial) == sum(h_plain) == sum(h_sparse) == 16  # every prunable channel counted once
+    assert initial[:3] == [0, 0, 0] and h_plain[:3] == [0, 0, 0]
+    assert sum(h_sparse[:2]) >= 4  # |gamma| < 0.01
+    assert sum(h_sparse[4:]) < sum(h_plain[4:])  # mass leaves |gamma| >= 0.5
+    direct = torch.cat([sparse.bn1.weight, sparse.bn2.weight]).detach().abs()
+    assert sum(h_sparse[:2]) == int((direct < 1e-2).sum())
 
 
 def test_prunes_lowest_gammas_physically_with_group_mean():

@@ -41,7 +41,7 @@ Invariant: ``prune`` works on a copy; every pruned group keeps at least
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -114,6 +114,15 @@ def small_gamma_share(bns: list[nn.Module], below: float = SMALL_GAMMA) -> float
         return 0.0
     flat = torch.cat(gammas)
     return float((flat < below).float().mean())
+
+
+def gamma_histogram(bns: list[nn.Module], edges: Sequence[float]) -> list[int]:
+    """Counts of the listed BNs' |gamma| in the bins ``edges`` (|gamma| above the last edge lands in the last bin)."""
+    if not bns:
+        return [0] * (len(edges) - 1)
+    flat = torch.cat([bn.weight.detach().abs().flatten() for bn in bns]).double().numpy()
+    counts, _ = np.histogram(np.clip(flat, edges[0], edges[-1]), bins=np.asarray(edges, dtype=float))
+    return [int(c) for c in counts]
 
 
 def bn_scale_scores(graph: PruneGraph) -> list[np.ndarray | None]:
