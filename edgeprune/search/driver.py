@@ -120,9 +120,12 @@ def prune_to_budget(model: nn.Module, example: torch.Tensor, profile: dict[str, 
              f"measured {measured:.3f} ms")
         if measured <= budget_ms:
             break
-        # The predictor learns from its miss, and the next search aims lower by the share it missed by.
+        # The predictor learns from its miss (refit with the missed model); the next search aims lower only by
+        # what the refit line still under-predicts that model by, plus a small margin per attempt. (Scaling the
+        # aim by the whole miss as well would count the miss twice.)
         hs.add_measurement(found.counts, measured)
-        target_ms = min(target_ms, found.predicted_ms) * budget_ms / measured * 0.99
+        still = min(1.0, hs.predictor.predict(found.counts) / measured)
+        target_ms = min(target_ms, budget_ms * still * (1 - 0.02 * attempt))
     else:
         raise GateFailed(f"budget {budget_ms:.3f} ms not met after {attempts} attempts: "
                          + "; ".join(f"predicted {t['predicted_ms']:.3f} / measured {t['measured_ms']:.3f} ms" for t in tries),
