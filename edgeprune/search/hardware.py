@@ -26,7 +26,7 @@ import copy
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -41,6 +41,9 @@ from edgeprune.prune.base import PruneContext, PruneResult, apply_counts, multip
 from edgeprune.prune.graph import PruneGraph
 from edgeprune.prune.select import min_keep, uniform_counts
 from edgeprune.search.budget import SearchResult, search_counts
+
+if TYPE_CHECKING:
+    from edgeprune.search.allocate import SearchSettings
 from edgeprune.search.model_table import table_builder
 from edgeprune.search.plan import build_plan
 from edgeprune.search.units import plan_with_units
@@ -159,7 +162,7 @@ class HardwareSearch:
         return graph.model
 
     def search(self, ctx: PruneContext, method: str, budget_ms: float,
-               settings: "SearchSettings | None" = None) -> tuple[PruneResult, SearchResult]:
+               settings: SearchSettings | None = None) -> tuple[PruneResult, SearchResult]:
         """Counts within ``budget_ms`` by prediction, from ``method``'s channel importance; the pruned copy.
 
         ``settings.strategy``: ``knapsack`` (iterative knapsack + candidates + adaptive-BN arbitration,
