@@ -28,6 +28,7 @@ SIZE = 16  # the zoo runs at 16x16 (every model still has >= 1x1 maps) to stay f
 FAST = {
     "l1": {}, "l2": {}, "random": {},
     "taylor": {"taylor_batches": 1, "taylor_batch_size": 4},
+    "taylor_bn": {"taylor_batches": 1, "taylor_batch_size": 4},
     "slim": {"sparsity_epochs": 0},
     "gate": {"batch_size": 4, "tick_batches": 1, "tick_ratio": 0.5, "tock_every": 0, "augment": False},
     "thinet": {"samples": 4, "positions": 1, "channels_per_location": 2, "batch_size": 4},
