@@ -11,7 +11,10 @@
    (every group loses the same share, the least pruning that meets the budget) with the run's
    importance and with L1, and ``random_candidates`` random allocations scaled to the budget
    (EagleEye). Every candidate is a set of channels of the *original* network, with its weights.
-3. **Arbitration** (EagleEye): each candidate's BN statistics are re-estimated on ``bn_images``
+3. **Measurement, then arbitration** (EagleEye): every candidate is compiled and measured on the target
+   (interleaved, 2 rounds, fresh process each); only those within the budget *by measurement* are compared
+   (all of them when none is), because the knapsack finds exactly the allocations the predictor prices too
+   cheaply. Each compared candidate's BN statistics are re-estimated on ``bn_images``
    training images (``prune.bn.recalibrate_bn``) and its top-1 is taken on ``holdout_images`` held-out
    *training* images (never the test set). The most accurate wins (ties: the faster prediction);
    the caller measures it on the target and fine-tunes it like any pruned model. The iterative
@@ -94,10 +97,12 @@ class Candidate:
     predicted_ms: float
     holdout_top1: float | None = None
     note: str = ""
+    measured_ms: float | None = None
 
     def row(self, widths: list[int]) -> dict[str, Any]:
         shares = [c / w for c, w in zip(self.counts, widths)]
-        return {"name": self.name, "predicted_ms": self.predicted_ms, "holdout_top1": self.holdout_top1,
+        return {"name": self.name, "predicted_ms": self.predicted_ms, "measured_ms": self.measured_ms,
+                "holdout_top1": self.holdout_top1,
                 "kept_share": sum(self.counts) / sum(widths), "min_group_share": min(shares),
                 "counts": list(self.counts), "note": self.note}
 
@@ -252,10 +257,23 @@ class Allocator:
                               "(--min-width SHARE)")
         with torch.random.fork_rng():
             cands, trace = self.candidates(budget_ms)
-            winner, model = self.arbitrate(cands)
+            # The optimiser finds the predictor's errors: measure every candidate (interleaved, fresh process
+            # each) and compare only those that meet the budget by measurement, when any does.
+            measured = self.hs.measure_models({c.name: self.subnet(c) for c in cands}, rounds=2)
+            for c in cands:
+                c.measured_ms = measured[c.name]
+            fits = [c for c in cands if c.measured_ms <= budget_ms]
+            winner, model = self.arbitrate(fits or cands)
+            for c in cands:
+                if c not in fits and fits:
+                    c.note = (c.note + "; " if c.note else "") + "over the budget by measurement: not compared"
         rows = [c.row(self.widths) for c in cands]
-        runner_up = max((c for c in cands if c is not winner), key=lambda c: c.holdout_top1, default=None)
-        why = (f"{winner.name} scored {100 * winner.holdout_top1:.2f}% top-1 on {len(self.holdout_ds)} held-out "
+        runner_up = max((c for c in cands if c is not winner and c.holdout_top1 is not None),
+                        key=lambda c: c.holdout_top1, default=None)
+        compared = [c for c in cands if c.holdout_top1 is not None]
+        why = (f"{len(compared)} of {len(cands)} candidates compared "
+               f"({'those within the budget by measurement' if len(compared) < len(cands) else 'all'}); "
+               f"{winner.name} scored {100 * winner.holdout_top1:.2f}% top-1 on {len(self.holdout_ds)} held-out "
                f"training images after BN re-estimation" +
                (f", ahead of {runner_up.name} ({100 * runner_up.holdout_top1:.2f}%)" if runner_up else ""))
         info(f"      search: {len(cands)} candidates within {budget_ms:.3f} ms predicted; {why}")
