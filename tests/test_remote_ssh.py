@@ -519,8 +519,8 @@ def test_budget_search_measures_table_and_models_on_the_device(device, tmp_path)
     hs = HardwareSearch(model, torch.zeros(1, 1, 8, 8), profile, "fp32", 1, FAST, progress=False, device=device)
     assert hs.table["meta"]["device"] == device.label and hs.table["meta"]["rows_measured"] > 0
     fit = hs.calibrate(rounds=2)
-    assert fit["samples"] == 3 and all(ms > 0 for _, ms in hs.samples) and hs.baseline_ms == hs.samples[0][1]
-    assert set(fit["calibration"]["models"]) == {"unpruned", "uniform-0.25", "uniform-0.5"}
+    assert fit["samples"] == 4 and all(ms > 0 for _, ms in hs.samples) and hs.baseline_ms == hs.samples[0][1]
+    assert set(fit["calibration"]["models"]) == {"unpruned", "uniform-0.25", "uniform-0.5", "uniform-0.75"}
     assert hs.measure_model(hs.prune_counts(hs.samples[2][0], [np.ones(w) for w in hs.widths]), repeats=1) > 0
     assert list(Path(device.cache_dir(), "lut").glob("*.json"))  # the board's own cache holds the rows
     assert list(Path(device.cache_dir(), "jobs").iterdir()) == []  # every job folder removed

@@ -129,8 +129,8 @@ def test_calibration_measures_its_models_interleaved_over_rounds(monkeypatch, tm
     hs = hardware.HardwareSearch(model, EXAMPLE, {**load_profile("onnxruntime"), "precision": "fp32"}, "fp32", 1,
                                  MeasureSettings(threads=1), progress=False, multiple=8)
     fit = hs.calibrate()
-    assert calls == [(["unpruned", "uniform-0.25", "uniform-0.5"], hardware.CALIBRATION_ROUNDS)]
-    assert fit["samples"] == 3 and hs.samples[0][0] == hs.widths
+    assert calls == [(["unpruned", "uniform-0.25", "uniform-0.5", "uniform-0.75"], hardware.CALIBRATION_ROUNDS)]
+    assert fit["samples"] == 4 and hs.samples[0][0] == hs.widths
     assert hs.baseline_ms == pytest.approx(_fake_measure(hs, model) + 0.05)  # the fastest round, not the burst
     assert fit["scale"] == pytest.approx(1.0) and fit["offset_ms"] == pytest.approx(0.05)
     assert fit["calibration"]["rounds"] == hardware.CALIBRATION_ROUNDS
