@@ -238,10 +238,14 @@ class Allocator:
         graph.apply(cand.keep)
         return graph.model
 
-    def arbitrate(self, cands: list[Candidate]) -> tuple[Candidate, nn.Module]:
+    def arbitrate(self, cands: list[Candidate], models: dict[str, nn.Module] | None = None
+                  ) -> tuple[Candidate, nn.Module]:
+        """The candidate with the best held-out top-1 after BN re-estimation (``models``: their sub-networks,
+        by name, when already built; re-estimated in place)."""
         best = None
         for cand in tqdm(cands, desc="candidates", disable=not self.ctx.progress, file=sys.stderr, leave=False):
-            model = recalibrate_bn(self.subnet(cand).eval(), self.fit_ds, self.s.bn_images, seed=self.s.seed)
+            model = models[cand.name] if models is not None else self.subnet(cand)
+            model = recalibrate_bn(model.eval(), self.fit_ds, self.s.bn_images, seed=self.s.seed)
             cand.holdout_top1 = _evaluate(model, self.holdout_ds)
             if best is None or (cand.holdout_top1, -cand.predicted_ms) > (best[0].holdout_top1, -best[0].predicted_ms):
                 best = (cand, model)
@@ -259,11 +263,12 @@ class Allocator:
             cands, trace = self.candidates(budget_ms)
             # The optimiser finds the predictor's errors: measure every candidate (interleaved, fresh process
             # each) and compare only those that meet the budget by measurement, when any does.
-            measured = self.hs.measure_models({c.name: self.subnet(c) for c in cands}, rounds=2)
+            models = {c.name: self.subnet(c) for c in cands}
+            measured = self.hs.measure_models(models, rounds=2)
             for c in cands:
                 c.measured_ms = measured[c.name]
             fits = [c for c in cands if c.measured_ms <= budget_ms]
-            winner, model = self.arbitrate(fits or cands)
+            winner, model = self.arbitrate(fits or cands, models)
             for c in cands:
                 if c not in fits and fits:
                     c.note = (c.note + "; " if c.note else "") + "over the budget by measurement: not compared"
