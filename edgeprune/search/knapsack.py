@@ -98,9 +98,10 @@ def solve_dp(ks: Knapsack, resolution: int = 1000) -> list[int] | None:
     neg = -np.inf
     best = np.full(bins + 1, neg)
     best[0] = 0.0
-    choice = []
+    choice, bin_weights = [], []
     for vals, wts in zip(ks.values, ks.weights):
         wb = np.ceil(wts / unit - 1e-9).astype(int) if ks.capacity > 0 else np.where(wts > 1e-12, bins + 1, 0)
+        bin_weights.append(wb)
         new = np.full(bins + 1, neg)
         pick = np.full(bins + 1, -1, dtype=int)
         for k, (v, b) in enumerate(zip(vals, wb)):
@@ -121,9 +122,7 @@ def solve_dp(ks: Knapsack, resolution: int = 1000) -> list[int] | None:
     for g in range(len(ks.values) - 1, -1, -1):
         k = int(choice[g][end])
         picks.append(k)
-        wts = ks.weights[g]
-        b = int(np.ceil(wts[k] / unit - 1e-9)) if ks.capacity > 0 else 0
-        end -= b
+        end -= int(bin_weights[g][k])
     return picks[::-1]
 
 
