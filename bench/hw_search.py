@@ -1,6 +1,6 @@
 """Budget search vs the baselines at equal *measured* latency: is the knapsack search the most accurate?
 
-Protocol (issue 11), per target and budget (a share of the unpruned model's p50, the calibration's fastest of 3 interleaved rounds):
+Protocol (issue 11), per target and budget (a share of the unpruned model's p50 from the calibration's paired measurement):
 - one trained checkpoint for every arm; fp32, 1 thread;
 - arms: ``knapsack`` (the default ``--budget-ms`` search: BN-Taylor importance, iterative knapsack,
   adaptive-BN arbitration), ``greedy`` (the earlier search, L1 importance), ``uniform`` (every layer
@@ -9,14 +9,15 @@ Protocol (issue 11), per target and budget (a share of the unpruned model's p50,
 - knapsack and greedy run the driver's search-measure-tighten loop against the budget (every budget
   starts from the same calibration); uniform and tp are then *matched on measured latency* to the
   knapsack model: a few candidates around the predicted (uniform) or MACs (tp) match are measured
-  interleaved with it, and the closest is taken;
+  paired against it (``measure.paired``: alternating bursts in one process, 2 processes), and the closest is taken;
 - every arm: BN statistics re-estimated on 512 training images, then the same fine-tune
   (``--ft-epochs`` of the training set, SGD lr ``--ft-lr``, cosine, batch 128, no augmentation, the seed's
   batch order), top-1 on the full test set;
 - seeds change the search's randomness (importance batches, random candidates, step fine-tunes) and
   every arm's fine-tuning order; mean ± std over seeds;
-- final latency: per (budget, seed), the four arms and the unpruned model measured interleaved in
-  ``--rounds`` rounds, a fresh process per run; a model's figure is its median round's p50; the table says
+- final latency: per (budget, seed), the four arms measured paired against the unpruned model in
+  ``--rounds`` fresh processes (alternating bursts, so a shared machine's load phases cancel out of each
+  ratio); a model's figure is its median ratio to the unpruned model times the calibration's baseline; the table says
   how far each arm is from the knapsack model's latency (the protocol asks for within ±3%). Results are
   written after every (budget, seed), so a stopped run still leaves its finished cells.
 Writes bench/results/hw_search.json, hw_search.md and hw_search.png (top-1 vs measured latency).
@@ -86,11 +87,15 @@ class Bench:
         return str(require_runtime(hs.profile["runtime"]).compile(Path(onnx_path), hs.precision, hs.calib,
                                                                    hs.profile, dest / "art").path)
 
-    def interleaved(self, hs, arts: dict[str, str], rounds: int) -> dict[str, float]:
-        from edgeprune.measure.protocol import measure_interleaved
+    def paired(self, hs, arts: dict[str, str], rounds: int, reference: str) -> dict[str, float]:
+        """p50 of every artifact, paired against ``reference`` in alternating bursts (``measure.paired``); on the
+        calibration's scale when the reference is the unpruned model, so arms and budget compare directly."""
+        from edgeprune.measure.paired import measure_paired
 
-        res = measure_interleaved(arts, hs.settings, rounds=rounds, progress=False)
-        return {k: float(v["latency"]["p50_ms"]) for k, v in res.items()}
+        res = measure_paired(arts, hs.settings, rounds=rounds, reference=reference,
+                             reference_ms=hs.baseline_ms if reference == "base" else None)
+        self.last_paired = res
+        return {k: float(v["p50_ms"]) for k, v in res.items()}
 
     def searched(self, hs, budget_ms: float, strategy: str, seed: int):
         from edgeprune.prune.base import PruneContext
@@ -125,7 +130,7 @@ class Bench:
         for i, c in enumerate(near):
             models[f"u{i}"] = (hs.prune_counts(list(c), scores), options[c], list(c))
             arts[f"u{i}"] = self.compile(hs, models[f"u{i}"][0])
-        ms = self.interleaved(hs, arts, 2)
+        ms = self.paired(hs, arts, 2, "target")
         best = min(models, key=lambda k: abs(ms[k] - ms["target"]))
         return models[best][0], {"ratio": models[best][1], "counts": models[best][2], "match_ms": ms[best],
                                  "target_ms": ms["target"]}
@@ -141,7 +146,7 @@ class Bench:
         for i, r in enumerate(near):
             models[f"t{i}"] = (tp_prune(self.model, self.example, r, hs.multiple), r)
             arts[f"t{i}"] = self.compile(hs, models[f"t{i}"][0])
-        ms = self.interleaved(hs, arts, 2)
+        ms = self.paired(hs, arts, 2, "target")
         best = min(models, key=lambda k: abs(ms[k] - ms["target"]))
         return models[best][0], {"ratio": models[best][1], "macs_ratio_goal": goal, "match_ms": ms[best],
                                  "target_ms": ms["target"]}
@@ -173,7 +178,7 @@ def run_target(bench: Bench, target: str) -> dict:
     table_s = time.perf_counter() - t0
     fit = hs.calibrate()
     base_art = bench.compile(hs, bench.model)
-    anchor = hs.baseline_ms  # the calibration's: fastest of 3 interleaved rounds, as the driver's relative budget
+    anchor = hs.baseline_ms  # the calibration's paired figure, as the driver's relative budget
     log(f"   table {table_s:.0f} s; baseline {anchor:.3f} ms; predictor scale {fit['scale']:.2f} "
         f"offset {fit['offset_ms']:+.3f}")
     rows, base_ms = [], []
@@ -217,10 +222,12 @@ def run_target(bench: Bench, target: str) -> dict:
                                   "name": name, "macs": macs(model, bench.shape), **acc, **info})
                 log(f"      {arm}: top-1 {acc['top1_after_prune']:.4f} after prune (BN re-estimated) -> "
                     f"{acc['top1']:.4f} fine-tuned")
-            # the cell's arms and the unpruned model, interleaved (fresh process per run)
-            ms = bench.interleaved(hs, cell_arts, args.rounds)
+            # the cell's arms paired against the unpruned model (alternating bursts, fresh processes)
+            ms = bench.paired(hs, cell_arts, args.rounds, "base")
             for r in cell_rows:
                 r["measured_ms"] = ms[r["name"]]
+                r["ratio_to_unpruned"] = bench.last_paired[r["name"]]["ratio"]
+                r["ratio_interval"] = bench.last_paired[r["name"]]["ratio_interval"]
                 r["baseline_ms_same_rounds"] = ms["base"]
             rows += cell_rows
             base_ms.append(ms["base"])
@@ -308,7 +315,7 @@ def write_md(result: dict, path: Path) -> None:
     for case in result["cases"]:
         lines += [f"## {case['target']} ({case['runtime']}): per run", "",
                   f"Channel multiple {case['multiple']}; latency table {case['table_s']:.0f} s; budget anchor "
-                  f"(unpruned, calibration's fastest of 3 interleaved rounds) {case['anchor_ms']:.3f} ms; unpruned in the final rounds "
+                  f"(unpruned, the calibration's paired figure) {case['anchor_ms']:.3f} ms; unpruned in the final rounds "
                   f"{case['baseline_final_ms']:.3f} ms.", ""]
         rows = []
         for r in case["rows"]:

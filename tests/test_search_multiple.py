@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -100,37 +101,44 @@ def test_budget_search_keeps_kept_layers_whole(fake_runtime):
     assert sum(after.values()) < sum(before.values())
 
 
-def test_calibration_measures_its_models_interleaved_over_rounds(monkeypatch, tmp_path):
-    """``calibrate`` fits on the unpruned model and two uniform variants, measured in ONE interleaved
-    comparison of several rounds (fresh process each), each model's fastest round; a burst of load in one
-    round does not move the fit."""
+def test_calibration_and_later_measurements_are_paired_against_the_unpruned_model(monkeypatch, tmp_path):
+    """``calibrate`` measures the unpruned model and three uniform variants in ONE paired measurement (bursts
+    against the unpruned model, ``CALIBRATION_ROUNDS`` processes); a phase of load that slows every model in a
+    cycle does not move the fit. Every later measurement is paired against the unpruned model again and put
+    on the calibration's scale, so a budget and the candidates measured against it agree."""
+    from edgeprune.measure.paired import summarize
+
     monkeypatch.setenv("EDGEPRUNE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(lut_build, "_measure_row", _fake_row)
     calls = []
+    phases = [1.0, 3.0, 1.0, 1.0, 2.0, 1.0, 1.0, 1.5]  # the machine's slowdown in each cycle
 
-    def fake_interleaved(artifacts, settings, rounds=3, progress=True, **kw):
-        calls.append((list(artifacts), rounds))
-        out = {}
-        for name, art in artifacts.items():
-            true = float((Path(art) / "ms").read_text())
-            p50s = [true * 3 if r == 1 else true for r in range(rounds)]  # round 2 hit by a neighbour's burst
-            out[name] = {"rounds": p50s, "p50_ms_min": min(p50s), "latency": {"p50_ms": sorted(p50s)[len(p50s) // 2]}}
-        return out
+    def fake_paired(artifacts, settings, rounds=2, reference=None, reference_ms=None, **kw):
+        calls.append((list(artifacts), rounds, reference))
+        bursts = {name: [float((Path(art) / "ms").read_text()) * p for p in phases] for name, art in artifacts.items()}
+        return summarize(bursts, reference or list(artifacts)[0], reference_ms)
 
     def fake_compile(self, model, folder):
         folder.mkdir(parents=True)
         (folder / "ms").write_text(repr(_fake_measure(self, model) + 0.05))  # plus a fixed per-call overhead
         return folder
 
-    monkeypatch.setattr(hardware, "measure_interleaved", fake_interleaved)
+    monkeypatch.setattr(hardware, "measure_paired", fake_paired)
     monkeypatch.setattr(hardware.HardwareSearch, "_compile", fake_compile)
     torch.manual_seed(0)
     model = build_model("resnet20", num_classes=10, in_channels=1).eval()
     hs = hardware.HardwareSearch(model, EXAMPLE, {**load_profile("onnxruntime"), "precision": "fp32"}, "fp32", 1,
                                  MeasureSettings(threads=1), progress=False, multiple=8)
     fit = hs.calibrate()
-    assert calls == [(["unpruned", "uniform-0.25", "uniform-0.5", "uniform-0.75"], hardware.CALIBRATION_ROUNDS)]
+    assert calls == [(["unpruned", "uniform-0.25", "uniform-0.5", "uniform-0.75"], hardware.CALIBRATION_ROUNDS, None)]
     assert fit["samples"] == 4 and hs.samples[0][0] == hs.widths
-    assert hs.baseline_ms == pytest.approx(_fake_measure(hs, model) + 0.05)  # the fastest round, not the burst
+    true_base = _fake_measure(hs, model) + 0.05
+    assert hs.baseline_ms == pytest.approx(true_base)  # the quiet phase's figure, not a loaded one
     assert fit["scale"] == pytest.approx(1.0) and fit["offset_ms"] == pytest.approx(0.05)
     assert fit["calibration"]["rounds"] == hardware.CALIBRATION_ROUNDS
+    # later: against the unpruned model, on the calibration's scale
+    hs.samples[0] = (hs.samples[0][0], 2 * true_base)  # pretend the calibration had put the baseline at 2x
+    half = hs.prune_counts([w // 2 for w in hs.widths], [np.ones(w) for w in hs.widths])
+    got = hs.measure_models({"half": half})
+    assert calls[-1][0] == [hardware.REFERENCE, "half"] and calls[-1][2] == hardware.REFERENCE
+    assert got["half"] == pytest.approx(2 * (_fake_measure(hs, half) + 0.05))

@@ -12,9 +12,11 @@
    importance and with L1, and ``random_candidates`` random allocations scaled to the budget
    (EagleEye). Every candidate is a set of channels of the *original* network, with its weights.
 3. **Measurement, then arbitration** (EagleEye): every candidate is compiled and measured on the target
-   (interleaved, 2 rounds, fresh process each); only those within the budget *by measurement* are compared
-   (all of them when none is), because the knapsack finds exactly the allocations the predictor prices too
-   cheaply. Each compared candidate's BN statistics are re-estimated on ``bn_images``
+   (paired against the unpruned model in alternating bursts, 2 fresh processes: ``measure.paired``); every
+   measurement refits the predictor, and when fewer than half of the candidates meet the budget by
+   measurement a second round is generated with the refitted predictor (``refits``). Only candidates within
+   the budget *by measurement* are compared (all of them when none is), because the knapsack finds exactly
+   the allocations the predictor prices too cheaply. Each compared candidate's BN statistics are re-estimated on ``bn_images``
    training images (``prune.bn.recalibrate_bn``) and its top-1 is taken on ``holdout_images`` held-out
    *training* images (never the test set). The most accurate wins (ties: the faster prediction);
    the caller measures it on the target and fine-tunes it like any pruned model. The iterative
@@ -64,6 +66,7 @@ class SearchSettings:
     batch_size: int = 64
     max_cut: float = 0.5           # no group loses more than this share unless the budget needs it
     random_candidates: int = 4
+    refits: int = 1                # extra candidate rounds after refitting the predictor on measurements
     bn_images: int = 512
     holdout_images: int = 1000
     seed: int = 0
@@ -251,6 +254,43 @@ class Allocator:
                 best = (cand, model)
         return best
 
+    def _measured_candidates(self, budget_ms: float) -> tuple[list[Candidate], list[dict[str, Any]], dict[str, nn.Module]]:
+        """The candidates, each measured on the target (``hs.measure_models``: paired against the unpruned model).
+
+        The optimiser finds the predictor's errors, so every measurement also refits the predictor. When fewer
+        than half of a round's candidates meet the budget by measurement, another round (up to ``refits``) is
+        generated with the refitted predictor; the candidates of every round are pooled."""
+        pool: list[Candidate] = []
+        models: dict[str, nn.Module] = {}
+        seen: set = set()
+        trace: list[dict[str, Any]] = []
+        for rnd in range(1 + max(0, self.s.refits)):
+            cands, steps = self.candidates(budget_ms)
+            trace = trace or steps
+            fresh = []
+            for c in cands:
+                key = tuple(tuple(c.keep[g]) for g in sorted(c.keep))
+                if key in seen:
+                    continue
+                seen.add(key)
+                if rnd:
+                    c.name = f"{c.name} (refit {rnd})"
+                    c.note = (c.note + "; " if c.note else "") + "after refitting the predictor on the measurements"
+                fresh.append(c)
+            if not fresh:
+                break
+            built = {c.name: self.subnet(c) for c in fresh}
+            measured = self.hs.measure_models(built, rounds=2)
+            for c in fresh:
+                c.measured_ms = measured[c.name]
+                self.hs.samples.append((list(c.counts), c.measured_ms))
+            self.hs.predictor.calibrate(self.hs.samples)
+            pool += fresh
+            models.update(built)
+            if sum(c.measured_ms <= budget_ms for c in fresh) * 2 >= len(fresh):
+                break
+        return pool, trace, models
+
     def run(self, budget_ms: float) -> tuple[PruneResult, SearchResult]:
         fastest = self.hs.predictor.predict(
             [knapsack.options_for(w, m, f, w, 1.0)[0] for w, m, f in zip(self.widths, self.hs.multiples, self.floors)])
@@ -260,13 +300,7 @@ class Allocator:
                               "raise the budget, keep fewer layers whole (--keep), or lower the minimum width "
                               "(--min-width SHARE)")
         with torch.random.fork_rng():
-            cands, trace = self.candidates(budget_ms)
-            # The optimiser finds the predictor's errors: measure every candidate (interleaved, fresh process
-            # each) and compare only those that meet the budget by measurement, when any does.
-            models = {c.name: self.subnet(c) for c in cands}
-            measured = self.hs.measure_models(models, rounds=2)
-            for c in cands:
-                c.measured_ms = measured[c.name]
+            cands, trace, models = self._measured_candidates(budget_ms)
             fits = [c for c in cands if c.measured_ms <= budget_ms]
             winner, model = self.arbitrate(fits or cands, models)
             for c in cands:

@@ -7,8 +7,9 @@ cache), and a predictor calibrated on whole-model measurements of that model on 
 removes channels physically. ``measure_model`` exports, compiles and measures any model
 variant on the target, so the caller can check the budget by measurement and feed the
 result back (``add_measurement``) before searching again. ``calibrate`` measures its models
-(unpruned and uniformly pruned variants) interleaved over several rounds, each measurement in
-a fresh process, and fits on each model's fastest round.
+(unpruned and uniformly pruned variants) paired against the unpruned model (``measure.paired``: alternating
+short bursts in fresh processes, so the load phases of a shared machine cancel out of each ratio) and fits on
+them; every later measurement is a ratio to the unpruned model on the calibration's scale.
 With ``device`` (a connected ``RemoteDevice``) the table is measured on that board
 (``model_table.table_builder``) and every model is compiled and measured there, exactly as a
 build's final measurement with ``--device`` does (``remote_compile_and_measure`` without
@@ -34,8 +35,9 @@ from torch import nn
 
 from edgeprune.errors import UserInputError
 from edgeprune.export import export_onnx
+from edgeprune.measure.paired import measure_paired
 from edgeprune.measure.predictor import Predictor
-from edgeprune.measure.protocol import MeasureSettings, measure_interleaved
+from edgeprune.measure.protocol import MeasureSettings
 from edgeprune.prune import check_options
 from edgeprune.prune.base import PruneContext, PruneResult, apply_counts, multiples, no_groups_error
 from edgeprune.prune.graph import PruneGraph
@@ -51,9 +53,10 @@ from edgeprune.targets import require_runtime
 
 
 # The predictor's calibration: the unpruned model plus variants with these shares of every group's channels
-# removed, measured interleaved over this many rounds (one fresh process per measurement).
+# removed, measured paired against the unpruned model in this many fresh processes (``measure.paired``).
 CALIBRATION_RATIOS = (0.25, 0.5, 0.75)  # the line spans the search's range, deep cuts included
 CALIBRATION_ROUNDS = 3
+REFERENCE = "__unpruned__"  # the paired measurement's reference: the unpruned model
 
 
 @dataclass
@@ -70,6 +73,8 @@ class HardwareSearch:
     multiple: int | None = None            # None: the profile's multiple for ``precision``
     ignored_layers: tuple[str, ...] = ()   # layers kept whole (module names or prefixes)
     device: Any = None                     # a connected RemoteDevice: table, compile and measure there
+    _reference: Path | None = field(default=None, init=False, repr=False)
+    last_paired: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.multiple is None:
@@ -106,18 +111,35 @@ class HardwareSearch:
         return Path(result["artifact"])
 
     def measure_models(self, models: dict[str, nn.Module], rounds: int = 2) -> dict[str, float]:
-        """name -> p50 (ms) of each model on the target: all compiled first, then measured interleaved
-        (A B C, A B C, ...) for ``rounds`` rounds, a fresh process per measurement; each model's figure is
-        its fastest round, because a neighbour's burst of load only ever makes a round slower."""
+        """name -> p50 (ms) of each model on the target.
+
+        Here (no device): paired measurement (``measure.paired``) — ``rounds`` fresh processes, each timing
+        every model in alternating short bursts against the unpruned model, so a phase of a shared machine's
+        load cancels out of each ratio; each figure is that ratio times ``baseline_ms`` (the first call, the
+        calibration, sets ``baseline_ms`` from its reference's quiet-phase latency). Every figure this search
+        compares with its budget is thus on one scale. On a device: compiled there, measured interleaved
+        (A B C, A B C, ...), one fresh process per measurement, each model's fastest round."""
         with tempfile.TemporaryDirectory(prefix="edgeprune-variant-") as tmp:
             arts = {name: self._compile(m, Path(tmp) / name) for name, m in models.items()}
-            if self.device is None:
-                res = measure_interleaved(arts, self.settings, rounds=rounds, progress=False)
-            else:
+            if self.device is not None:
                 from edgeprune.remote.remote_target import remote_measure_interleaved
 
                 res = remote_measure_interleaved(self.device, arts, self.settings, rounds)
-        return {name: float(r["p50_ms_min"]) for name, r in res.items()}
+                return {name: float(r["p50_ms_min"]) for name, r in res.items()}
+            if self.samples:  # a baseline exists: every model against the unpruned one, on its scale
+                paired = measure_paired({REFERENCE: self._reference_artifact(), **arts}, self.settings, rounds,
+                                        reference=REFERENCE, reference_ms=self.baseline_ms)
+            else:  # the calibration: the first model (the unpruned one) is the reference
+                paired = measure_paired(arts, self.settings, rounds)
+            self.last_paired = paired
+        return {name: float(paired[name]["p50_ms"]) for name in models}
+
+    def _reference_artifact(self) -> Path:
+        """The unpruned model compiled once for this search (kept until the search is garbage-collected)."""
+        if self._reference is None:
+            self._reference_tmp = tempfile.TemporaryDirectory(prefix="edgeprune-reference-")
+            self._reference = self._compile(self.model, Path(self._reference_tmp.name) / REFERENCE)
+        return self._reference
 
     def measure_model(self, model: nn.Module, repeats: int = 2) -> float:
         """p50 (ms) of ``model`` on the target: the smallest of ``repeats`` fresh-process measurements."""
@@ -143,7 +165,8 @@ class HardwareSearch:
         for name, counts in points.items():
             self.samples.append((list(counts), measured[name]))
         fit = self.predictor.calibrate(self.samples)
-        fit["calibration"] = {"rounds": rounds, "statistic": "fastest round's p50, rounds interleaved",
+        fit["calibration"] = {"rounds": rounds, "statistic": "paired bursts: median ratio to the unpruned model x its "
+                                                             "quiet-phase (25th percentile) burst p50",
                               "models": {name: {"counts": c, "ms": measured[name]} for name, c in points.items()}}
         return fit
 
