@@ -6,11 +6,12 @@ Invariants:
 - The build happens in a hidden staging folder beside ``--out`` that is renamed to ``--out``
   only when the whole build succeeded; a failure removes it, so a folder named ``--out``
   always holds a complete, valid build (``report.json`` written last).
-- Baseline and pruned artifacts are measured interleaved (A B A B ...) in fresh processes, for at
-  least ``rounds`` rounds and then until the build's question is decided at ``confidence`` (at most
-  ``max_rounds``): with a budget, "is the pruned model within it?" (its p50 vs a budget in ms, or the
-  paired per-round ratio pruned/baseline vs a share such as 0.6x); without, "is it faster than the
-  baseline?". A budget "met" exits 0, "missed" 1, "undecided" 3 (``build_checks``).
+- Baseline and pruned artifacts are measured in rounds, for at least ``rounds`` rounds and then until
+  the build's question is decided at ``confidence`` (at most ``max_rounds``). Here a round is one fresh
+  process timing both in alternating short bursts (``protocol.measure_paired_rounds``: a shared machine's
+  load phases cancel out of the ratio pruned/baseline); on a device, A B A B in fresh processes. The
+  question: with a budget, "is the pruned model within it?" (its p50 vs a budget in ms, or the paired
+  per-round ratio pruned/baseline vs a share such as 0.6x); without, "is it faster than the baseline?". A budget "met" exits 0, "missed" 1, "undecided" 3 (``build_checks``).
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from edgeprune.export import export_onnx, torch_outputs
 from edgeprune.loading import check_out_dir, check_ratio, count_flops_params, load_model
 from edgeprune.models.checkpoint import save_checkpoint
 from edgeprune.measure.decide import Question, describe
-from edgeprune.measure.protocol import MeasureSettings, RoundPolicy, measure_interleaved
+from edgeprune.measure.protocol import MeasureSettings, RoundPolicy, measure_paired_rounds
 from edgeprune.profiles import load_profile, resolve_threads
 from edgeprune.prune import check_options, prune_model
 from edgeprune.prune.base import PruneContext
@@ -316,9 +317,11 @@ def _measure(stage: Path, cfg: BuildConfig, ctx: dict[str, Any], rows: dict[str,
     where = f"on {ctx['device'].label}" if ctx.get("device") is not None else "here"
     policy = RoundPolicy.resolve(cfg.rounds, cfg.max_rounds, cfg.confidence)
     asked = question(cfg)
-    steps.start(f"measuring latency {where}: {policy.min_rounds} to {policy.max_rounds} interleaved rounds until "
+    how = ("fresh process each" if ctx.get("device") is not None else
+           "each round one fresh process timing both models in alternating bursts")
+    steps.start(f"measuring latency {where}: {policy.min_rounds} to {policy.max_rounds} rounds until "
                 f"'{asked.text()}' is decided at {100 * policy.confidence:g}% confidence, {ctx['threads']} thread(s), "
-                "fresh process each")
+                f"{how}")
     artifacts = {n: stage / r["artifact"] for n, r in rows.items()}
     if ctx.get("device") is not None:
         from edgeprune.remote.remote_target import remote_measure_interleaved
@@ -327,8 +330,9 @@ def _measure(stage: Path, cfg: BuildConfig, ctx: dict[str, Any], rows: dict[str,
                                              question=asked, max_rounds=policy.max_rounds,
                                              confidence=policy.confidence)
     else:
-        results = measure_interleaved(artifacts, _settings(cfg, ctx), rounds=policy.min_rounds, progress=cfg.progress,
-                                      question=asked, max_rounds=policy.max_rounds, confidence=policy.confidence)
+        results = measure_paired_rounds(artifacts, _settings(cfg, ctx), rounds=policy.min_rounds,
+                                        reference="baseline", progress=cfg.progress, question=asked,
+                                        max_rounds=policy.max_rounds, confidence=policy.confidence)
     steps.done(", ".join(f"{n} p50 {r['latency']['p50_ms']:.3f} ms" for n, r in results.items())
                + (f"; {describe(results.decision)}" if results.decision else ""))
     return results
@@ -340,6 +344,8 @@ def _entry(desc: dict, row: dict, meas: dict, profile: dict) -> dict[str, Any]:
             "latency": {k: lat[k] for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms")},
             "throughput_ips": lat.get("throughput_ips"), "latency_rounds_p50_ms": meas.get("rounds"),
             "p50_ms_median": meas.get("p50_ms_median"), "p50_interval_ms": meas.get("p50_interval_ms"),
+            "latency_statistic": meas.get("statistic", "p50 of the median round, one artifact per fresh process"),
+            "paired": meas.get("paired"),
             "peak_rss_mb": meas["peak_rss_mb"], "size_mb": row["size_mb"], "artifact": row["artifact"],
             "onnx": row["onnx"], "parity": row["parity"], "inspect": row.get("inspect")}
 

@@ -125,8 +125,9 @@ def _search_section(report: dict[str, Any]) -> list[str]:
         f"(median of its rounds): **{search.get('decision', 'met' if search['met'] else 'missed')}**.",
         "", budget_sentence(report) or "", "",
         *_candidates(search),
-        "The final verdict is decided on the interleaved rounds (baseline and pruned alternating, fresh process "
-        "each): rounds are added until the interval for the median per-round figure lies wholly on one side of "
+        "The final verdict is decided on rounds of baseline and pruned measured together (here one fresh process "
+        "per round timing both in alternating short bursts, so the machine's load phases cancel out of their "
+        "ratio; on a device, alternating fresh processes): rounds are added until the interval for the median per-round figure lies wholly on one side of "
         "the budget, or the cap is reached (then \"undecided\": the difference is within the noise).",
         "", attempts, "",
         f"Predictor: sum of per-layer table latencies x {fit['scale']:.3f} {fit['offset_ms']:+.3f} ms, fitted on "
@@ -165,7 +166,8 @@ def _markdown(report: dict[str, Any]) -> str:
         f"channels rounded to multiples of {report['prune']['round_to']}",
         f"- pruning: method `{cfg['method']}`, ratio {cfg['ratio']}, fine-tuning {cfg['finetune_epochs']} epoch(s)",
         f"- data: {report['data']['name']} ({report['data']['train']} train / {report['data']['test']} test)",
-        f"- latency: {_rounds_line(report)}, each a fresh process "
+        f"- latency: {_rounds_line(report)}; "
+        f"{(report.get('pruned') or {}).get('latency_statistic') or 'each a fresh process'} "
         f"(warm-up {cfg['warmup_s']} s, at least {cfg['min_seconds']} s of runs, garbage collector off while timing); "
         "the table shows the round with the median p50 and the interval for the median per-round p50",
         f"- machine: {env.get('cpu_model', '?')}, {env.get('logical_cores', '?')} logical cores, "
@@ -182,9 +184,9 @@ def _rounds_line(report: dict[str, Any]) -> str:
     m = report.get("measurement") or {}
     cfg = report["config"]
     if not m:
-        return f"{cfg['rounds']} interleaved rounds per model"
+        return f"{cfg['rounds']} rounds per model"
     said = f"; {m['sentence']}" if m.get("sentence") else ""
-    return (f"{m['rounds']} interleaved rounds per model (at least {m['min_rounds']}, at most {m['max_rounds']}: "
+    return (f"{m['rounds']} rounds per model (at least {m['min_rounds']}, at most {m['max_rounds']}: "
             f"until the question was decided at {100 * m['confidence']:g}% confidence){said}")
 
 

@@ -2,7 +2,7 @@
 
 Everything but the search and the timing is real (data, model, pruning, export, ONNX Runtime compile,
 parity, report): ``prune_to_budget`` is replaced by a ratio prune with a recorded search, and
-``measure_interleaved`` by the real round loop (``protocol.run_rounds``) over constructed per-round
+``measure_paired_rounds`` by the real round loop (``protocol.run_rounds``) over constructed per-round
 p50s, so the exit code depends on the figures given, never on this machine's noise.
 """
 from __future__ import annotations
@@ -45,8 +45,9 @@ def fake_budget_build(monkeypatch):
         result = prune_model(model, example, "l1", 0.5, pctx.round_to, progress=False)
         return result, _fake_search(value * BASE_MS if relative else value, budget)
 
-    def measure_interleaved(artifacts, settings=None, rounds=3, progress=True, seed=0, on_measure=None, *,
-                            question=None, max_rounds=None, confidence=None):
+    def measure_paired_rounds(artifacts, settings=None, rounds=3, *, reference, progress=True, seed=0,
+                              question=None, max_rounds=None, confidence=None):
+        assert reference == "baseline"
         state["question"], state["rounds"], state["max_rounds"] = question, rounds, max_rounds
 
         def one_round(rnd):
@@ -59,7 +60,7 @@ def fake_budget_build(monkeypatch):
                           confidence=confidence)
 
     monkeypatch.setattr(build, "prune_to_budget", prune_to_budget)
-    monkeypatch.setattr(build, "measure_interleaved", measure_interleaved)
+    monkeypatch.setattr(build, "measure_paired_rounds", measure_paired_rounds)
 
     def run(ratios, out, budget="0.6x", extra=()):
         state["ratios"] = ratios

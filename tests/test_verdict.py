@@ -23,7 +23,7 @@ import pytest
 from edgeprune.errors import UserInputError
 from edgeprune.measure import decide, timing
 from edgeprune.measure.decide import Question, answer, look_alpha
-from edgeprune.measure.protocol import Interleaved, measure_interleaved, run_rounds
+from edgeprune.measure.protocol import Interleaved, measure_interleaved, measure_paired_rounds, run_rounds
 from edgeprune.measure.settings import MIN_WARMUP_RUNS, TABLE_TIMING, MeasureSettings, RoundPolicy
 from edgeprune.measure.stats import summarize
 from edgeprune.targets import get_runtime
@@ -298,13 +298,18 @@ def test_round_policy_checks():
         run_rounds(["A"], _fake_round({"A": [1.0] * 3}), question=Question.faster("A", "B"))
 
 
-def test_real_interleaved_measurement_decides_in_seconds(tiny_onnx, tmp_path):
-    """The tiny CNN against one three times as wide: decided "faster" well before the cap."""
+def _small_and_wide(tiny_onnx, tmp_path) -> dict:
+    """ONNX Runtime builds of the tiny CNN and of one three times as wide."""
     pytest.importorskip("onnxruntime")
     ort = get_runtime("onnxruntime")
     wide = export_onnx(make_tiny_cnn(width=48), (1, 1, 28, 28), tmp_path / "wide.onnx")
-    arts = {"small": ort.compile(tiny_onnx, "fp32", None, {"options": {}}, tmp_path / "a").path,
+    return {"small": ort.compile(tiny_onnx, "fp32", None, {"options": {}}, tmp_path / "a").path,
             "wide": ort.compile(wide, "fp32", None, {"options": {}}, tmp_path / "b").path}
+
+
+def test_real_interleaved_measurement_decides_in_seconds(tiny_onnx, tmp_path):
+    """The tiny CNN against one three times as wide: decided "faster" well before the cap."""
+    arts = _small_and_wide(tiny_onnx, tmp_path)
     quick = MeasureSettings(threads=1, warmup_s=0.05, min_iters=20, min_seconds=0.1, max_seconds=5.0, timeout_s=60)
     order = []
     res = measure_interleaved(arts, quick, rounds=3, progress=False, question=Question.faster("small", "wide"),
@@ -317,6 +322,24 @@ def test_real_interleaved_measurement_decides_in_seconds(tiny_onnx, tmp_path):
         low, high = r["p50_interval_ms"]
         assert len(r["rounds"]) == d["rounds"] and low <= r["p50_ms_median"] <= high
         assert r["timing"]["gc_disabled"] is True
+
+
+def test_real_paired_rounds_decide_a_share_question(tiny_onnx, tmp_path):
+    """The build's local measurement: each round one process timing both models in alternating bursts. The
+    tiny CNN is well within 0.9x of one three times as wide; memory and size come from a one-artifact process."""
+    arts = _small_and_wide(tiny_onnx, tmp_path)
+    quick = MeasureSettings(threads=1, warmup_s=0.05, min_iters=20, min_seconds=0.3, max_seconds=5.0, timeout_s=60)
+    res = measure_paired_rounds(arts, quick, rounds=3, reference="wide", progress=False,
+                                question=Question.within_share("small", "wide", 0.9), max_rounds=8, confidence=0.9)
+    d = res.decision
+    assert d["decision"] == "met", decide.describe(d)
+    assert res.rounds_taken == d["rounds"] < 8
+    assert res["wide"]["paired"]["ratio"] == 1.0 and res["small"]["paired"]["ratio"] < 0.9
+    for r in res.values():
+        assert len(r["rounds"]) == d["rounds"] and r["peak_rss_mb"] > 0 and "burst" in r["statistic"]
+        assert r["latency"]["min_ms"] <= r["latency"]["p99_ms"]
+    with pytest.raises(UserInputError, match="reference 'base'"):
+        measure_paired_rounds(arts, quick, reference="base")
 
 
 class FakeDevice:

@@ -45,9 +45,11 @@ BURST_S = 0.05
 
 
 def burst_cycles(runs: Mapping[str, Callable[[], Any]], cycles: int, calls: Mapping[str, int],
-                 clock: Callable[[], int] = time.perf_counter_ns) -> dict[str, list[float]]:
+                 clock: Callable[[], int] = time.perf_counter_ns,
+                 every_call: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
     """Each model's burst medians (ms), one per cycle: every cycle runs every model for ``calls[name]`` timed
-    calls (after ``WARM_CALLS`` untimed ones), in an order that rotates by one each cycle."""
+    calls (after ``WARM_CALLS`` untimed ones), in an order that rotates by one each cycle. ``every_call``, when
+    given, receives every timed call's latency (ms) per model."""
     names = list(runs)
     out: dict[str, list[float]] = {n: [] for n in names}
     for cycle in range(cycles):
@@ -62,6 +64,8 @@ def burst_cycles(runs: Mapping[str, Callable[[], Any]], cycles: int, calls: Mapp
                 run()
                 times.append((clock() - t0) / 1e6)
             out[name].append(statistics.median(times))
+            if every_call is not None:
+                every_call.setdefault(name, []).extend(times)
     return out
 
 
@@ -129,7 +133,11 @@ def measure_in_process(artifacts: Mapping[str, str], settings: MeasureSettings, 
         n, took = warm_up(run, settings.warmup_s)
         one_call_ms[name] = 1e3 * took / max(1, n)
     calls = {name: max(3, int(burst_s * 1e3 / max(ms, 1e-6))) for name, ms in one_call_ms.items()}
-    return {"bursts": burst_cycles(runs, cycles, calls), "calls": calls}
+    every: dict[str, list[float]] = {}
+    bursts = burst_cycles(runs, cycles, calls, every_call=every)
+    from edgeprune.measure.stats import summarize as summarize_calls
+
+    return {"bursts": bursts, "calls": calls, "latency": {n: summarize_calls(every[n]) for n in runs}}
 
 
 def cycles_for(settings: MeasureSettings, burst_s: float = BURST_S) -> int:
@@ -174,6 +182,7 @@ def measure_paired(artifacts: Mapping[str, str | Path], settings: MeasureSetting
     summary = summarize(pooled, reference, reference_ms)
     for n in names:
         summary[n]["rounds"] = max(1, rounds)
+        summary[n]["calls_latency"] = result["latency"][n]  # every timed call of the last process, all phases
     return summary
 
 

@@ -19,6 +19,8 @@ Invariants:
   with the results (``Interleaved.decision``). ``run_rounds`` is that loop for any
   way of measuring one round (here: fresh local processes; ``remote``: a job on a
   device), so local and remote comparisons decide the same way.
+- ``measure_paired_rounds`` is the same for a shared machine: a round is one process timing every
+  artifact in alternating bursts against a reference (``measure.paired``), so a load phase cancels out.
 Nothing here imports torch or any runtime; scipy (``decide``) only when a question
 is asked, which happens on the host — a device measures fixed rounds.
 """
@@ -45,7 +47,7 @@ if TYPE_CHECKING:
     from edgeprune.measure.decide import Question
 
 __all__ = ["Interleaved", "MeasureSettings", "MeasurementError", "RoundPolicy", "measure", "measure_interleaved",
-           "run_rounds"]
+           "measure_paired_rounds", "run_rounds"]
 
 WORKER_MODULE = "edgeprune.measure.worker"
 # Thresholds of round-to-round p50 spread (max/min) for the human note.
@@ -198,6 +200,17 @@ def run_rounds(names: Sequence[str], measure_round: Callable[[int], Mapping[str,
     return out
 
 
+def _rounds_then_close(names: Sequence[str], one_round: Callable[[int], Mapping[str, dict[str, Any]]],
+                       policy: RoundPolicy, question: QuestionArg, bar) -> Interleaved:
+    """``run_rounds`` under ``policy``, closing the progress bar whatever happens."""
+    try:
+        return run_rounds(names, one_round, rounds=policy.min_rounds, question=question,
+                          max_rounds=policy.max_rounds, confidence=policy.confidence)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def measure_interleaved(artifacts: Mapping[str, str | os.PathLike], settings: MeasureSettings | None = None,
                         rounds: int = 3, progress: bool = True, seed: int = 0,
                         on_measure: Callable[[str, int, dict[str, Any]], None] | None = None, *,
@@ -241,9 +254,59 @@ def measure_interleaved(artifacts: Mapping[str, str | os.PathLike], settings: Me
                 bar.update(1)
         return measured
 
-    try:
-        return run_rounds(names, one_round, rounds=policy.min_rounds, question=question,
-                          max_rounds=policy.max_rounds, confidence=policy.confidence)
-    finally:
+    return _rounds_then_close(names, one_round, policy, question, bar)
+
+
+def measure_paired_rounds(artifacts: Mapping[str, str | os.PathLike], settings: MeasureSettings | None = None,
+                          rounds: int = 3, *, reference: str, progress: bool = True, seed: int = 0,
+                          question: QuestionArg = None, max_rounds: int | None = None,
+                          confidence: float | None = None) -> Interleaved:
+    """``measure_interleaved`` for a shared machine: a round is one fresh process that times every artifact in
+    alternating short bursts (``measure.paired``), and a round's p50 of an artifact is its median burst ratio
+    to ``reference`` times the reference's quiet-phase burst p50 in that process — so a phase of another
+    tenant's load, which slows every artifact of a cycle alike, cancels out of the round's figures and out of
+    the per-round ratios a question is decided on. The other latency statistics (p90, p99, min, mean) are over
+    every timed call of the round's process, phases included. Peak memory, size and environment come from one
+    ``measure`` per artifact (one artifact per process) before the rounds. Same return shape as
+    ``measure_interleaved``; each result also carries ``paired`` (the round's ratio and its interval) and
+    ``statistic`` (what p50 means here)."""
+    from edgeprune.measure.paired import measure_paired
+
+    settings = settings or MeasureSettings()
+    settings.validate()
+    if reference not in artifacts:
+        raise UserInputError(f"the paired reference {reference!r} is not among the artifacts measured")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise UserInputError(f"rounds must be >= 1, got {rounds}")
+    policy = RoundPolicy.resolve(rounds, max_rounds if question is not None else rounds, confidence)
+    names = list(artifacts)
+    bar = _progress_bar(len(names) + policy.min_rounds, progress)
+    single = {}
+    for name in names:
         if bar is not None:
-            bar.close()
+            bar.set_postfix_str(f"memory and size: {name}")
+        single[name] = measure(artifacts[name], settings, seed=seed)
+        if bar is not None:
+            bar.update(1)
+
+    def one_round(rnd: int) -> dict[str, dict[str, Any]]:
+        if bar is not None:
+            if rnd >= policy.min_rounds:
+                bar.total += 1
+                bar.refresh()
+            bar.set_postfix_str(f"paired round {rnd + 1}")
+        res = measure_paired(artifacts, settings, rounds=1, reference=reference)
+        out = {}
+        for name in names:
+            r = res[name]
+            lat = {**r["calls_latency"], "p50_ms": r["p50_ms"]}
+            out[name] = {**single[name], "latency": lat,
+                         "paired": {k: r[k] for k in ("ratio", "ratio_interval", "reference", "reference_quiet_ms",
+                                                      "cycles", "burst_spread")},
+                         "statistic": "p50: median burst ratio to the reference x the reference's quiet-phase "
+                                      "(25th percentile) burst p50, bursts alternating in one process per round"}
+        if bar is not None:
+            bar.update(1)
+        return out
+
+    return _rounds_then_close(names, one_round, policy, question, bar)
