@@ -8,6 +8,7 @@ import torch
 from edgeprune.measure.lut import LayerSig, SigTable, channel_grid, micro_onnx
 from edgeprune.measure.lut_build import build_table
 from edgeprune.measure.predictor import Predictor
+from edgeprune.models import build_model
 from edgeprune.profiles import load_profile
 from edgeprune.prune.graph import PruneGraph
 from edgeprune.search.budget import BudgetError, search_counts
@@ -127,3 +128,28 @@ def test_predictor_calibration_fits_a_line(tiny_plan, real_table):
     fit = pred.calibrate([(full, 2 * raw_full + 0.1), (half, 2 * raw_half + 0.1)])
     assert fit["scale"] == pytest.approx(2.0) and fit["offset_ms"] == pytest.approx(0.1)
     assert pred.predict(full) == pytest.approx(2 * raw_full + 0.1)
+
+
+def test_measured_correction_learns_what_the_table_misprices():
+    """Constructed: the 'runtime' charges 30% of the baseline extra for every share of group 2 removed (a layout
+    the table cannot see). With the calibration alone the line is used as is; once enough models are measured
+    the correction is chosen by leave-one-out error and predicts new allocations far better."""
+    graph = PruneGraph(build_model("resnet20", num_classes=10, in_channels=1).eval(), torch.zeros(1, 1, 28, 28))
+    pred = _staircase_predictor(build_plan(graph))
+    widths = [g.channels for g in graph.groups]
+    base = pred.raw_ms(widths)
+    truth = lambda c: 1.1 * pred.raw_ms(c) + 0.02 + 0.3 * base * (1 - c[2] / widths[2])
+    rng = np.random.default_rng(0)
+    draw = lambda: [int(rng.choice(channel_grid(w, 4)[len(channel_grid(w, 4)) // 3:])) for w in widths]
+    samples = [(widths, truth(widths))] + [(c, truth(c)) for c in (draw() for _ in range(3))]
+    fit = pred.calibrate(samples)
+    assert fit["correction"] is None and pred.residual is None  # four models: the line only
+    samples += [(c, truth(c)) for c in (draw() for _ in range(16))]
+    line_only = Predictor(pred.rows, pred.layers)
+    line_only.calibrate(samples[:4])
+    fit = pred.calibrate(samples)
+    assert fit["correction"] is not None and fit["correction"]["alpha"] is not None
+    new = [draw() for _ in range(20)]
+    err = lambda p: np.mean([abs(p.predict(c) - truth(c)) / truth(c) for c in new])
+    assert err(pred) < 0.5 * err(line_only)
+    assert int(np.argmax(np.abs(pred.residual))) == 2  # the mispriced group carries the correction

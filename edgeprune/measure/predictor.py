@@ -8,6 +8,11 @@ micro-model's own input/output cost (``measure.lut_rows``), so the sum is close 
 compute; it still misses what micro-benchmarks cannot see (pooling, additions outside units,
 memory traffic between units, the runtime's per-inference overhead); ``calibrate`` fits ``scale`` and ``offset_ms`` by least squares on whole-model
 measurements (at least the unpruned model; more variants give a better line).
+Once enough models are measured (``RESIDUAL_MIN_SAMPLES``: the calibration plus a search's candidates), a
+*measured correction* is added: a ridge regression of what the line still misses on each group's cut share
+(1 - count/width), so the allocations the table misprices (a layout that suits some widths and not others,
+on this runtime) are priced by what was measured. Its strength is chosen by leave-one-out error, and "no
+correction" is one of the choices, so it is used only where it predicts held-out measurements better.
 Invariant: with no calibration the prediction is the plain sum (scale 1, offset 0).
 Imports without torch: layers are any objects with ``.sig`` and ``.channels(counts)``.
 """
@@ -28,6 +33,8 @@ class Predictor:
     scale: float = 1.0
     offset_ms: float = 0.0
     fit: dict[str, Any] = field(default_factory=dict)
+    residual: np.ndarray | None = None   # the measured correction's weights, one per group (None: not used)
+    widths: np.ndarray | None = None
 
     def layer_ms(self, counts: Sequence[int]) -> list[float]:
         out = []
@@ -40,10 +47,17 @@ class Predictor:
         return float(sum(self.layer_ms(counts)))
 
     def predict(self, counts: Sequence[int]) -> float:
-        return self.scale * self.raw_ms(counts) + self.offset_ms
+        base = self.scale * self.raw_ms(counts) + self.offset_ms
+        if self.residual is None:
+            return base
+        return base + float(np.dot(self._cuts(counts), self.residual))
+
+    def _cuts(self, counts: Sequence[int]) -> np.ndarray:
+        return 1.0 - np.asarray(counts, dtype=np.float64) / self.widths
 
     def calibrate(self, samples: Sequence[tuple[Sequence[int], float]]) -> dict[str, Any]:
-        """Fit scale/offset to (counts, measured ms) pairs; one pair fits the offset only."""
+        """Fit scale/offset to (counts, measured ms) pairs (one pair fits the offset only), then the measured
+        correction when there are enough pairs (see the module docstring)."""
         raw = np.array([self.raw_ms(c) for c, _ in samples])
         meas = np.array([m for _, m in samples])
         if len(samples) == 1 or np.ptp(raw) < 1e-9:
@@ -51,7 +65,36 @@ class Predictor:
         else:
             a, b = np.polyfit(raw, meas, 1)
             self.scale, self.offset_ms = float(a), float(b)
-        pred = self.scale * raw + self.offset_ms
+        line = self.scale * raw + self.offset_ms
+        self.residual, alpha, loo = None, None, float(np.mean(np.abs(line - meas) / meas))
+        if len(samples) >= RESIDUAL_MIN_SAMPLES:
+            self.widths = np.max(np.array([list(c) for c, _ in samples], dtype=np.float64), axis=0)
+            x = np.array([self._cuts(c) for c, _ in samples])
+            alpha, self.residual, loo = _ridge_loo(x, meas - line, meas, loo)
+        pred = np.array([self.predict(c) for c, _ in samples])
         self.fit = {"samples": len(samples), "scale": self.scale, "offset_ms": self.offset_ms,
-                    "max_rel_error": float(np.max(np.abs(pred - meas) / meas))}
+                    "max_rel_error": float(np.max(np.abs(pred - meas) / meas)),
+                    "correction": None if self.residual is None else
+                    {"kind": "ridge on per-group cut shares", "alpha": alpha, "loo_mean_rel_error": loo}}
         return self.fit
+
+
+RESIDUAL_MIN_SAMPLES = 8
+RIDGE_ALPHAS = (0.01, 0.1, 1.0, 10.0)
+
+
+def _ridge_loo(x: np.ndarray, r: np.ndarray, meas: np.ndarray, no_correction_error: float
+               ) -> tuple[float | None, np.ndarray | None, float]:
+    """(alpha, weights, leave-one-out mean relative error) of the best ridge fit of residuals ``r`` on ``x``,
+    or (None, None, ``no_correction_error``) when no strength beats leaving the line alone."""
+    best: tuple[float | None, np.ndarray | None, float] = (None, None, no_correction_error)
+    n, k = x.shape
+    for alpha in RIDGE_ALPHAS:
+        a = x.T @ x + alpha * np.eye(k)
+        w = np.linalg.solve(a, x.T @ r)
+        hat = np.einsum("ij,jk,ik->i", x, np.linalg.inv(a), x)
+        loo_res = (r - x @ w) / np.maximum(1.0 - hat, 1e-6)
+        err = float(np.mean(np.abs(loo_res) / meas))
+        if err < best[2] - 1e-12:
+            best = (alpha, w, err)
+    return best

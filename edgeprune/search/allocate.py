@@ -13,8 +13,9 @@
    (EagleEye). Every candidate is a set of channels of the *original* network, with its weights.
 3. **Measurement, then arbitration** (EagleEye): every candidate is compiled and measured on the target
    (paired against the unpruned model in alternating bursts, 2 fresh processes: ``measure.paired``); every
-   measurement refits the predictor, and when fewer than half of the candidates meet the budget by
-   measurement a second round is generated with the refitted predictor (``refits``). Only candidates within
+   measurement refits the predictor, and when the iterative knapsack's candidate (or most candidates) miss
+   the budget by measurement another round is generated with the refitted predictor, the knapsack aiming
+   lower by what the refit still under-predicts its last candidate by (``refits`` rounds at most). Only candidates within
    the budget *by measurement* are compared (all of them when none is), because the knapsack finds exactly
    the allocations the predictor prices too cheaply. Each compared candidate's BN statistics are re-estimated on ``bn_images``
    training images (``prune.bn.recalibrate_bn``) and its top-1 is taken on ``holdout_images`` held-out
@@ -66,7 +67,7 @@ class SearchSettings:
     batch_size: int = 64
     max_cut: float = 0.5           # no group loses more than this share unless the budget needs it
     random_candidates: int = 4
-    refits: int = 1                # extra candidate rounds after refitting the predictor on measurements
+    refits: int = 2                # extra candidate rounds after refitting the predictor on measurements
     bn_images: int = 512
     holdout_images: int = 1000
     seed: int = 0
@@ -204,16 +205,29 @@ class Allocator:
                     break
         return out
 
-    def candidates(self, budget_ms: float) -> tuple[list[Candidate], list[dict[str, Any]]]:
+    def candidates(self, budget_ms: float, knapsack_aim: float | None = None
+                   ) -> tuple[list[Candidate], list[dict[str, Any]]]:
+        """Every strategy's candidate within ``budget_ms`` by prediction; the two knapsack ones aim at
+        ``knapsack_aim`` (at most the budget) instead, when given."""
         s = self.s
-        best, trace = self.iterative(budget_ms)
+        aim = budget_ms if knapsack_aim is None else min(budget_ms, knapsack_aim)
+        try:
+            best, trace = self.iterative(aim)
+        except BudgetError:
+            if aim >= budget_ms:
+                raise
+            aim = budget_ms  # the tightened aim is out of the knapsack's reach: aim at the budget itself
+            best, trace = self.iterative(aim)
         cands = [best]
         cut = max(s.max_cut, max(t["max_cut"] for t in trace))
         scores0 = self.original_scores()
         if s.steps > 1:
-            one = knapsack.solve(self.hs.predictor, self.widths, scores0, budget_ms, self.hs.multiples, self.floors,
-                                 normalize=self.imp.normalize, max_cut=s.max_cut)
-            cands.append(self._from_counts("knapsack (one shot)", one.counts))
+            try:
+                one = knapsack.solve(self.hs.predictor, self.widths, scores0, aim, self.hs.multiples, self.floors,
+                                     normalize=self.imp.normalize, max_cut=s.max_cut)
+                cands.append(self._from_counts("knapsack (one shot)", one.counts))
+            except BudgetError:
+                pass
         try:
             greedy = search_counts(self.hs.predictor, self.widths, scores0, budget_ms, self.hs.multiples,
                                    self.floors, normalize=self.imp.normalize)
@@ -257,15 +271,19 @@ class Allocator:
     def _measured_candidates(self, budget_ms: float) -> tuple[list[Candidate], list[dict[str, Any]], dict[str, nn.Module]]:
         """The candidates, each measured on the target (``hs.measure_models``: paired against the unpruned model).
 
-        The optimiser finds the predictor's errors, so every measurement also refits the predictor. When fewer
-        than half of a round's candidates meet the budget by measurement, another round (up to ``refits``) is
-        generated with the refitted predictor; the candidates of every round are pooled."""
+        The optimiser finds the predictor's errors, so every measurement also refits the predictor. When the
+        iterative knapsack's candidate, or more than half of a round's candidates, miss the budget by
+        measurement, another round (up to ``refits``) is generated with the refitted predictor; the knapsack
+        then aims lower by what the refitted predictor still under-predicts its last candidate by (its
+        allocations are the ones the table misprices: a line fitted on every candidate averages that away).
+        The candidates of every round are pooled."""
         pool: list[Candidate] = []
         models: dict[str, nn.Module] = {}
         seen: set = set()
         trace: list[dict[str, Any]] = []
+        knapsack_aim = budget_ms
         for rnd in range(1 + max(0, self.s.refits)):
-            cands, steps = self.candidates(budget_ms)
+            cands, steps = self.candidates(budget_ms, knapsack_aim=knapsack_aim)
             trace = trace or steps
             fresh = []
             for c in cands:
@@ -287,8 +305,13 @@ class Allocator:
             self.hs.predictor.calibrate(self.hs.samples)
             pool += fresh
             models.update(built)
-            if sum(c.measured_ms <= budget_ms for c in fresh) * 2 >= len(fresh):
+            lead = fresh[0] if fresh[0].name.startswith("knapsack (") else None
+            if (lead is None or lead.measured_ms <= budget_ms) and \
+                    sum(c.measured_ms <= budget_ms for c in fresh) * 2 >= len(fresh):
                 break
+            if lead is not None and lead.measured_ms > budget_ms:
+                still = min(1.0, self.hs.predictor.predict(lead.counts) / lead.measured_ms)
+                knapsack_aim = min(knapsack_aim, budget_ms * still * 0.99)
         return pool, trace, models
 
     def run(self, budget_ms: float) -> tuple[PruneResult, SearchResult]:
