@@ -70,6 +70,7 @@ class BuildConfig:
     search_candidates: int = 4
     max_cut: float = 0.5
     search_holdout: int = 1000
+    search_refits: int = 2
     precision: str | None = None
     round_to: int | None = None
     finetune_epochs: float = 1.0
@@ -166,7 +167,8 @@ def _describe_model(model, input_shape, accuracy: float | None) -> dict[str, Any
 def search_settings(cfg: BuildConfig) -> SearchSettings:
     return SearchSettings(strategy=cfg.search, steps=cfg.search_steps, step_batches=cfg.search_step_batches,
                           random_candidates=cfg.search_candidates, max_cut=cfg.max_cut,
-                          holdout_images=cfg.search_holdout, batch_size=min(cfg.batch_size, 128), seed=cfg.seed)
+                          holdout_images=cfg.search_holdout, refits=cfg.search_refits,
+                          batch_size=min(cfg.batch_size, 128), seed=cfg.seed)
 
 
 def _prune(cfg: BuildConfig, ctx: dict[str, Any], steps: Steps, budget: str | None,

@@ -8,6 +8,10 @@ import pytest
 from edgeprune.cli import main
 from tests.conftest import MINI_FMNIST
 
+# The knapsack search end to end, at its smallest: one step, no random candidates, 100 held-out images
+# (its parts are tested on their own in test_search_knapsack.py).
+CHEAP_SEARCH = ("--search-steps", "1", "--search-step-batches", "0", "--search-candidates", "0",
+                "--search-holdout", "100", "--search-refits", "1")
 DATA = f"fashion-mnist:{MINI_FMNIST}"
 
 
@@ -72,7 +76,7 @@ def test_build_with_latency_budget(trained, tmp_path, monkeypatch, capsys):
     out = tmp_path / "budget"
     code = main(["build", "--target", "onnxruntime", "--weights", str(trained / "model.pt"), "--data", DATA,
                  "--budget", "0.7x", "--finetune-epochs", "0", "--threads", "1", "--rounds", "1",
-                 "--min-seconds", "0.3", "--out", str(out), "--no-progress"])
+                 "--min-seconds", "0.3", "--out", str(out), "--no-progress", *CHEAP_SEARCH])
     if not out.exists():
         # A load burst on this shared box made the search's own measurements disagree with its predictions
         # beyond what its retries absorb: that is a failed step (exit 1, the figures, nothing written),

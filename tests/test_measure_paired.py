@@ -65,6 +65,19 @@ def test_a_burst_median_ignores_a_phase_change_inside_it():
     assert got == pytest.approx(1.0)
 
 
+def test_ratios_come_from_the_quiet_cycles():
+    # a loaded phase slows the reference 1.8x but the small model only 1.5x: the ratio read in it is off
+    quiet_ref, quiet_small = 1.0, 0.5
+    phases = [1.0, 1.8, 1.0, 1.8, 1.8, 1.0, 1.0, 1.8, 1.0, 1.0, 1.8, 1.0]
+    ref = [quiet_ref * p for p in phases]
+    small = [quiet_small * (1.5 if p > 1 else 1.0) for p in phases]
+    out = summarize({"ref": ref, "small": small}, "ref")
+    assert out["small"]["ratio"] == pytest.approx(0.5) and out["small"]["quiet_cycles"] == 7
+    # too few quiet cycles: every cycle counts
+    few = summarize({"ref": ref[:4], "small": small[:4]}, "ref")
+    assert few["small"]["quiet_cycles"] == 4
+
+
 def test_summarize_refuses_unequal_cycles():
     with pytest.raises(ValueError, match="bursts"):
         summarize({"ref": [1.0, 1.0], "b": [1.0]}, "ref")

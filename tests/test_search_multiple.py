@@ -102,7 +102,8 @@ def test_budget_search_keeps_kept_layers_whole(fake_runtime):
 
 
 def test_calibration_and_later_measurements_are_paired_against_the_unpruned_model(monkeypatch, tmp_path):
-    """``calibrate`` measures the unpruned model and three uniform variants in ONE paired measurement (bursts
+    """``calibrate`` measures the unpruned model, three uniform variants and mixed ones (a random half of the
+    groups halved) in ONE paired measurement (bursts
     against the unpruned model, ``CALIBRATION_ROUNDS`` processes); a phase of load that slows every model in a
     cycle does not move the fit. Every later measurement is paired against the unpruned model again and put
     on the calibration's scale, so a budget and the candidates measured against it agree."""
@@ -130,8 +131,14 @@ def test_calibration_and_later_measurements_are_paired_against_the_unpruned_mode
     hs = hardware.HardwareSearch(model, EXAMPLE, {**load_profile("onnxruntime"), "precision": "fp32"}, "fp32", 1,
                                  MeasureSettings(threads=1), progress=False, multiple=8)
     fit = hs.calibrate()
-    assert calls == [(["unpruned", "uniform-0.25", "uniform-0.5", "uniform-0.75"], hardware.CALIBRATION_ROUNDS, None)]
-    assert fit["samples"] == 4 and hs.samples[0][0] == hs.widths
+    names = ["unpruned", "uniform-0.25", "uniform-0.5", "uniform-0.75"]
+    assert len(calls) == 1 and calls[0][0][:4] == names and calls[0][1:] == (hardware.CALIBRATION_ROUNDS, None)
+    mixed = calls[0][0][4:]
+    assert 1 <= len(mixed) <= hardware.CALIBRATION_MIXED and all(n.startswith("mixed-") for n in mixed)
+    halves = dict(zip(hs.widths, [c for c, _ in hs.samples][2]))  # uniform-0.5's counts, per width
+    for counts, _ in hs.samples[4:]:  # a mixed variant halves some groups and leaves the others whole
+        assert all(c in (w, halves[w]) for c, w in zip(counts, hs.widths)) and counts != hs.widths
+    assert fit["samples"] == 4 + len(mixed) and hs.samples[0][0] == hs.widths
     true_base = _fake_measure(hs, model) + 0.05
     assert hs.baseline_ms == pytest.approx(true_base)  # the quiet phase's figure, not a loaded one
     assert fit["scale"] == pytest.approx(1.0) and fit["offset_ms"] == pytest.approx(0.05)

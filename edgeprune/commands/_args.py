@@ -192,3 +192,7 @@ def add_search(p: argparse.ArgumentParser) -> None:
                         "cap is raised in steps of 0.1, and the report says so). Default: %(default)s")
     g.add_argument("--search-holdout", type=ranged(int, 10, 1000000), default=1000, metavar="N",
                    help="held-out training images the candidates are compared on. Default: %(default)s")
+    g.add_argument("--search-refits", type=ranged(int, 0, 10), default=2, metavar="N",
+                   help="extra rounds of candidates when the knapsack's candidate (or most candidates) miss the "
+                        "budget by measurement: each refits the predictor on every measurement so far and aims "
+                        "the knapsack lower by what it still misses. Default: %(default)s")

@@ -56,6 +56,7 @@ from edgeprune.targets import require_runtime
 # removed, measured paired against the unpruned model in this many fresh processes (``measure.paired``).
 CALIBRATION_RATIOS = (0.25, 0.5, 0.75)  # the line spans the search's range, deep cuts included
 CALIBRATION_ROUNDS = 3
+CALIBRATION_MIXED = 8  # variants that halve a random half of the groups: the measured correction's evidence
 REFERENCE = "__unpruned__"  # the paired measurement's reference: the unpruned model
 
 
@@ -149,17 +150,26 @@ class HardwareSearch:
         self.samples.append((list(counts), measured_ms))
         return self.predictor.calibrate(self.samples)
 
-    def calibrate(self, uniform_ratios: tuple[float, ...] = CALIBRATION_RATIOS, rounds: int = CALIBRATION_ROUNDS
-                  ) -> dict[str, Any]:
-        """Fit the predictor on the unpruned model and uniformly pruned variants (``uniform_ratios``: shares of
-        channels removed), measured interleaved over ``rounds`` rounds (``measure_models``); the unpruned model
-        is the first sample (``baseline_ms``). Variants that round to the same counts are measured once."""
+    def calibrate(self, uniform_ratios: tuple[float, ...] = CALIBRATION_RATIOS, rounds: int = CALIBRATION_ROUNDS,
+                  mixed: int = CALIBRATION_MIXED) -> dict[str, Any]:
+        """Fit the predictor on the unpruned model, uniformly pruned variants (``uniform_ratios``: shares of
+        channels removed) and ``mixed`` variants that halve a seeded random half of the groups, all measured
+        together (``measure_models``); the unpruned model is the first sample (``baseline_ms``). The mixed
+        variants tell the measured correction (``Predictor.calibrate``) which groups the table misprices,
+        before the search leans on it. Variants that round to the same counts are measured once."""
         points = {"unpruned": list(self.widths)}
         ones = [np.ones(w) for w in self.widths]
         for ratio in uniform_ratios:
             counts = uniform_counts(self.widths, ratio, multiples=self.multiples)
             if counts not in points.values():
                 points[f"uniform-{ratio:g}"] = counts
+        rng = np.random.default_rng(20261201)
+        half = uniform_counts(self.widths, 0.5, multiples=self.multiples)
+        for i in range(mixed if len(self.widths) > 1 else 0):
+            cut = rng.random(len(self.widths)) < 0.5
+            counts = [h if c else w for h, c, w in zip(half, cut, self.widths)]
+            if counts not in points.values():
+                points[f"mixed-{i + 1}"] = counts
         models = {name: self.model if name == "unpruned" else self.prune_counts(c, ones) for name, c in points.items()}
         measured = self.measure_models(models, rounds)
         for name, counts in points.items():
