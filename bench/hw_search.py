@@ -8,8 +8,9 @@ Protocol (issue 11), per target and budget (a share of the unpruned model's p50 
   ``GroupMagnitudeImportance(p=1)`` and ``round_to`` = the target's multiple);
 - knapsack and greedy run the driver's search-measure-tighten loop against the budget (every budget
   starts from the same calibration); uniform and tp are then *matched on measured latency* to the
-  knapsack model: a few candidates around the predicted (uniform) or MACs (tp) match are measured
-  paired against it (``measure.paired``: alternating bursts in one process, 2 processes), and the closest is taken;
+  knapsack model: six candidates around the predicted (uniform) or MACs (tp) match are measured paired
+  against it (``measure.paired``: alternating bursts in one process, 2 processes); of those at most 3% slower
+  than it, the one that removes the fewest channels is taken (the most favourable to the arm), else the closest;
 - every arm: BN statistics re-estimated on 512 training images, then the same fine-tune
   (``--ft-epochs`` of the training set, SGD lr ``--ft-lr``, cosine, batch 128, no augmentation, the seed's
   batch order), top-1 on the full test set;
@@ -68,6 +69,18 @@ def macs(model, shape) -> int:
     return count_flops_params(model, shape)[0]
 
 
+MATCH_TOLERANCE = 1.03  # an arm matches the search's model when it measures at most 3% slower
+
+
+def matched(models: dict, ms: dict[str, float], ratio_of) -> str:
+    """The arm's candidate that matches the target: of those measured within ``MATCH_TOLERANCE`` of it, the one
+    that removes the fewest channels (the most favourable to the arm); when none is, the closest in latency."""
+    within = [k for k in models if ms[k] <= MATCH_TOLERANCE * ms["target"]]
+    if within:
+        return min(within, key=ratio_of)
+    return min(models, key=lambda k: abs(ms[k] - ms["target"]))
+
+
 class Bench:
     def __init__(self, args, model, train_ds, test_ds):
         self.args, self.model, self.train_ds, self.test_ds = args, model.eval(), train_ds, test_ds
@@ -124,14 +137,14 @@ class Bench:
         for r in np.arange(0.02, 0.96, 0.01):
             counts = uniform_counts(hs.widths, float(r), multiples=hs.multiples)
             options.setdefault(tuple(counts), float(r))
-        near = sorted(options, key=lambda c: abs(hs.predictor.predict(list(c)) - target_pred))[:4]
+        near = sorted(options, key=lambda c: abs(hs.predictor.predict(list(c)) - target_pred))[:6]
         arts = {"target": target_art}
         models = {}
         for i, c in enumerate(near):
             models[f"u{i}"] = (hs.prune_counts(list(c), scores), options[c], list(c))
             arts[f"u{i}"] = self.compile(hs, models[f"u{i}"][0])
         ms = self.paired(hs, arts, 2, "target")
-        best = min(models, key=lambda k: abs(ms[k] - ms["target"]))
+        best = matched(models, ms, lambda k: models[k][1])
         return models[best][0], {"ratio": models[best][1], "counts": models[best][2], "match_ms": ms[best],
                                  "target_ms": ms["target"]}
 
@@ -140,14 +153,14 @@ class Bench:
         grid = {}
         for r in np.arange(0.02, 0.95, 0.02):
             grid[float(round(r, 3))] = macs(tp_prune(self.model, self.example, float(r), hs.multiple), self.shape) / macs(self.model, self.shape)
-        near = sorted(grid, key=lambda r: abs(grid[r] - goal))[:4]
+        near = sorted(grid, key=lambda r: abs(grid[r] - goal))[:6]
         arts = {"target": target_art}
         models = {}
         for i, r in enumerate(near):
             models[f"t{i}"] = (tp_prune(self.model, self.example, r, hs.multiple), r)
             arts[f"t{i}"] = self.compile(hs, models[f"t{i}"][0])
         ms = self.paired(hs, arts, 2, "target")
-        best = min(models, key=lambda k: abs(ms[k] - ms["target"]))
+        best = matched(models, ms, lambda k: models[k][1])
         return models[best][0], {"ratio": models[best][1], "macs_ratio_goal": goal, "match_ms": ms[best],
                                  "target_ms": ms["target"]}
 
@@ -322,7 +335,7 @@ def write_md(result: dict, path: Path) -> None:
             if "error" in r:
                 rows.append([f"{r['budget']}x", r["seed"], r["arm"], "", "", "", r["error"][:80]])
                 continue
-            extra = r.get("winner") or (f"ratio {r['ratio']}" if "ratio" in r else "")
+            extra = r.get("winner") or (f"ratio {r['ratio']:.2f}" if "ratio" in r else "")
             rows.append([f"{r['budget']}x", r["seed"], r["arm"], f"{100 * r['top1_after_prune']:.2f}",
                          f"{100 * r['top1']:.2f}", f"{r['measured_ms']:.3f}", extra])
         lines += [markdown_table(["budget", "seed", "arm", "top-1 after prune", "top-1 fine-tuned", "measured ms",

@@ -75,6 +75,7 @@ class HardwareSearch:
     ignored_layers: tuple[str, ...] = ()   # layers kept whole (module names or prefixes)
     device: Any = None                     # a connected RemoteDevice: table, compile and measure there
     _reference: Path | None = field(default=None, init=False, repr=False)
+    _reference_tmp: Any = field(default=None, init=False, repr=False)  # its TemporaryDirectory
     last_paired: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -143,7 +144,7 @@ class HardwareSearch:
         return self._reference
 
     def measure_model(self, model: nn.Module, repeats: int = 2) -> float:
-        """p50 (ms) of ``model`` on the target: the smallest of ``repeats`` fresh-process measurements."""
+        """p50 (ms) of ``model`` on the target, measured as ``measure_models`` does (``repeats`` processes)."""
         return self.measure_models({"model": model}, repeats)["model"]
 
     def add_measurement(self, counts: list[int], measured_ms: float) -> dict[str, Any]:
