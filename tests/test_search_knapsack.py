@@ -22,6 +22,7 @@ from edgeprune.prune.bn import recalibrate_bn
 from edgeprune.prune.graph import PruneGraph
 from edgeprune.search import allocate, knapsack
 from edgeprune.search.allocate import SearchSettings
+from edgeprune.search.budget import allowed_counts, descend
 from edgeprune.search.driver import prune_to_budget
 from edgeprune.search.plan import build_plan
 from edgeprune.train import evaluate, train
@@ -180,17 +181,19 @@ def test_knapsack_aims_lower_when_its_allocation_measures_over_the_budget(fake_r
     assert later[-1]["predicted_ms"] < first["predicted_ms"]
 
 
-def test_knapsack_trim_meets_the_budget_keeping_what_matters(r20_plan):
+def test_greedy_descent_meets_the_budget_keeping_what_matters(r20_plan):
     graph, plan = r20_plan
     pred = Bilinear(plan)
     widths = [g.channels for g in graph.groups]
     ranked = knapsack.ranked_scores([np.full(w, 10.0 if i == 0 else 1.0) for i, w in enumerate(widths)], False)
     budget = 0.6 * pred.predict(widths)
-    counts = knapsack.trim(pred, widths, ranked, widths, [8] * len(widths), [8] * len(widths), budget)
+    allowed = [allowed_counts(w, 8, 8) for w in widths]
+    counts, predicted, _ = descend(pred, widths, allowed, ranked, budget)  # the knapsack's fallback
+    assert predicted == pytest.approx(pred.predict(counts))
     assert pred.predict(counts) <= budget
     assert all(8 <= c <= w and (c % 8 == 0 or c == w) for c, w in zip(counts, widths))
     assert counts[0] == widths[0]  # the group that scores 10x keeps everything
-    # and a solve asked for a budget barely above its fastest model still answers (trimming if it must)
+    # and a solve asked for a budget barely above its fastest model still answers (descending if it must)
     fastest = pred.predict([8] * len(widths))
     found = knapsack.solve(pred, widths, [np.ones(w) for w in widths], 1.02 * fastest, [8] * len(widths),
                            [8] * len(widths), tries=2)

@@ -50,7 +50,7 @@ from edgeprune.prune.bn import recalibrate_bn
 from edgeprune.prune.graph import PruneGraph
 from edgeprune.prune.select import min_keep, round_channels, uniform_counts
 from edgeprune.search import knapsack
-from edgeprune.search.budget import BudgetError, SearchResult, search_counts
+from edgeprune.search.budget import BudgetError, SearchResult, kept_importance, search_counts
 from edgeprune.ui import info
 
 STRATEGIES = ("knapsack", "greedy")
@@ -341,7 +341,7 @@ class Allocator:
         info(f"      search: {len(cands)} candidates within {budget_ms:.3f} ms predicted; {why}")
         ranked = knapsack.ranked_scores(self.original_scores(), self.imp.normalize)
         total = sum(float(r.sum()) for r in ranked) or 1.0
-        kept = sum(float(r[:c].sum()) for r, c in zip(ranked, winner.counts))
+        kept = kept_importance(ranked, winner.counts)
         found = SearchResult(winner.counts, winner.predicted_ms, kept / total, len(trace), trace,
                              strategy="knapsack", candidates=rows, winner=winner.name, why=why,
                              importance=self.imp.name)

@@ -52,8 +52,14 @@ def _sorted_scores(scores: Sequence[np.ndarray], normalize: bool) -> list[np.nda
     return out
 
 
-def _allowed(width: int, multiple: int, floor: int) -> list[int]:
+def allowed_counts(width: int, multiple: int, floor: int) -> list[int]:
+    """The counts a group may keep: its channel grid at or above ``floor`` (at least its width)."""
     return [c for c in channel_grid(width, multiple) if c >= floor] or [width]
+
+
+def kept_importance(ranked: Sequence[np.ndarray], counts: Sequence[int]) -> float:
+    """The importance ``counts`` keeps: the sum of each group's first ``count`` scores (``ranked`` high to low)."""
+    return float(sum(float(r[:c].sum()) for r, c in zip(ranked, counts)))
 
 
 def _best_step(predictor, counts, allowed, ranked, current):
@@ -73,16 +79,11 @@ def _best_step(predictor, counts, allowed, ranked, current):
     return best
 
 
-def search_counts(predictor, widths: Sequence[int], scores: Sequence[np.ndarray], budget_ms: float,
-                  multiple: int | Sequence[int], floors: Sequence[int], normalize: bool = True) -> SearchResult:
-    """Per-group kept counts whose predicted latency is within ``budget_ms``.
-
-    ``multiple``: one channel multiple for every group, or one per group.
-    """
-    ranked = [s[::-1] for s in _sorted_scores(scores, normalize)]  # descending: keep the first k
-    mults = [int(multiple)] * len(widths) if isinstance(multiple, (int, np.integer)) else [int(m) for m in multiple]
-    allowed = [_allowed(w, m, f) for w, m, f in zip(widths, mults, floors)]
-    counts = [opts[-1] for opts in allowed]
+def descend(predictor, counts: Sequence[int], allowed: Sequence[list[int]], ranked: Sequence[np.ndarray],
+            budget_ms: float) -> tuple[list[int], float, list[dict[str, Any]]]:
+    """Greedy steps down from ``counts`` (each on its group's ``allowed`` counts) until the prediction is within
+    ``budget_ms``: (counts, predicted ms, trace). ``BudgetError`` when no step saves predicted time."""
+    counts = [int(c) for c in counts]
     current = predictor.predict(counts)
     trace = [{"step": 0, "predicted_ms": current}]
     while current > budget_ms:
@@ -95,6 +96,19 @@ def search_counts(predictor, widths: Sequence[int], scores: Sequence[np.ndarray]
         current = predictor.predict(counts)
         trace.append({"step": len(trace), "group": g, "to": counts[g], "saved_ms": saved,
                       "importance_lost": lost, "predicted_ms": current})
-    kept = sum(float(r[:c].sum()) for r, c in zip(ranked, counts))
+    return counts, current, trace
+
+
+def search_counts(predictor, widths: Sequence[int], scores: Sequence[np.ndarray], budget_ms: float,
+                  multiple: int | Sequence[int], floors: Sequence[int], normalize: bool = True) -> SearchResult:
+    """Per-group kept counts whose predicted latency is within ``budget_ms``.
+
+    ``multiple``: one channel multiple for every group, or one per group.
+    """
+    ranked = [s[::-1] for s in _sorted_scores(scores, normalize)]  # descending: keep the first k
+    mults = [int(multiple)] * len(widths) if isinstance(multiple, (int, np.integer)) else [int(m) for m in multiple]
+    allowed = [allowed_counts(w, m, f) for w, m, f in zip(widths, mults, floors)]
+    counts, current, trace = descend(predictor, [opts[-1] for opts in allowed], allowed, ranked, budget_ms)
+    kept = kept_importance(ranked, counts)
     total = sum(float(r.sum()) for r in ranked)
     return SearchResult(counts, current, kept / total if total else 1.0, len(trace) - 1, trace)

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgeprune.measure.lut import channel_grid
-from edgeprune.search.budget import BudgetError, SearchResult
+from edgeprune.search.budget import BudgetError, SearchResult, allowed_counts, descend, kept_importance
 
 
 @dataclass
@@ -126,31 +126,6 @@ def solve_dp(ks: Knapsack, resolution: int = 1000) -> list[int] | None:
     return picks[::-1]
 
 
-def trim(predictor, counts: Sequence[int], ranked: Sequence[np.ndarray], widths: Sequence[int],
-         multiples: Sequence[int], floors: Sequence[int], budget_ms: float) -> list[int]:
-    """From ``counts``, remove one block at a time from the group that loses the least importance per
-    predicted millisecond saved, until the prediction is within ``budget_ms`` (or no group can shrink)."""
-    counts = [int(c) for c in counts]
-    while predictor.predict(counts) > budget_ms:
-        now = predictor.predict(counts)
-        best = None
-        for g, (w, m, f) in enumerate(zip(widths, multiples, floors)):
-            lower = [c for c in channel_grid(w, m) if f <= c < counts[g]]
-            if not lower:
-                continue
-            trial = list(counts)
-            trial[g] = lower[-1]
-            saved = now - predictor.predict(trial)
-            lost = float(ranked[g][trial[g]:counts[g]].sum())
-            cost = lost / saved if saved > 1e-12 else float("inf")
-            if best is None or cost < best[0]:
-                best = (cost, trial)
-        if best is None:
-            break
-        counts = best[1]
-    return counts
-
-
 def solve(predictor, widths: Sequence[int], scores: Sequence[np.ndarray], budget_ms: float,
           multiples: Sequence[int], floors: Sequence[int], *, current: Sequence[int] | None = None,
           normalize: bool = True, max_cut: float = 0.5, resolution: int = 1000,
@@ -162,7 +137,7 @@ def solve(predictor, widths: Sequence[int], scores: Sequence[np.ndarray], budget
     trace: list[dict[str, Any]] = []
     tries = max(tries, 2)
     cut = max_cut
-    last: list[int] | None = None  # the last knapsack answer, kept for the greedy trim
+    last: list[int] | None = None  # the last knapsack answer, kept for the greedy descent (budget.descend)
     while True:
         lowest = [options_for(w, m, f, c, cut)[0] for w, m, f, c in zip(widths, multiples, floors, current)]
         best: tuple[float, list[int], float] | None = None
@@ -194,11 +169,11 @@ def solve(predictor, widths: Sequence[int], scores: Sequence[np.ndarray], budget
         if cut >= 1.0 - 1e-9:
             fastest = predictor.predict(lowest)
             if fastest <= budget_ms and last is not None:  # the re-linearisation did not settle: trim greedily
-                counts = trim(predictor, last, ranked, widths, multiples, floors, budget_ms)
-                value = float(sum(float(r[:c].sum()) for r, c in zip(ranked, counts)))
+                allowed = [allowed_counts(w, m, f) for w, m, f in zip(widths, multiples, floors)]
+                counts, predicted, _ = descend(predictor, last, allowed, ranked, budget_ms)
                 trace.append({"max_cut": cut, "aim_ms": budget_ms, "capacity_ms": budget_ms,
-                              "predicted_ms": predictor.predict(counts), "trimmed": True})
-                return SearchResult(counts, predictor.predict(counts), value / total, len(trace), trace)
+                              "predicted_ms": predicted, "trimmed": True})
+                return SearchResult(counts, predicted, kept_importance(ranked, counts) / total, len(trace), trace)
             raise BudgetError(f"latency budget {budget_ms:.3f} ms cannot be met: the fastest model this search "
                               f"reaches is predicted at {fastest:.3f} ms",
                               "raise the budget, or lower the minimum width (--min-width SHARE)")
