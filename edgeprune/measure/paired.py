@@ -91,19 +91,13 @@ def _interval(ratios: list[float], confidence: float = 0.95) -> tuple[float, flo
     return (float(res.confidence_interval.low), float(res.confidence_interval.high))
 
 
-def _quantile(values: list[float], q: float) -> float:
-    s = sorted(values)
-    pos = q * (len(s) - 1)
-    lo = int(pos)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
-
-
 def summarize(bursts: Mapping[str, list[float]], reference: str, reference_ms: float | None = None
               ) -> dict[str, dict[str, Any]]:
     """Per model: median per-cycle ratio to ``reference``, its interval, and the latency it implies (see module)."""
+    import numpy as np
+
     ref = bursts[reference]
-    quiet = _quantile(ref, QUIET_QUANTILE)
+    quiet = float(np.percentile(ref, 100 * QUIET_QUANTILE, method="linear"))
     scale = quiet if reference_ms is None else float(reference_ms)
     calm = [i for i, r in enumerate(ref) if r <= quiet * QUIET_BAND]
     use = calm if len(calm) >= MIN_QUIET_CYCLES else list(range(len(ref)))

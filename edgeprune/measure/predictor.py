@@ -67,11 +67,13 @@ class Predictor:
             self.scale, self.offset_ms = float(a), float(b)
         line = self.scale * raw + self.offset_ms
         self.residual, alpha, loo = None, None, float(np.mean(np.abs(line - meas) / meas))
+        pred = line
         if len(samples) >= RESIDUAL_MIN_SAMPLES:
             self.widths = np.max(np.array([list(c) for c, _ in samples], dtype=np.float64), axis=0)
             x = np.array([self._cuts(c) for c, _ in samples])
             alpha, self.residual, loo = _ridge_loo(x, meas - line, meas, loo)
-        pred = np.array([self.predict(c) for c, _ in samples])
+            if self.residual is not None:
+                pred = line + x @ self.residual
         self.fit = {"samples": len(samples), "scale": self.scale, "offset_ms": self.offset_ms,
                     "max_rel_error": float(np.max(np.abs(pred - meas) / meas)),
                     "correction": None if self.residual is None else

@@ -103,6 +103,11 @@ class Candidate:
     note: str = ""
     measured_ms: float | None = None
 
+    @property
+    def key(self) -> tuple:
+        """Which channels of the original network it keeps: equal keys are the same sub-network."""
+        return tuple(tuple(self.keep[g]) for g in sorted(self.keep))
+
     def row(self, widths: list[int]) -> dict[str, Any]:
         shares = [c / w for c, w in zip(self.counts, widths)]
         return {"name": self.name, "predicted_ms": self.predicted_ms, "measured_ms": self.measured_ms,
@@ -244,9 +249,8 @@ class Allocator:
             cands.append(self._from_counts(f"random {i + 1}", counts))
         unique, seen = [], set()
         for c in cands:
-            key = tuple(tuple(c.keep[g]) for g in sorted(c.keep))
-            if key not in seen:
-                seen.add(key)
+            if c.key not in seen:
+                seen.add(c.key)
                 unique.append(c)
         return unique, trace
 
@@ -287,10 +291,9 @@ class Allocator:
             trace = trace or steps
             fresh = []
             for c in cands:
-                key = tuple(tuple(c.keep[g]) for g in sorted(c.keep))
-                if key in seen:
+                if c.key in seen:
                     continue
-                seen.add(key)
+                seen.add(c.key)
                 if rnd:
                     c.name = f"{c.name} (refit {rnd})"
                     c.note = (c.note + "; " if c.note else "") + "after refitting the predictor on the measurements"

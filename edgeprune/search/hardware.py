@@ -76,7 +76,6 @@ class HardwareSearch:
     device: Any = None                     # a connected RemoteDevice: table, compile and measure there
     _reference: Path | None = field(default=None, init=False, repr=False)
     _reference_tmp: Any = field(default=None, init=False, repr=False)  # its TemporaryDirectory
-    last_paired: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.multiple is None:
@@ -133,7 +132,6 @@ class HardwareSearch:
                                         reference=REFERENCE, reference_ms=self.baseline_ms)
             else:  # the calibration: the first model (the unpruned one) is the reference
                 paired = measure_paired(arts, self.settings, rounds)
-            self.last_paired = paired
         return {name: float(paired[name]["p50_ms"]) for name in models}
 
     def _reference_artifact(self) -> Path:
