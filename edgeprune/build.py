@@ -71,6 +71,8 @@ class BuildConfig:
     max_cut: float = SearchSettings.max_cut
     search_holdout: int = SearchSettings.holdout_images
     search_refits: int = SearchSettings.refits
+    search_finalists: int = SearchSettings.finalists
+    search_finalist_batches: int = SearchSettings.finalist_batches
     precision: str | None = None
     round_to: int | None = None
     finetune_epochs: float = 1.0
@@ -168,6 +170,7 @@ def search_settings(cfg: BuildConfig) -> SearchSettings:
     return SearchSettings(strategy=cfg.search, steps=cfg.search_steps, step_batches=cfg.search_step_batches,
                           random_candidates=cfg.search_candidates, max_cut=cfg.max_cut,
                           holdout_images=cfg.search_holdout, refits=cfg.search_refits,
+                          finalists=cfg.search_finalists, finalist_batches=cfg.search_finalist_batches,
                           batch_size=min(cfg.batch_size, 128), seed=cfg.seed)
 
 

@@ -88,12 +88,14 @@ def _candidates(search: dict[str, Any]) -> list[str]:
     lines = [f"Search: {search.get('strategy', 'greedy')}, channel importance {search.get('importance') or 'n/a'}."]
     if search.get("candidates"):
         rows = [[c["name"] + (" (chosen)" if c["name"] == search.get("winner") else ""), c["predicted_ms"],
-                 c.get("measured_ms"), c["holdout_top1"], c["kept_share"], c["min_group_share"], c.get("note", "")]
+                 c.get("measured_ms"), c["holdout_top1"], c.get("probe_top1"), c["kept_share"], c["min_group_share"],
+                 c.get("note", "")]
                 for c in search["candidates"]]
         lines += ["", "Candidates within the budget by prediction, each measured on the target; those within it by "
                   "measurement had their BN statistics re-estimated and were scored on held-out training images "
-                  "(not the test set):", "",
-                  markdown_table(["candidate", "predicted ms", "measured ms", "held-out top-1", "channels kept",
+                  "(not the test set); the finalists were then fine-tuned briefly and scored again:", "",
+                  markdown_table(["candidate", "predicted ms", "measured ms", "held-out top-1",
+                                  "after the finalists' fine-tune", "channels kept",
                                   "narrowest layer kept", "note"], rows), "", f"Why: {search.get('why', '')}."]
     if search.get("schedule"):
         lines += ["", "Knapsack schedule: " + "; ".join(

@@ -11,7 +11,8 @@ from tests.conftest import MINI_FMNIST
 # The knapsack search end to end, at its smallest: one step, no random candidates, 100 held-out images
 # (its parts are tested on their own in test_search_knapsack.py).
 CHEAP_SEARCH = ("--search-steps", "1", "--search-step-batches", "0", "--search-candidates", "0",
-                "--search-holdout", "100", "--search-refits", "1")
+                "--search-holdout", "100", "--search-refits", "1", "--search-finalists", "2",
+                "--search-finalist-batches", "4")
 DATA = f"fashion-mnist:{MINI_FMNIST}"
 
 

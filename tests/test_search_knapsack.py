@@ -33,7 +33,7 @@ from tests.test_search_multiple import fake_runtime  # noqa: F401 (fixture)
 EXAMPLE = torch.zeros(1, 1, 28, 28)
 DATA = f"fashion-mnist:{MINI_FMNIST}"
 QUICK = SearchSettings(strategy="knapsack", steps=2, step_batches=2, random_candidates=2, bn_images=64,
-                       holdout_images=60, batch_size=32)
+                       holdout_images=60, batch_size=32, finalists=3, finalist_batches=2)
 QUICK_OPTS = {"method": "taylor_bn", "taylor_batches": 2, "taylor_batch_size": 32}
 
 
@@ -154,6 +154,51 @@ def test_arbitration_picks_uniform_when_it_scores_best(fake_runtime, data, monke
     assert "uniform" in search["why"]
 
 
+def test_finalists_fine_tune_decides_over_the_bn_score(fake_runtime, data, monkeypatch):  # noqa: F811
+    """Constructed: right after pruning (BN re-estimated) the most even cut scores best, but after the finalists'
+    fine-tune the candidate keeping the most channels does. The winner is the latter, chosen among the
+    finalists (the best of each kind first), and it is returned with its BN-re-estimated weights, not the
+    probe's fine-tuned ones."""
+    widths_of = lambda m: [mod.out_channels for mod in m.modules() if isinstance(mod, nn.Conv2d)]
+    full = widths_of(build_model("resnet20", num_classes=10, in_channels=1))
+    probed = []
+    real_probe = allocate.Allocator.probe
+
+    def probe(self, model):
+        probed.append(model)
+        return real_probe(self, model)
+
+    def score(model, ds):
+        shares = [w / f for w, f in zip(widths_of(model), full) if f > 1]
+        if model.training is False and getattr(model, "_probed", False):
+            return sum(widths_of(model)) / sum(full)
+        return 1.0 - (max(shares) - min(shares))
+
+    from edgeprune import train as train_mod  # the probe imports edgeprune.train.train when it runs
+    real = train_mod.train
+
+    def tagging_train(model, *a, **kw):
+        out = real(model, *a, **kw)
+        model._probed = True
+        return out
+
+    monkeypatch.setattr(allocate, "_evaluate", score)
+    monkeypatch.setattr(allocate.Allocator, "probe", probe)
+    monkeypatch.setattr(train_mod, "train", tagging_train)
+    _, result, search = _knapsack_budget(data[0], {**load_profile("onnxruntime"), "precision": "fp32"}, 8)
+    rows = {c["name"]: c for c in search["candidates"]}
+    finalists = [c for c in rows.values() if c["probe_top1"] is not None]
+    assert len(finalists) == min(QUICK.finalists, sum(c["holdout_top1"] is not None for c in rows.values()))
+    assert len(probed) == len(finalists)
+    kinds = {n.split()[0] for n, c in rows.items() if c["holdout_top1"] is not None}
+    assert len({c["name"].split()[0] for c in finalists}) == min(len(kinds), QUICK.finalists)  # kinds first
+    winner = rows[search["winner"]]
+    assert winner["probe_top1"] == max(c["probe_top1"] for c in finalists)
+    assert winner["holdout_top1"] < max(c["holdout_top1"] for c in finalists)  # the BN score alone chose another
+    assert "fine-tuned for 2 mini-batches" in search["why"]
+    assert not getattr(result.model, "_probed", False)  # the returned weights are not the probe's
+
+
 def test_knapsack_aims_lower_when_its_allocation_measures_over_the_budget(fake_runtime, data, monkeypatch):  # noqa: F811
     """Constructed: any allocation that is not uniform measures 25% slower than the table says (the table
     misprices exactly what the knapsack prefers). The first round's knapsack candidate misses the budget by
@@ -245,3 +290,18 @@ def test_fastest_within_the_bar_bisects_budgets(fake_runtime, data, tmp_path):  
     strict = BuildConfig(target="onnxruntime", data=DATA, out=str(tmp_path / "o"), max_accuracy_drop=0.0)
     assert strict.fastest_within_bar
     assert not BuildConfig(target="onnxruntime", data=DATA, out="o", max_accuracy_drop=1.0, ratio=0.3).fastest_within_bar
+
+
+def test_build_flags_default_to_the_search_settings():
+    """The command line repeats the search's defaults (so that --help needs no torch import): they must agree."""
+    from edgeprune.build import BuildConfig
+    from edgeprune.commands import make_parser
+
+    args = make_parser().parse_args(["build", "--target", "x86", "--model", "resnet20", "--out", "x"])
+    s = SearchSettings()
+    pairs = {"search_steps": s.steps, "search_step_batches": s.step_batches, "search_candidates": s.random_candidates,
+             "max_cut": s.max_cut, "search_holdout": s.holdout_images, "search_refits": s.refits,
+             "search_finalists": s.finalists, "search_finalist_batches": s.finalist_batches, "search": s.strategy}
+    for name, want in pairs.items():
+        assert getattr(args, name) == want, name
+        assert getattr(BuildConfig, name) == want, name

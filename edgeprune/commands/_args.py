@@ -192,6 +192,12 @@ def add_search(p: argparse.ArgumentParser) -> None:
                         "cap is raised in steps of 0.1, and the report says so). Default: %(default)s")
     g.add_argument("--search-holdout", type=ranged(int, 10, 1000000), default=1000, metavar="N",
                    help="held-out training images the candidates are compared on. Default: %(default)s")
+    g.add_argument("--search-finalists", type=ranged(int, 0, 100), default=6, metavar="N",
+                   help="candidates (the best of each kind first) fine-tuned briefly before the choice, because "
+                        "accuracy right after a deep cut ranks them poorly; 0 chooses on BN re-estimation alone. "
+                        "Default: %(default)s")
+    g.add_argument("--search-finalist-batches", type=ranged(int, 0, 100000), default=40, metavar="N",
+                   help="mini-batches of the finalists' fine-tune (0: none). Default: %(default)s")
     g.add_argument("--search-refits", type=ranged(int, 0, 10), default=2, metavar="N",
                    help="extra rounds of candidates when the knapsack's candidate (or most candidates) miss the "
                         "budget by measurement: each refits the predictor on every measurement so far and aims "
