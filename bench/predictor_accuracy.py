@@ -3,13 +3,13 @@
 Per target runtime and model: build the target's latency table for the model (timed, in a
 child process so a table that takes too long can be abandoned), calibrate the predictor the
 way the ``--budget-ms`` driver does (``HardwareSearch.calibrate``: the unpruned model plus
-uniformly pruned variants, measured interleaved over several rounds in fresh processes, each
-model's fastest round), then draw N random pruned variants
+uniformly pruned and mixed variants, measured paired against the unpruned model, plus its measured
+per-group correction), then draw N random pruned variants
 (every group's kept count drawn uniformly from the target's channel-multiple grid between
 ``min_keep`` and full width, seed fixed). Every variant is exported, compiled and measured
-in fresh processes, interleaved in rounds (v1 v2 ... vN, v1 v2 ... vN, ...) with the
-unpruned model and the calibration's models among them; a variant's figure is its median
-round's p50 (and, in a second column, its fastest round's p50: the statistic calibration uses).
+paired against the unpruned model with the calibration's models among them (``measure.paired``:
+alternating bursts in one process, ``--rounds`` processes); a variant's figure is its median ratio to
+the unpruned model times the calibration's baseline figure, as the search itself measures.
 
 Reported per variant: predicted (calibrated), raw table sum (uncalibrated) and measured ms.
 Per case: share of variants whose prediction is within +/-10% of the measurement, median
@@ -128,9 +128,11 @@ def error_stats(pred: list[float], meas: list[float]) -> dict:
 
 
 def measure_variants(hs, variants: list[list[int]], rounds: int) -> tuple[dict, float, float]:
-    """Compile every variant (+ 'cal0', 'cal1', ...: the calibration's models, 'cal0' the unpruned one),
-    measure all interleaved; name -> result."""
-    from edgeprune.measure.protocol import measure_interleaved
+    """Compile every variant (+ 'cal0', 'cal1', ...: the calibration's models, 'cal0' the unpruned one) and
+    measure them all paired against 'cal0' (``measure.paired``: alternating bursts in one process, ``rounds``
+    processes), on the calibration's scale (each figure is its ratio to the unpruned model times
+    ``hs.baseline_ms``, as in the search); name -> result."""
+    from edgeprune.measure.paired import measure_paired
 
     ones = [np.ones(w) for w in hs.widths]
     with tempfile.TemporaryDirectory(prefix="edgeprune-predacc-") as tmp:
@@ -144,7 +146,7 @@ def measure_variants(hs, variants: list[list[int]], rounds: int) -> tuple[dict, 
             arts[f"v{i}"] = compile_model(hs, hs.prune_counts(counts, ones), Path(tmp) / f"v{i}")
         compile_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        res = measure_interleaved(arts, hs.settings, rounds=rounds, progress=True)
+        res = measure_paired(arts, hs.settings, rounds=rounds, reference="cal0", reference_ms=hs.baseline_ms)
         return res, compile_s, time.perf_counter() - t0
 
 
@@ -170,7 +172,7 @@ def run_case(target: str, model_name: str, args) -> dict:
     hs = HardwareSearch(model, example, profile, PRECISION, THREADS, settings, progress=False)
     case["setup_s"] = time.perf_counter() - t0
     log(f"   search set up in {case['setup_s']:.1f} s ({hs.table['meta']['rows_from_cache']} table rows from cache); "
-        "calibrating (HardwareSearch.calibrate: unpruned + uniform variants, interleaved rounds)")
+        "calibrating (HardwareSearch.calibrate: unpruned + uniform and mixed variants, paired)")
     t0 = time.perf_counter()
     fit = hs.calibrate()
     case["calibrate_s"] = time.perf_counter() - t0
@@ -179,30 +181,28 @@ def run_case(target: str, model_name: str, args) -> dict:
     multiple = int(profile["channel_multiple"])
     rng = np.random.default_rng(args.seed)
     variants = [random_counts(rng, hs.widths, multiple, 0.1) for _ in range(args.variants)]
-    log(f"   {len(variants)} random variants: compile, then {args.rounds} interleaved rounds")
+    log(f"   {len(variants)} random variants: compile, then {args.rounds} paired processes")
     res, compile_s, measure_s = measure_variants(hs, variants, args.rounds)
     rows = []
     for i, counts in enumerate(variants):
         r = res[f"v{i}"]
         rows.append({"counts": counts, "channels": sum(counts), "predicted_ms": hs.predictor.predict(counts),
-                     "raw_ms": hs.predictor.raw_ms(counts), "measured_ms": r["latency"]["p50_ms"],
-                     "measured_min_ms": r["p50_ms_min"], "rounds_ms": r["rounds"], "spread": r["noise"]["spread"]})
+                     "raw_ms": hs.predictor.raw_ms(counts), "measured_ms": r["p50_ms"], "ratio": r["ratio"],
+                     "ratio_interval": r["ratio_interval"], "spread": r["burst_spread"]})
     meas = [r["measured_ms"] for r in rows]
-    meas_min = [r["measured_min_ms"] for r in rows]
     raw = [r["raw_ms"] for r in rows]
     a, b = np.polyfit(raw, meas, 1)
-    # the same calibration models, but fitted on their figures from these interleaved rounds (median round)
+    # the same calibration models, but fitted on their figures from this paired measurement
     cal_raw = [hs.predictor.raw_ms(c) for c, _ in hs.samples]
-    cal_meas = [res[f"cal{j}"]["latency"]["p50_ms"] for j in range(len(hs.samples))]
+    cal_meas = [res[f"cal{j}"]["p50_ms"] for j in range(len(hs.samples))]
     ia, ib = np.polyfit(cal_raw, cal_meas, 1)
     case.update({
         "widths": hs.widths, "channel_multiple": multiple, "variants": rows, "compile_s": compile_s,
-        "measure_s": measure_s, "baseline": {"calibration_ms": hs.baseline_ms, "interleaved_ms": cal_meas[0],
-                                             "rounds_ms": res["cal0"]["rounds"], "predicted_ms": hs.predictor.predict(hs.widths),
-                                             "calibration_interleaved_ms": cal_meas,
-                                             "calibration_rounds_ms": [res[f"cal{j}"]["rounds"] for j in range(len(hs.samples))]},
+        "measure_s": measure_s, "baseline": {"calibration_ms": hs.baseline_ms,
+                                             "quiet_ms": res["cal0"]["reference_quiet_ms"],
+                                             "predicted_ms": hs.predictor.predict(hs.widths),
+                                             "calibration_paired_ms": cal_meas},
         "calibrated": error_stats([r["predicted_ms"] for r in rows], meas),
-        "calibrated_vs_fastest_round": error_stats([r["predicted_ms"] for r in rows], meas_min),
         "raw_sum": error_stats(raw, meas),
         "interleaved_calibration": {"scale": float(ia), "offset_ms": float(ib), **error_stats([ia * x + ib for x in raw], meas)},
         "best_line": {"scale": float(a), "offset_ms": float(b), **error_stats([a * x + b for x in raw], meas)},
@@ -220,25 +220,23 @@ def pct(x: float) -> str:
 
 def summary_table(cases: list[dict]) -> str:
     head = ("| target (runtime) | model | table build | points measured | variants | measured range ms | "
-            "calibrated: within ±10% | median abs err | max err | vs fastest round: within ±10% / median | "
+            "calibrated: within ±10% | median abs err | max err | "
             "raw sum: within ±10% | median abs err | max err | "
-            "calibration models' line from the interleaved rounds: within ±10% / median | "
-            "best line (in-sample): within ±10% / median | noise (median max/min of rounds) |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+            "calibration models' line from the same paired measurement: within ±10% / median | "
+            "best line (in-sample): within ±10% / median | noise (median max/min of a variant's bursts) |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for c in cases:
         tag = f"{c['target']} ({c['runtime']})"
         if not c["table"]["ok"]:
-            lines.append(f"| {tag} | {c['model']} | {c['table']['why']} |" + " — |" * 13)
+            lines.append(f"| {tag} | {c['model']} | {c['table']['why']} |" + " — |" * 12)
             continue
         cal, raw, best, inter = c["calibrated"], c["raw_sum"], c["best_line"], c["interleaved_calibration"]
         lo, hi = c["measured_range_ms"]
         lines.append(
             f"| {tag} | {c['model']} | {c['table']['seconds']:.0f} s | {c['table']['meta']['points_measured']} | "
             f"{len(c['variants'])} | {lo:.3f}–{hi:.3f} | {100 * cal['within_10pct']:.0f}% | "
-            f"{cal['median_abs_pct']:.1f}% | {pct(cal['max_signed_pct'])} | "
-            f"{100 * c['calibrated_vs_fastest_round']['within_10pct']:.0f}% / "
-            f"{c['calibrated_vs_fastest_round']['median_abs_pct']:.1f}% | {100 * raw['within_10pct']:.0f}% | "
+            f"{cal['median_abs_pct']:.1f}% | {pct(cal['max_signed_pct'])} | {100 * raw['within_10pct']:.0f}% | "
             f"{raw['median_abs_pct']:.1f}% | {pct(raw['max_signed_pct'])} | "
             f"{100 * inter['within_10pct']:.0f}% / {inter['median_abs_pct']:.1f}% | "
             f"{100 * best['within_10pct']:.0f}% / {best['median_abs_pct']:.1f}% | {c['noise_median_spread']:.2f}x |")
@@ -252,20 +250,21 @@ def detail_table(c: dict) -> str:
              f"{c['channel_multiple']}, widths {c['widths']}",
              "",
              f"Calibration (driver's `calibrate()`): scale {fit['scale']:.3f}, offset {fit['offset_ms']:+.3f} ms, from "
-             + ", ".join(f"{s['ms']:.3f} ms" for s in fit["measured"]) + " (unpruned, then uniform variants; fastest "
-             f"of {fit.get('calibration', {}).get('rounds', '?')} interleaved rounds). "
-             f"Unpruned model: {base['calibration_ms']:.3f} ms at calibration, {base['interleaved_ms']:.3f} ms in the "
-             f"interleaved rounds ({', '.join(f'{x:.3f}' for x in base['rounds_ms'])}), predicted {base['predicted_ms']:.3f} ms. "
-             f"Calibration models in the interleaved rounds (median round): "
-             f"{', '.join(f'{x:.3f}' for x in base['calibration_interleaved_ms'])} ms; the line through these: scale "
+             + ", ".join(f"{s['ms']:.3f} ms" for s in fit["measured"]) + " (unpruned, uniform and mixed variants, "
+             f"paired measurement). Unpruned model: {base['calibration_ms']:.3f} ms at calibration (every figure below "
+             f"is a ratio to it, measured paired, times this), {base['quiet_ms']:.3f} ms quiet-phase p50 in the "
+             f"variants' measurement, predicted {base['predicted_ms']:.3f} ms. "
+             f"Calibration models re-measured with the variants: "
+             f"{', '.join(f'{x:.3f}' for x in base['calibration_paired_ms'])} ms; the line through these: scale "
              f"{c['interleaved_calibration']['scale']:.3f}, offset {c['interleaved_calibration']['offset_ms']:+.3f} ms.",
              "",
-             "| # | kept channels per group | predicted ms | raw sum ms | measured ms (rounds) | error | raw error |",
+             "| # | kept channels per group | predicted ms | raw sum ms | measured ms (ratio interval) | error | raw error |",
              "|---|---|---|---|---|---|---|"]
     for i, r in enumerate(c["variants"]):
         m = r["measured_ms"]
+        iv = r.get("ratio_interval") or (float("nan"), float("nan"))
         lines.append(f"| {i} | {r['counts']} | {r['predicted_ms']:.3f} | {r['raw_ms']:.3f} | {m:.3f} "
-                     f"({', '.join(f'{x:.3f}' for x in r['rounds_ms'])}) | {pct(100 * (r['predicted_ms'] - m) / m)} | "
+                     f"({iv[0]:.3f}-{iv[1]:.3f}x) | {pct(100 * (r['predicted_ms'] - m) / m)} | "
                      f"{pct(100 * (r['raw_ms'] - m) / m)} |")
     return "\n".join(lines)
 
