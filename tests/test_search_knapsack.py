@@ -170,7 +170,7 @@ def test_finalists_fine_tune_decides_over_the_bn_score(fake_runtime, data, monke
 
     def score(model, ds):
         shares = [w / f for w, f in zip(widths_of(model), full) if f > 1]
-        if model.training is False and getattr(model, "_probed", False):
+        if getattr(model, "_probed", False):
             return sum(widths_of(model)) / sum(full)
         return 1.0 - (max(shares) - min(shares))
 

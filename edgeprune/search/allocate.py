@@ -27,8 +27,9 @@
    schedule's fine-tuned weights are used to choose channels only, so every candidate is judged
    from the same weights and the winner gets the same fine-tune as a uniform model would.
 
-Because uniform pruning is a candidate, the search loses to it only through the proxy's error
-(BN-recalibrated accuracy ranks sub-networks imperfectly) or the predictor's.
+Because uniform pruning is a candidate (and, as its own kind, always a finalist when within the budget by
+measurement and ``finalists`` >= 4), the search loses to it only through the proxy's error (a short
+fine-tune ranks sub-networks well but not perfectly) or the measurement's.
 Invariants: every candidate's predicted latency is within the budget; every group keeps at least
 its floor and one channel; the result lists every candidate with its predicted latency, held-out
 top-1 and the share of channels it keeps, and names the winner.
@@ -374,8 +375,6 @@ class Allocator:
                 if c not in fits and fits:
                     c.note = (c.note + "; " if c.note else "") + "over the budget by measurement: not compared"
         rows = [c.row(self.widths) for c in cands]
-        runner_up = max((c for c in cands if c is not winner and c.holdout_top1 is not None),
-                        key=lambda c: c.holdout_top1, default=None)
         compared = [c for c in cands if c.holdout_top1 is not None]
         probed = [c for c in cands if c.probe_top1 is not None]
         scope = f"{len(compared)} of {len(cands)} candidates compared " + \
@@ -387,6 +386,7 @@ class Allocator:
                    f"{100 * winner.probe_top1:.2f}% on {len(self.holdout_ds)} held-out training images" +
                    (f", ahead of {runner_up.name} ({100 * runner_up.probe_top1:.2f}%)" if runner_up else ""))
         else:
+            runner_up = max((c for c in compared if c is not winner), key=lambda c: c.holdout_top1, default=None)
             why = (f"{scope}; {winner.name} scored {100 * winner.holdout_top1:.2f}% top-1 on {len(self.holdout_ds)} "
                    f"held-out training images after BN re-estimation" +
                    (f", ahead of {runner_up.name} ({100 * runner_up.holdout_top1:.2f}%)" if runner_up else ""))
