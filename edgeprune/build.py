@@ -73,6 +73,7 @@ class BuildConfig:
     search_refits: int = SearchSettings.refits
     search_finalists: int = SearchSettings.finalists
     search_finalist_batches: int = SearchSettings.finalist_batches
+    search_calibration: int = SearchSettings.calibration_mixed
     precision: str | None = None
     round_to: int | None = None
     finetune_epochs: float = 1.0
@@ -171,6 +172,7 @@ def search_settings(cfg: BuildConfig) -> SearchSettings:
                           random_candidates=cfg.search_candidates, max_cut=cfg.max_cut,
                           holdout_images=cfg.search_holdout, refits=cfg.search_refits,
                           finalists=cfg.search_finalists, finalist_batches=cfg.search_finalist_batches,
+                          calibration_mixed=cfg.search_calibration,
                           batch_size=min(cfg.batch_size, 128), seed=cfg.seed)
 
 

@@ -12,7 +12,7 @@ from tests.conftest import MINI_FMNIST
 # (its parts are tested on their own in test_search_knapsack.py).
 CHEAP_SEARCH = ("--search-steps", "1", "--search-step-batches", "0", "--search-candidates", "0",
                 "--search-holdout", "100", "--search-refits", "1", "--search-finalists", "2",
-                "--search-finalist-batches", "4")
+                "--search-finalist-batches", "4", "--search-calibration", "2")
 DATA = f"fashion-mnist:{MINI_FMNIST}"
 
 
@@ -72,12 +72,18 @@ def test_pruned_checkpoint_reloads_without_pickle(trained, tmp_path):
     assert model(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
 
 
-def test_build_with_latency_budget(trained, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("EDGEPRUNE_CACHE", str(tmp_path / "cache"))
+@pytest.fixture(scope="module")
+def lut_cache(tmp_path_factory):
+    """One latency-table cache for this module's budget builds: the first measures the table, later ones reuse it."""
+    return tmp_path_factory.mktemp("cache")
+
+
+def test_build_with_latency_budget(trained, tmp_path, monkeypatch, capsys, lut_cache):
+    monkeypatch.setenv("EDGEPRUNE_CACHE", str(lut_cache))
     out = tmp_path / "budget"
     code = main(["build", "--target", "onnxruntime", "--weights", str(trained / "model.pt"), "--data", DATA,
-                 "--budget", "0.7x", "--finetune-epochs", "0", "--threads", "1", "--rounds", "1",
-                 "--min-seconds", "0.3", "--out", str(out), "--no-progress", *CHEAP_SEARCH])
+                 "--budget", "0.7x", "--round-to", "16", "--finetune-epochs", "0", "--threads", "1", "--rounds", "1",
+                 "--min-seconds", "0.3", "--max-rounds", "4", "--out", str(out), "--no-progress", *CHEAP_SEARCH])
     if not out.exists():
         # A load burst on this shared box made the search's own measurements disagree with its predictions
         # beyond what its retries absorb: that is a failed step (exit 1, the figures, nothing written),
@@ -93,15 +99,17 @@ def test_build_with_latency_budget(trained, tmp_path, monkeypatch, capsys):
     last = search["attempts"][-1]
     assert last["predicted_ms"] <= search["budget_ms"] and last["measured_ms"] <= search["budget_ms"]
     assert search["budget_ms"] == pytest.approx(0.7 * search["baseline_measured_ms"])
-    assert search["table"]["rows_measured"] > 0
+    assert all(g["kept"] % 16 == 0 and 0 < g["kept"] <= g["width"] for g in search["groups"])  # --round-to 16
+    assert search["table"]["rows_measured"] + search["table"]["rows_from_cache"] > 0
+    assert search["calibration"]["models"].keys() >= {"unpruned", "mixed-1"}  # --search-calibration 2
     assert (out / "staircase.png").is_file() and "## Latency budget" in (out / "report.md").read_text()
 
 
-def test_impossible_budget_fails_clearly(trained, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("EDGEPRUNE_CACHE", str(tmp_path / "cache"))
+def test_impossible_budget_fails_clearly(trained, tmp_path, monkeypatch, capsys, lut_cache):
+    monkeypatch.setenv("EDGEPRUNE_CACHE", str(lut_cache))
     code = main(["build", "--target", "onnxruntime", "--weights", str(trained / "model.pt"), "--data", DATA,
                  "--budget-ms", "0.0001", "--finetune-epochs", "0", "--threads", "1", "--out", str(tmp_path / "o"),
-                 "--no-progress"])
+                 "--round-to", "16", "--no-progress", "--search-calibration", "0"])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and "cannot be met" in err and err.startswith("edgeprune: error:")
     assert not (tmp_path / "o").exists()

@@ -301,7 +301,8 @@ def test_build_flags_default_to_the_search_settings():
     s = SearchSettings()
     pairs = {"search_steps": s.steps, "search_step_batches": s.step_batches, "search_candidates": s.random_candidates,
              "max_cut": s.max_cut, "search_holdout": s.holdout_images, "search_refits": s.refits,
-             "search_finalists": s.finalists, "search_finalist_batches": s.finalist_batches, "search": s.strategy}
+             "search_finalists": s.finalists, "search_finalist_batches": s.finalist_batches, "search_calibration": s.calibration_mixed,
+             "search": s.strategy}
     for name, want in pairs.items():
         assert getattr(args, name) == want, name
         assert getattr(BuildConfig, name) == want, name

@@ -74,6 +74,7 @@ class SearchSettings:
     refits: int = 2                # extra candidate rounds after refitting the predictor on measurements
     finalists: int = 6             # candidates given a short fine-tune before the choice (0: BN re-estimation alone)
     finalist_batches: int = 40     # mini-batches of that fine-tune
+    calibration_mixed: int = 8     # measured models with a random half of the groups halved: the predictor's evidence
     bn_images: int = 512
     holdout_images: int = 1000
     seed: int = 0
@@ -86,6 +87,9 @@ class SearchSettings:
         if self.finalists < 0 or self.finalist_batches < 0:
             raise UserInputError("finalists and their fine-tune batches must be 0 or more",
                                  "pass e.g. --search-finalists 6 --search-finalist-batches 40")
+        if self.calibration_mixed < 0:
+            raise UserInputError(f"calibration models must be 0 or more, got {self.calibration_mixed}",
+                                 "pass e.g. --search-calibration 8")
 
 
 def split_train(ds, holdout: int, seed: int = 0) -> tuple[Any, Any]:

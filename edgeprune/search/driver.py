@@ -100,7 +100,7 @@ def prune_to_budget(model: nn.Module, example: torch.Tensor, profile: dict[str, 
     else:
         hs = HardwareSearch(model, example, profile, profile["precision"], threads, settings, calib, progress,
                             multiple=pctx.round_to, ignored_layers=pctx.ignored_layers, device=device)
-        fit = state["fit"] = hs.calibrate()
+        fit = state["fit"] = hs.calibrate(mixed=search.calibration_mixed)
         state["hs"] = hs
     budget_ms = value * hs.baseline_ms if relative else value
     info(f"      baseline measured {hs.baseline_ms:.3f} ms; budget {budget_ms:.3f} ms; "
@@ -133,7 +133,8 @@ def prune_to_budget(model: nn.Module, example: torch.Tensor, profile: dict[str, 
     report = {"budget_ms": budget_ms, "budget_arg": budget, "baseline_measured_ms": hs.baseline_ms,
               "strategy": search.strategy, "importance": found.importance, "winner": found.winner, "why": found.why,
               "candidates": found.candidates, "schedule": found.trace if search.strategy == "knapsack" else [],
-              "attempts": tries, "predictor": hs.predictor.fit, "table": hs.table["meta"],
+              "attempts": tries, "predictor": hs.predictor.fit, "calibration": state["fit"].get("calibration"),
+              "table": hs.table["meta"],
               "groups": [{"group": g.root_name, "width": w, "kept": c}
                          for g, w, c in zip(hs.graph.groups, hs.widths, tries[-1]["counts"])],
               "staircase": staircase(hs)}
