@@ -104,13 +104,17 @@ def _candidates(search: dict[str, Any]) -> list[str]:
             for t in search["schedule"]) + "."]
     bar = search.get("bar_search")
     if bar:
-        rows = [[p["share"], p.get("measured_ms"), p.get("top1"), p.get("drop_points"), p["passed"],
+        rows = [[p["share"], p.get("measured_ms"), p.get("holdout_top1"), p.get("drop_points"), p["passed"],
                  p.get("error", "")] for p in bar["probes"]]
         lines += ["", f"Fastest model within a {bar['max_accuracy_drop']}-point accuracy bar: budgets bisected as a "
-                  "share of the baseline's measured latency; each probe searched, fine-tuned and evaluated. "
+                  "share of the baseline's measured latency; each probe searched and fine-tuned, then judged on "
+                  f"{bar.get('holdout_images', '?')} held-out training images against the unpruned model's "
+                  f"{bar.get('baseline_holdout_top1', float('nan')):.4f} there (the test set decides nothing; "
+                  "the accuracy gate checks the chosen model on it). "
                   + (f"Chosen: {bar['chosen_share']:.3f}x." if bar["found"] else
                      "No probe stayed within the bar; the least pruned one is reported."), "",
-                  markdown_table(["budget share", "measured ms", "top-1", "drop (points)", "within bar", "error"], rows)]
+                  markdown_table(["budget share", "measured ms", "held-out top-1", "drop (points)", "within bar",
+                                  "error"], rows)]
     return lines + [""]
 
 
@@ -157,12 +161,18 @@ def _plot_staircase(search: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _before_finetune(acc: float | None) -> str:
+    if acc is None:  # the accuracy-bar search judged its probes on held-out training images instead
+        return "Accuracy right after pruning was not measured on the test set (the accuracy-bar search's probes)."
+    return f"Accuracy right after pruning, before fine-tuning: {acc:.4f}."
+
+
 def _markdown(report: dict[str, Any]) -> str:
     t, cfg, env = report["target"], report["config"], report.get("environment") or {}
     lines = [
         f"# edgeprune build: {report['model']['spec'].get('name')} on {t['name']}",
         "", verdict(report), "", summary_table(report), "",
-        f"Accuracy right after pruning, before fine-tuning: {report['pruned']['accuracy_before_finetune']:.4f}.",
+        _before_finetune(report['pruned']['accuracy_before_finetune']),
         "", "## Setup", "",
         f"- target `{t['name']}`: runtime {t['runtime']}, precision {t['precision']}, {t['threads']} thread(s), "
         f"channels rounded to multiples of {report['prune']['round_to']}",

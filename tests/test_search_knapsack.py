@@ -287,6 +287,11 @@ def test_fastest_within_the_bar_bisects_budgets(fake_runtime, data, tmp_path):  
     assert [round(p["share"], 4) for p in bar["probes"]] == [0.5, 0.325]  # every probe passed: go lower
     assert bar["found"] and bar["chosen_share"] == min(p["share"] for p in bar["probes"] if p["passed"])
     assert all(p["measured_ms"] <= p["share"] * 27.1 for p in bar["probes"])
+    # probes are judged on held-out training images, never on the test set: the gate's check stays independent
+    assert bar["judged_on"] == "held-out training images" and bar["holdout_images"] == 60
+    assert all(p["drop_points"] == pytest.approx(100 * (bar["baseline_holdout_top1"] - p["holdout_top1"]))
+               for p in bar["probes"])
+    assert pf["acc_after_ft"] == evaluate(pf["pruned"], data[1], progress=False)  # the test figure: chosen model only
     strict = BuildConfig(target="onnxruntime", data=DATA, out=str(tmp_path / "o"), max_accuracy_drop=0.0)
     assert strict.fastest_within_bar
     assert not BuildConfig(target="onnxruntime", data=DATA, out="o", max_accuracy_drop=1.0, ratio=0.3).fastest_within_bar

@@ -43,7 +43,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--max-accuracy-drop", type=ranged(float, 0, 100), metavar="POINTS",
                    help="accuracy bar: fail (exit 1, report written) when the pruned model's top-1 is more than "
                         "POINTS percentage points below the baseline's. Without --ratio and --budget-ms: build "
-                        "the fastest model within the bar (budget searches bisected on the measured latency)")
+                        "the fastest model within the bar (budget searches bisected on the measured latency, each "
+                        "judged on --search-holdout held-out training images; the test set then checks the choice)")
     p.add_argument("--bar-probes", type=ranged(int, 1, 20), default=4, metavar="N",
                    help="budget searches (each with its fine-tune) the fastest-within-the-bar mode may run. "
                         "Default: %(default)s")
