@@ -5,10 +5,12 @@ Protocol (issue 11), per target and budget (a share of the unpruned model's p50 
 - arms: ``knapsack`` (the default ``--budget-ms`` search: BN-Taylor importance, iterative knapsack,
   adaptive-BN arbitration), ``greedy`` (the earlier search, L1 importance), ``uniform`` (every layer
   loses the same share, L1 channels kept), ``tp`` (Torch-Pruning's global ``MagnitudePruner`` with
-  ``GroupMagnitudeImportance(p=1)`` and ``round_to`` = the target's multiple);
+  ``GroupMagnitudeImportance(p=1)`` and ``round_to`` = the target's multiple), ``gate`` (Gate Decorator's
+  Tick-Tock, ``GATE`` below: one run down past the search model's MACs, a snapshot after every tick; its ticks
+  and tocks train the model a little before the common fine-tune, which favours this arm);
 - knapsack and greedy run the driver's search-measure-tighten loop against the budget (every budget
-  starts from the same calibration); uniform and tp are then *matched on measured latency* to the
-  knapsack model: six candidates around the predicted (uniform) or MACs (tp) match are measured paired
+  starts from the same calibration); uniform, tp and gate are then *matched on measured latency* to the
+  knapsack model: six candidates around the predicted (uniform) or MACs (tp, gate) match are measured paired
   against it (``measure.paired``: alternating bursts in one process, 2 processes); of those at most 3% slower
   than it, the one that removes the fewest channels is taken (the most favourable to the arm), else the closest;
 - every arm: BN statistics re-estimated on 512 training images, then the same fine-tune
@@ -16,7 +18,7 @@ Protocol (issue 11), per target and budget (a share of the unpruned model's p50 
   batch order), top-1 on the full test set;
 - seeds change the search's randomness (importance batches, random candidates, step fine-tunes) and
   every arm's fine-tuning order; mean ± std over seeds;
-- final latency: per (budget, seed), the four arms measured paired against the unpruned model in
+- final latency: per (budget, seed), the five arms measured paired against the unpruned model in
   ``--rounds`` fresh processes (alternating bursts, so a shared machine's load phases cancel out of each
   ratio); a model's figure is its median ratio to the unpruned model times the calibration's baseline; the table says
   how far each arm is from the knapsack model's latency (the protocol asks for within ±3%). Results are
@@ -24,7 +26,7 @@ Protocol (issue 11), per target and budget (a share of the unpruned model's p50 
 Writes bench/results/hw_search.json, hw_search.md and hw_search.png (top-1 vs measured latency).
 
 Usage: python bench/hw_search.py --weights CKPT [--targets x86] [--budgets 0.7,0.5,0.35] [--seeds 0,1]
-           [--ft-epochs 0.15] [--rounds 3]
+           [--ft-epochs 0.15] [--rounds 3] [--merge]
 """
 from __future__ import annotations
 
@@ -45,7 +47,12 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 THREADS, PRECISION = 1, "fp32"
-ARMS = ("knapsack", "greedy", "uniform", "tp")
+ARMS = ("knapsack", "greedy", "uniform", "tp", "gate")
+# Gate Decorator's Tick-Tock for the ``gate`` arm: the paper's 5% of the remaining channels per tick, a tock every
+# 4 ticks capped at 40 SGD steps, so its extra training stays near the search's own (3 x 30 step batches + 6 x 40
+# finalist batches), and below one epoch.
+GATE = {"tick_ratio": 0.05, "tick_batches": 8, "batch_size": 64, "tock_every": 4, "tock_steps": 40,
+        "tock_lr": 0.01, "gate_l1": 1e-4, "augment": False}
 
 
 def log(text: str) -> None:
@@ -164,6 +171,34 @@ class Bench:
         return models[best][0], {"ratio": models[best][1], "macs_ratio_goal": goal, "match_ms": ms[best],
                                  "target_ms": ms["target"]}
 
+    def gate_matched(self, hs, target_model, target_art: str, seed: int) -> tuple[torch.nn.Module, dict]:
+        """Gate Decorator matched on measured latency: one Tick-Tock run down past the search model's MACs, a
+        snapshot (gates melted) after every tick; the six nearest in MACs are measured paired against it."""
+        from edgeprune.prune import prune_model
+
+        base = macs(self.model, self.shape)
+        goal = macs(target_model, self.shape) / base
+        snaps: list[tuple[float, torch.nn.Module]] = []
+
+        def stop_when(melted) -> bool:  # called before the first tick, then after every tick
+            share = macs(melted, self.shape) / base
+            snaps.append((share, copy.deepcopy(melted).eval()))
+            return share <= 0.8 * goal
+        t = time.perf_counter()
+        prune_model(self.model, self.example, "gate", 0.5, hs.multiple, train_ds=self.train_ds, progress=False,
+                    seed=seed, stop_when=stop_when, **GATE)
+        tick_s = time.perf_counter() - t
+        near = sorted(range(len(snaps)), key=lambda i: abs(snaps[i][0] - goal))[:6]
+        arts = {"target": target_art}
+        models = {}
+        for i in near:
+            models[f"g{i}"] = (snaps[i][1], snaps[i][0])
+            arts[f"g{i}"] = self.compile(hs, snaps[i][1])
+        ms = self.paired(hs, arts, 2, "target")
+        best = matched(models, ms, lambda k: -models[k][1])  # the most MACs kept among the matches
+        return models[best][0], {"tick": int(best[1:]), "macs_share": models[best][1], "macs_ratio_goal": goal,
+                                 "tick_tock_s": tick_s, "match_ms": ms[best], "target_ms": ms["target"]}
+
     def finetune(self, model, seed: int) -> dict:
         from edgeprune.prune.bn import recalibrate_bn
         from edgeprune.train import evaluate, train
@@ -226,6 +261,7 @@ def run_target(bench: Bench, target: str) -> dict:
             k_pred = hs.predictor.predict([g["kept"] for g in k_search["groups"]])
             cell["uniform"] = bench.uniform_matched(hs, k_art, k_pred)
             cell["tp"] = bench.tp_matched(hs, k_model, k_art)
+            cell["gate"] = bench.gate_matched(hs, k_model, k_art, seed)
             cell_arts, cell_rows = {"base": base_art}, []
             for arm, (model, info) in cell.items():
                 name = f"{target}/{b}/{seed}/{arm}"
@@ -254,10 +290,26 @@ def run_target(bench: Bench, target: str) -> dict:
     return case
 
 
+def earlier_cases(path: Path, args) -> list[dict]:
+    """The cases of an earlier run at ``path``, less the (target, budget) cells this run redoes."""
+    if not path.is_file():
+        return []
+    earlier = json.loads(path.read_text())
+    redo = {(t, b) for t in args.targets.split(",") for b in args.budget_list}
+    kept = []
+    for case in earlier.get("cases", []):
+        rows = [r for r in case["rows"] if (case["target"], r["budget"]) not in redo]
+        if rows:
+            kept.append({**case, "rows": rows, "command": case.get("command", earlier["command"]),
+                         "date": case.get("date", earlier["date"])})
+    log(f"kept {sum(len(c['rows']) for c in kept)} rows of {path} (--merge)")
+    return kept
+
+
 def summarise(cases: list[dict], args, base_top1: float) -> list[dict]:
     out = []
     for case in cases:
-        for b in args.budget_list:
+        for b in sorted({r["budget"] for r in case["rows"]}, reverse=True):
             ref = [r["measured_ms"] for r in case["rows"] if r["budget"] == b and r.get("arm") == "knapsack"
                    and "measured_ms" in r]
             for arm in ARMS:
@@ -287,8 +339,8 @@ def plot(summary: list[dict], cases: list[dict], path: Path) -> None:
         return
     fig, axes = plt.subplots(1, len(targets), figsize=(6 * len(targets), 4.5), squeeze=False)
     for ax, target in zip(axes[0], targets):
-        for arm, marker in zip(ARMS, "osD^"):
-            pts = [s for s in summary if s["target"] == target and s["arm"] == arm]
+        for arm, marker in zip(ARMS, "osD^v"):
+            pts = sorted((s for s in summary if s["target"] == target and s["arm"] == arm), key=lambda s: s["ms_mean"])
             ax.errorbar([p["ms_mean"] for p in pts], [p["top1_mean"] for p in pts],
                         yerr=[p["top1_std"] for p in pts], marker=marker, linestyle="-", capsize=3, label=arm)
         case = next(c for c in cases if c["target"] == target)
@@ -311,7 +363,7 @@ def write_md(result: dict, path: Path) -> None:
              *([] if result.get("complete", True) else
                ["**Partial: the run was still going (or was stopped) when this was written; only the cells below "
                 "finished.**", ""]),
-             f"Command: `{result['command']}`", "",
+             f"Command{' of the latest run (each section below names its own run)' if len({c.get('command') for c in result['cases']}) > 1 else ''}: `{result['command']}`", "",
              f"Date {result['date']}, wall time {result['wall_min']:.1f} min; machine: {result['machine']}; "
              f"load average at start {result['load']}. Checkpoint `{a['weights']}` (ResNet-20, Fashion-MNIST, "
              f"top-1 {result['baseline_top1'] * 100:.2f}%). Fine-tune for every arm: {a['ft_epochs']} epoch(s) of the "
@@ -327,6 +379,7 @@ def write_md(result: dict, path: Path) -> None:
               "", "![top-1 vs measured latency](hw_search.png)", ""]
     for case in result["cases"]:
         lines += [f"## {case['target']} ({case['runtime']}): per run", "",
+                  f"Run: `{case.get('command', result['command'])}` ({case.get('date', result['date'])}). "
                   f"Channel multiple {case['multiple']}; latency table {case['table_s']:.0f} s; budget anchor "
                   f"(unpruned, the calibration's paired figure) {case['anchor_ms']:.3f} ms; unpruned in the final rounds "
                   f"{case['baseline_final_ms']:.3f} ms.", ""]
@@ -335,7 +388,8 @@ def write_md(result: dict, path: Path) -> None:
             if "error" in r:
                 rows.append([f"{r['budget']}x", r["seed"], r["arm"], "", "", "", r["error"][:80]])
                 continue
-            extra = r.get("winner") or (f"ratio {r['ratio']:.2f}" if "ratio" in r else "")
+            extra = r.get("winner") or (f"ratio {r['ratio']:.2f}" if "ratio" in r else
+                                        f"tick {r['tick']}, MACs {r['macs_share']:.3f}" if "tick" in r else "")
             rows.append([f"{r['budget']}x", r["seed"], r["arm"], f"{100 * r['top1_after_prune']:.2f}",
                          f"{100 * r['top1']:.2f}", f"{r['measured_ms']:.3f}", extra])
         lines += [markdown_table(["budget", "seed", "arm", "top-1 after prune", "top-1 fine-tuned", "measured ms",
@@ -354,6 +408,9 @@ def main() -> int:
     ap.add_argument("--ft-lr", type=float, default=0.01)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the cells of an earlier hw_search.json in --out that this run does not redo "
+                         "(other targets or budgets); each section of the report names the run it comes from")
     args = ap.parse_args()
     args.budget_list = [float(b) for b in args.budgets.split(",")]
     args.seed_list = [int(s) for s in args.seeds.split(",")]
@@ -373,10 +430,15 @@ def main() -> int:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     cases: list[dict] = []
+    command = "python bench/hw_search.py " + " ".join(sys.argv[1:])
+    kept = earlier_cases(out / "hw_search.json", args) if args.merge else []
 
     def write(partial: list[dict], done: bool) -> None:
+        for case in partial:
+            case.update(command=command, date=date)
+        partial = kept + partial
         summary = summarise(partial, args, base_top1)
-        result = {"command": "python bench/hw_search.py " + " ".join(sys.argv[1:]), "date": date, "complete": done,
+        result = {"command": command, "date": date, "complete": done,
                   "wall_min": (time.time() - started) / 60,
                   "machine": f"{cpu}, {os.cpu_count()} cores, {platform.python_version()}",
                   "load": [round(x, 1) for x in load], "baseline_top1": base_top1,
