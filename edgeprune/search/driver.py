@@ -133,7 +133,7 @@ def prune_to_budget(model: nn.Module, example: torch.Tensor, profile: dict[str, 
     report = {"budget_ms": budget_ms, "budget_arg": budget, "baseline_measured_ms": hs.baseline_ms,
               "strategy": search.strategy, "importance": found.importance, "winner": found.winner, "why": found.why,
               "candidates": found.candidates, "schedule": found.trace if search.strategy == "knapsack" else [],
-              "attempts": tries, "predictor": hs.predictor.fit, "calibration": state["fit"].get("calibration"),
+              "attempts": tries, "predictor": hs.predictor.fit, "calibration": hs.calibration,
               "table": hs.table["meta"],
               "groups": [{"group": g.root_name, "width": w, "kept": c}
                          for g, w, c in zip(hs.graph.groups, hs.widths, tries[-1]["counts"])],

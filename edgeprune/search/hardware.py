@@ -74,6 +74,7 @@ class HardwareSearch:
     multiple: int | None = None            # None: the profile's multiple for ``precision``
     ignored_layers: tuple[str, ...] = ()   # layers kept whole (module names or prefixes)
     device: Any = None                     # a connected RemoteDevice: table, compile and measure there
+    calibration: dict[str, Any] | None = field(default=None, init=False)  # what ``calibrate`` measured
     _reference: Path | None = field(default=None, init=False, repr=False)
     _reference_tmp: Any = field(default=None, init=False, repr=False)  # its TemporaryDirectory
 
@@ -177,6 +178,7 @@ class HardwareSearch:
         fit["calibration"] = {"rounds": rounds, "statistic": "paired bursts: median ratio to the unpruned model x its "
                                                              "quiet-phase (25th percentile) burst p50",
                               "models": {name: {"counts": c, "ms": measured[name]} for name, c in points.items()}}
+        self.calibration = fit["calibration"]
         return fit
 
     def fastest_counts(self, min_ratio: float) -> list[int]:
