@@ -322,10 +322,11 @@ def summarise(cases: list[dict], args, base_top1: float) -> list[dict]:
                             "top1_mean": float(np.mean(top)), "top1_std": float(np.std(top, ddof=1)) if len(top) > 1 else 0.0,
                             "after_prune_mean": float(np.mean([100 * r["top1_after_prune"] for r in rs])),
                             "ms_mean": float(np.mean(lat)),
+                            "ratio_mean": float(np.mean([r["ratio_to_unpruned"] for r in rs])),
                             "vs_knapsack_pct": 100 * (np.mean(lat) / np.mean(ref) - 1) if ref else None,
                             "macs_ratio": float(np.mean([r["macs"] for r in rs])) / case["baseline_macs"],
                             "baseline_top1": 100 * base_top1})
-    return out
+    return sorted(out, key=lambda s: (s["target"], -s["budget"], ARMS.index(s["arm"])))
 
 
 def plot(summary: list[dict], cases: list[dict], path: Path) -> None:
@@ -340,13 +341,12 @@ def plot(summary: list[dict], cases: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(targets), figsize=(6 * len(targets), 4.5), squeeze=False)
     for ax, target in zip(axes[0], targets):
         for arm, marker in zip(ARMS, "osD^v"):
-            pts = sorted((s for s in summary if s["target"] == target and s["arm"] == arm), key=lambda s: s["ms_mean"])
-            ax.errorbar([p["ms_mean"] for p in pts], [p["top1_mean"] for p in pts],
+            pts = sorted((s for s in summary if s["target"] == target and s["arm"] == arm), key=lambda s: s["ratio_mean"])
+            ax.errorbar([p["ratio_mean"] for p in pts], [p["top1_mean"] for p in pts],
                         yerr=[p["top1_std"] for p in pts], marker=marker, linestyle="-", capsize=3, label=arm)
         case = next(c for c in cases if c["target"] == target)
-        ax.scatter([case["baseline_final_ms"]], [summary[0]["baseline_top1"]], marker="*", s=120, color="k",
-                   label="unpruned")
-        ax.set_xlabel(f"measured p50 latency, ms ({case['runtime']}, 1 thread)")
+        ax.scatter([1.0], [summary[0]["baseline_top1"]], marker="*", s=120, color="k", label="unpruned")
+        ax.set_xlabel(f"measured latency / the unpruned model's, paired ({case['runtime']}, 1 thread)")
         ax.set_ylabel("top-1 % (Fashion-MNIST test, after the common fine-tune)")
         ax.set_title(f"ResNet-20, target {target}")
         ax.grid(alpha=0.3)
@@ -371,11 +371,11 @@ def write_md(result: dict, path: Path) -> None:
              f"on 512 training images. Raw data: `hw_search.json`; plot: `hw_search.png`.", "",
              "## Summary (mean ± std over seeds)", ""]
     rows = [[s["target"], f"{s['budget']}x", s["arm"], s["seeds"], f"{s['top1_mean']:.2f} ± {s['top1_std']:.2f}",
-             f"{s['after_prune_mean']:.2f}", f"{s['ms_mean']:.3f}",
+             f"{s['after_prune_mean']:.2f}", f"{s['ms_mean']:.3f}", f"{s['ratio_mean']:.3f}",
              "" if s["vs_knapsack_pct"] is None else f"{s['vs_knapsack_pct']:+.1f}%", f"{s['macs_ratio']:.3f}"]
             for s in result["summary"]]
     lines += [markdown_table(["target", "budget", "arm", "seeds", "top-1 % after fine-tune", "top-1 % right after "
-                              "pruning (BN re-estimated)", "measured ms", "latency vs knapsack", "MACs share"], rows),
+                              "pruning (BN re-estimated)", "measured ms", "x unpruned (paired)", "latency vs knapsack", "MACs share"], rows),
               "", "![top-1 vs measured latency](hw_search.png)", ""]
     for case in result["cases"]:
         lines += [f"## {case['target']} ({case['runtime']}): per run", "",
@@ -399,7 +399,7 @@ def write_md(result: dict, path: Path) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--weights", required=True, help="trained ResNet-20 checkpoint (edgeprune train)")
+    ap.add_argument("--weights", help="trained ResNet-20 checkpoint (edgeprune train); required unless --rewrite")
     ap.add_argument("--data", default="fashion-mnist")
     ap.add_argument("--targets", default="x86")
     ap.add_argument("--budgets", default="0.7,0.5,0.35")
@@ -408,12 +408,23 @@ def main() -> int:
     ap.add_argument("--ft-lr", type=float, default=0.01)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
+    ap.add_argument("--rewrite", action="store_true",
+                    help="run nothing: write hw_search.md and .png again from hw_search.json in --out")
     ap.add_argument("--merge", action="store_true",
                     help="keep the cells of an earlier hw_search.json in --out that this run does not redo "
                          "(other targets or budgets); each section of the report names the run it comes from")
     args = ap.parse_args()
+    if not args.weights and not args.rewrite:
+        ap.error("--weights is required")
     args.budget_list = [float(b) for b in args.budgets.split(",")]
     args.seed_list = [int(s) for s in args.seeds.split(",")]
+    if args.rewrite:
+        result = json.loads((Path(args.out) / "hw_search.json").read_text())
+        result["summary"] = summarise(result["cases"], args, result["baseline_top1"])
+        (Path(args.out) / "hw_search.json").write_text(json.dumps(result, indent=1, default=str))
+        plot(result["summary"], result["cases"], Path(args.out) / "hw_search.png")
+        write_md(result, Path(args.out) / "hw_search.md")
+        return 0
     from edgeprune.data import load_dataset
     from edgeprune.loading import load_model
     from edgeprune.train import evaluate
