@@ -27,6 +27,7 @@ Writes bench/results/hw_search.json, hw_search.md and hw_search.png (top-1 vs me
 
 Usage: python bench/hw_search.py --weights CKPT [--targets x86] [--budgets 0.7,0.5,0.35] [--seeds 0,1]
            [--ft-epochs 0.15] [--rounds 3] [--merge]
+       python bench/hw_search.py --rewrite   (the .md and .png again from hw_search.json)
 """
 from __future__ import annotations
 
