@@ -41,6 +41,6 @@ def run(args: argparse.Namespace) -> int:
     acc, flops = s["accuracy"], s["flops"]
     print(f"{s['prune']['method']}: {s['prune']['channels_before']} -> {s['prune']['channels_after']} channels, "
           f"MACs x{flops['pruned'] / flops['baseline']:.2f}, top-1 {acc['baseline']:.4f} -> "
-          (f"{acc['before_finetune']:.4f} (pruned) -> " if acc["before_finetune"] is not None else "")
+          + (f"{acc['before_finetune']:.4f} (pruned) -> " if acc["before_finetune"] is not None else "")
           + f"{acc['after_finetune']:.4f} (fine-tuned); {args.out}/pruned.pt")
     return 0
