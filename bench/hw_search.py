@@ -136,6 +136,13 @@ class Bench:
             hs.predictor.calibrate(saved)
         return result.model, search
 
+    def match(self, hs, target_art: str, models: dict, removed) -> tuple[str, dict[str, float]]:
+        """Compile ``models`` (name -> (model, ...)), measure them paired against the search's model (2 processes)
+        and pick the match (``matched``, ``removed``: a name's share removed); the match's name and every p50."""
+        arts = {"target": target_art, **{k: self.compile(hs, m[0]) for k, m in models.items()}}
+        ms = self.paired(hs, arts, 2, "target")
+        return matched(models, ms, removed), ms
+
     def uniform_matched(self, hs, target_art: str, target_pred: float) -> tuple[torch.nn.Module, dict]:
         from edgeprune.prune.importance import get
         from edgeprune.prune.select import uniform_counts
@@ -146,13 +153,8 @@ class Bench:
             counts = uniform_counts(hs.widths, float(r), multiples=hs.multiples)
             options.setdefault(tuple(counts), float(r))
         near = sorted(options, key=lambda c: abs(hs.predictor.predict(list(c)) - target_pred))[:6]
-        arts = {"target": target_art}
-        models = {}
-        for i, c in enumerate(near):
-            models[f"u{i}"] = (hs.prune_counts(list(c), scores), options[c], list(c))
-            arts[f"u{i}"] = self.compile(hs, models[f"u{i}"][0])
-        ms = self.paired(hs, arts, 2, "target")
-        best = matched(models, ms, lambda k: models[k][1])
+        models = {f"u{i}": (hs.prune_counts(list(c), scores), options[c], list(c)) for i, c in enumerate(near)}
+        best, ms = self.match(hs, target_art, models, lambda k: models[k][1])
         return models[best][0], {"ratio": models[best][1], "counts": models[best][2], "match_ms": ms[best],
                                  "target_ms": ms["target"]}
 
@@ -162,13 +164,8 @@ class Bench:
         for r in np.arange(0.02, 0.95, 0.02):
             grid[float(round(r, 3))] = macs(tp_prune(self.model, self.example, float(r), hs.multiple), self.shape) / macs(self.model, self.shape)
         near = sorted(grid, key=lambda r: abs(grid[r] - goal))[:6]
-        arts = {"target": target_art}
-        models = {}
-        for i, r in enumerate(near):
-            models[f"t{i}"] = (tp_prune(self.model, self.example, r, hs.multiple), r)
-            arts[f"t{i}"] = self.compile(hs, models[f"t{i}"][0])
-        ms = self.paired(hs, arts, 2, "target")
-        best = matched(models, ms, lambda k: models[k][1])
+        models = {f"t{i}": (tp_prune(self.model, self.example, r, hs.multiple), r) for i, r in enumerate(near)}
+        best, ms = self.match(hs, target_art, models, lambda k: models[k][1])
         return models[best][0], {"ratio": models[best][1], "macs_ratio_goal": goal, "match_ms": ms[best],
                                  "target_ms": ms["target"]}
 
@@ -190,13 +187,8 @@ class Bench:
                     seed=seed, stop_when=stop_when, **GATE)
         tick_s = time.perf_counter() - t
         near = sorted(range(len(snaps)), key=lambda i: abs(snaps[i][0] - goal))[:6]
-        arts = {"target": target_art}
-        models = {}
-        for i in near:
-            models[f"g{i}"] = (snaps[i][1], snaps[i][0])
-            arts[f"g{i}"] = self.compile(hs, snaps[i][1])
-        ms = self.paired(hs, arts, 2, "target")
-        best = matched(models, ms, lambda k: -models[k][1])  # the most MACs kept among the matches
+        models = {f"g{i}": (snaps[i][1], snaps[i][0]) for i in near}
+        best, ms = self.match(hs, target_art, models, lambda k: -models[k][1])  # the most MACs kept among matches
         return models[best][0], {"tick": int(best[1:]), "macs_share": models[best][1], "macs_ratio_goal": goal,
                                  "tick_tock_s": tick_s, "match_ms": ms[best], "target_ms": ms["target"]}
 

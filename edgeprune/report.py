@@ -108,8 +108,8 @@ def _candidates(search: dict[str, Any]) -> list[str]:
                  p.get("error", "")] for p in bar["probes"]]
         lines += ["", f"Fastest model within a {bar['max_accuracy_drop']}-point accuracy bar: budgets bisected as a "
                   "share of the baseline's measured latency; each probe searched and fine-tuned, then judged on "
-                  f"{bar.get('holdout_images', '?')} held-out training images against the unpruned model's "
-                  f"{bar.get('baseline_holdout_top1', float('nan')):.4f} there (the test set decides nothing; "
+                  f"{bar['holdout_images']} held-out training images against the unpruned model's "
+                  f"{bar['baseline_holdout_top1']:.4f} there (the test set decides nothing; "
                   "the accuracy gate checks the chosen model on it). "
                   + (f"Chosen: {bar['chosen_share']:.3f}x." if bar["found"] else
                      "No probe stayed within the bar; the least pruned one is reported."), "",

@@ -100,7 +100,7 @@ def prune_to_budget(model: nn.Module, example: torch.Tensor, profile: dict[str, 
     else:
         hs = HardwareSearch(model, example, profile, profile["precision"], threads, settings, calib, progress,
                             multiple=pctx.round_to, ignored_layers=pctx.ignored_layers, device=device)
-        fit = state["fit"] = hs.calibrate(mixed=search.calibration_mixed)
+        fit = hs.calibrate(mixed=search.calibration_mixed)
         state["hs"] = hs
     budget_ms = value * hs.baseline_ms if relative else value
     info(f"      baseline measured {hs.baseline_ms:.3f} ms; budget {budget_ms:.3f} ms; "
