@@ -93,7 +93,9 @@ def _candidates(search: dict[str, Any]) -> list[str]:
                 for c in search["candidates"]]
         lines += ["", "Candidates within the budget by prediction, each measured on the target; those within it by "
                   "measurement had their BN statistics re-estimated and were scored on held-out training images "
-                  "(not the test set); the finalists were then fine-tuned briefly and scored again:", "",
+                  "(not the test set); the finalists were then fine-tuned briefly and scored again. The trained "
+                  "candidates (the knapsack schedule's, the Tick-Tock run's) keep the weights the search trained; "
+                  "the others are the original network's weights on the channels they keep:", "",
                   markdown_table(["candidate", "predicted ms", "measured ms", "held-out top-1",
                                   "after the finalists' fine-tune", "channels kept",
                                   "narrowest layer kept", "note"], rows), "", f"Why: {search.get('why', '')}."]

@@ -7,6 +7,8 @@ the importance, BN re-estimation and held-out scoring run for real on the carrie
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -105,12 +107,12 @@ def test_knapsack_respects_current_widths_and_refuses_the_unreachable(r20_plan):
         knapsack.solve(pred, widths, [np.ones(w) for w in widths], 0.001, [4] * len(widths), [4] * len(widths))
 
 
-def _knapsack_budget(train_ds, profile, round_to, keep=(), budget="0.6x"):
+def _knapsack_budget(train_ds, profile, round_to, keep=(), budget="0.6x", settings=QUICK):
     torch.manual_seed(0)
     model = build_model("resnet20", num_classes=10, in_channels=1).eval()
     pctx = PruneContext(example_inputs=EXAMPLE, round_to=round_to, ignored_layers=keep, progress=False,
                         train_ds=train_ds, options=QUICK_OPTS)
-    result, search = prune_to_budget(model, EXAMPLE, profile, budget, "taylor_bn", pctx, 1, None, 3, False, QUICK)
+    result, search = prune_to_budget(model, EXAMPLE, profile, budget, "taylor_bn", pctx, 1, None, 3, False, settings)
     return model, result, search
 
 
@@ -130,6 +132,11 @@ def test_knapsack_budget_honours_round_to_and_kept_layers(fake_runtime, data):  
     assert search["winner"] in names
     assert all(c["predicted_ms"] <= search["budget_ms"] + 1e-9 for c in search["candidates"])
     assert all(0.0 <= c["holdout_top1"] <= 1.0 for c in search["candidates"])
+    widths = [g["width"] for g in search["groups"]]
+    for c in search["candidates"]:  # the trained ones too: the Tick-Tock run prunes on the same multiples
+        assert all(k % 16 == 0 or k == w for k, w in zip(c["counts"], widths)), c
+    trained = {c["name"] for c in search["candidates"] if c["trained"]}
+    assert trained == {"knapsack (2 steps, trained)", "gate (tick-tock)"}, names
 
 
 def test_knapsack_budget_uses_the_int8_multiple(fake_runtime, data):  # noqa: F811
@@ -152,6 +159,39 @@ def test_arbitration_picks_uniform_when_it_scores_best(fake_runtime, data, monke
     _, _, search = _knapsack_budget(data[0], {**load_profile("onnxruntime"), "precision": "fp32"}, 8)
     assert search["winner"].startswith("uniform"), search["candidates"]
     assert "uniform" in search["why"]
+
+
+def test_a_trained_candidate_wins_with_its_own_weights(fake_runtime, data, monkeypatch):  # noqa: F811
+    """Constructed: the held-out score rewards the Tick-Tock run's model (tagged as it leaves ``gate.prune``). It
+    wins, and the search returns *its* weights (tagged, with its kept counts), not the original network's
+    weights on its channels."""
+    from edgeprune.prune import gate
+
+    real = gate.prune
+
+    def tagged(model, ctx):
+        result = real(model, ctx)
+        result.model._ticktock = True
+        return result
+
+    monkeypatch.setattr(gate, "prune", tagged)
+    monkeypatch.setattr(allocate, "_evaluate", lambda model, ds: 0.9 if getattr(model, "_ticktock", False) else 0.5)
+    _, result, search = _knapsack_budget(data[0], {**load_profile("onnxruntime"), "precision": "fp32"}, 8)
+    assert search["winner"] == "gate (tick-tock)", search["candidates"]
+    assert getattr(result.model, "_ticktock", False)
+    row = next(c for c in search["candidates"] if c["name"] == search["winner"])
+    assert row["trained"] and "Tick-Tock" in row["note"]
+    assert [g["kept"] for g in search["groups"]] == row["counts"]
+    assert row["measured_ms"] <= search["budget_ms"]
+
+
+def test_no_progressive_candidate_with_zero_tick_batches(fake_runtime, data, monkeypatch):  # noqa: F811
+    from edgeprune.prune import gate
+
+    monkeypatch.setattr(gate, "prune", lambda *a, **k: pytest.fail("the Tick-Tock run ran"))
+    quick = replace(QUICK, tick_batches=0, step_batches=0)
+    _, _, search = _knapsack_budget(data[0], {**load_profile("onnxruntime"), "precision": "fp32"}, 8, settings=quick)
+    assert not any(c["trained"] for c in search["candidates"]), search["candidates"]
 
 
 def test_finalists_fine_tune_decides_over_the_bn_score(fake_runtime, data, monkeypatch):  # noqa: F811
@@ -185,7 +225,9 @@ def test_finalists_fine_tune_decides_over_the_bn_score(fake_runtime, data, monke
     monkeypatch.setattr(allocate, "_evaluate", score)
     monkeypatch.setattr(allocate.Allocator, "probe", probe)
     monkeypatch.setattr(train_mod, "train", tagging_train)
-    _, result, search = _knapsack_budget(data[0], {**load_profile("onnxruntime"), "precision": "fp32"}, 8)
+    untrained = replace(QUICK, tick_batches=0, step_batches=0)  # no candidate carries weights trained by the search
+    _, result, search = _knapsack_budget(data[0], {**load_profile("onnxruntime"), "precision": "fp32"}, 8,
+                                         settings=untrained)
     rows = {c["name"]: c for c in search["candidates"]}
     finalists = [c for c in rows.values() if c["probe_top1"] is not None]
     assert len(finalists) == min(QUICK.finalists, sum(c["holdout_top1"] is not None for c in rows.values()))
@@ -307,6 +349,7 @@ def test_build_flags_default_to_the_search_settings():
     pairs = {"search_steps": s.steps, "search_step_batches": s.step_batches, "search_candidates": s.random_candidates,
              "max_cut": s.max_cut, "search_holdout": s.holdout_images, "search_refits": s.refits,
              "search_finalists": s.finalists, "search_finalist_batches": s.finalist_batches, "search_calibration": s.calibration_mixed,
+             "search_tick_batches": s.tick_batches,
              "search": s.strategy}
     for name, want in pairs.items():
         assert getattr(args, name) == want, name
