@@ -3,7 +3,8 @@
 Protocol (issue 11), per target and budget (a share of the unpruned model's p50 from the calibration's paired measurement):
 - one trained checkpoint for every arm; fp32, 1 thread;
 - arms: ``knapsack`` (the default ``--budget-ms`` search: BN-Taylor importance, iterative knapsack,
-  adaptive-BN arbitration), ``greedy`` (the earlier search, L1 importance), ``uniform`` (every layer
+  adaptive-BN arbitration among one-shot and trained candidates, a Tick-Tock one among them, all within the
+  search's own training), ``greedy`` (the earlier search, L1 importance), ``uniform`` (every layer
   loses the same share, L1 channels kept), ``tp`` (Torch-Pruning's global ``MagnitudePruner`` with
   ``GroupMagnitudeImportance(p=1)`` and ``round_to`` = the target's multiple), ``gate`` (Gate Decorator's
   Tick-Tock, ``GATE`` below: one run down past the search model's MACs, a snapshot after every tick; its ticks

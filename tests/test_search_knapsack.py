@@ -162,15 +162,21 @@ def test_arbitration_picks_uniform_when_it_scores_best(fake_runtime, data, monke
 
 
 def test_a_trained_candidate_wins_with_its_own_weights(fake_runtime, data, monkeypatch):  # noqa: F811
-    """Constructed: the held-out score rewards the Tick-Tock run's model (tagged as it leaves ``gate.prune``). It
-    wins, and the search returns *its* weights (tagged, with its kept counts), not the original network's
-    weights on its channels."""
+    """Constructed: the held-out score rewards the Tick-Tock run's models (tagged after every tick and as they
+    leave ``gate.prune``). Its candidate wins, and the search returns *its* weights (tagged, with its kept
+    counts), not the original network's weights on its channels."""
     from edgeprune.prune import gate
 
     real = gate.prune
 
     def tagged(model, ctx):
-        result = real(model, ctx)
+        inner = ctx.options["stop_when"]
+
+        def stop_when(melted):
+            melted._ticktock = True
+            return inner(melted)
+
+        result = real(model, replace(ctx, options={**ctx.options, "stop_when": stop_when}))
         result.model._ticktock = True
         return result
 
@@ -183,6 +189,16 @@ def test_a_trained_candidate_wins_with_its_own_weights(fake_runtime, data, monke
     assert row["trained"] and "Tick-Tock" in row["note"]
     assert [g["kept"] for g in search["groups"]] == row["counts"]
     assert row["measured_ms"] <= search["budget_ms"]
+
+
+def test_the_tick_tock_candidate_spends_the_budget(fake_runtime, data):  # noqa: F811
+    """On a multiple of 16 one tick halves a 16-channel group and jumps far past the aim; the candidate is then
+    the tick before, finished by a knapsack step to the aim, so it keeps the budget's last few percent."""
+    _, _, search = _knapsack_budget(data[0], {**load_profile("onnxruntime"), "precision": "fp32"}, 16)
+    row = next(c for c in search["candidates"] if c["name"] == "gate (tick-tock)")
+    assert "then a knapsack step to the aim" in row["note"], row
+    assert 0.97 * search["budget_ms"] <= row["predicted_ms"] <= search["budget_ms"], row
+    assert all(k % 16 == 0 or k == g["width"] for k, g in zip(row["counts"], search["groups"]))
 
 
 def test_no_progressive_candidate_with_zero_tick_batches(fake_runtime, data, monkeypatch):  # noqa: F811
