@@ -74,7 +74,7 @@ class BuildConfig:
     search_finalists: int = SearchSettings.finalists
     search_finalist_batches: int = SearchSettings.finalist_batches
     search_calibration: int = SearchSettings.calibration_mixed
-    search_tick_batches: int = SearchSettings.tick_batches
+    search_progressive_steps: int = SearchSettings.progressive_steps
     precision: str | None = None
     round_to: int | None = None
     finetune_epochs: float = 1.0
@@ -173,7 +173,7 @@ def search_settings(cfg: BuildConfig) -> SearchSettings:
                           random_candidates=cfg.search_candidates, max_cut=cfg.max_cut,
                           holdout_images=cfg.search_holdout, refits=cfg.search_refits,
                           finalists=cfg.search_finalists, finalist_batches=cfg.search_finalist_batches,
-                          calibration_mixed=cfg.search_calibration, tick_batches=cfg.search_tick_batches,
+                          calibration_mixed=cfg.search_calibration, progressive_steps=cfg.search_progressive_steps,
                           batch_size=min(cfg.batch_size, 128), seed=cfg.seed)
 
 

@@ -133,10 +133,10 @@ def test_knapsack_budget_honours_round_to_and_kept_layers(fake_runtime, data):  
     assert all(c["predicted_ms"] <= search["budget_ms"] + 1e-9 for c in search["candidates"])
     assert all(0.0 <= c["holdout_top1"] <= 1.0 for c in search["candidates"])
     widths = [g["width"] for g in search["groups"]]
-    for c in search["candidates"]:  # the trained ones too: the Tick-Tock run prunes on the same multiples
+    for c in search["candidates"]:  # the trained ones too
         assert all(k % 16 == 0 or k == w for k, w in zip(c["counts"], widths)), c
     trained = {c["name"] for c in search["candidates"] if c["trained"]}
-    assert trained == {"knapsack (2 steps, trained)", "gate (tick-tock)"}, names
+    assert trained == {"knapsack (2 steps, trained)", f"progressive ({QUICK.progressive_steps} steps)"}, names
 
 
 def test_knapsack_budget_uses_the_int8_multiple(fake_runtime, data):  # noqa: F811
@@ -162,52 +162,54 @@ def test_arbitration_picks_uniform_when_it_scores_best(fake_runtime, data, monke
 
 
 def test_a_trained_candidate_wins_with_its_own_weights(fake_runtime, data, monkeypatch):  # noqa: F811
-    """Constructed: the held-out score rewards the Tick-Tock run's models (tagged after every tick and as they
-    leave ``gate.prune``). Its candidate wins, and the search returns *its* weights (tagged, with its kept
-    counts), not the original network's weights on its channels."""
-    from edgeprune.prune import gate
+    """Constructed: the held-out score rewards the progressive schedule's model (tagged as it leaves
+    ``Allocator.progressive``). It wins, and the search returns *its* weights (tagged, with its kept counts),
+    not the original network's weights on its channels."""
+    real = allocate.Allocator.progressive
 
-    real = gate.prune
+    def tagged(self, aim):
+        cand = real(self, aim)
+        cand.model._grown = True
+        return cand
 
-    def tagged(model, ctx):
-        inner = ctx.options["stop_when"]
-
-        def stop_when(melted):
-            melted._ticktock = True
-            return inner(melted)
-
-        result = real(model, replace(ctx, options={**ctx.options, "stop_when": stop_when}))
-        result.model._ticktock = True
-        return result
-
-    monkeypatch.setattr(gate, "prune", tagged)
-    monkeypatch.setattr(allocate, "_evaluate", lambda model, ds: 0.9 if getattr(model, "_ticktock", False) else 0.5)
+    monkeypatch.setattr(allocate.Allocator, "progressive", tagged)
+    monkeypatch.setattr(allocate, "_evaluate", lambda model, ds: 0.9 if getattr(model, "_grown", False) else 0.5)
     _, result, search = _knapsack_budget(data[0], {**load_profile("onnxruntime"), "precision": "fp32"}, 8)
-    assert search["winner"] == "gate (tick-tock)", search["candidates"]
-    assert getattr(result.model, "_ticktock", False)
+    assert search["winner"] == f"progressive ({QUICK.progressive_steps} steps)", search["candidates"]
+    assert getattr(result.model, "_grown", False)
     row = next(c for c in search["candidates"] if c["name"] == search["winner"])
-    assert row["trained"] and "Tick-Tock" in row["note"]
+    assert row["trained"] and "pruned while fine-tuning" in row["note"]
     assert [g["kept"] for g in search["groups"]] == row["counts"]
     assert row["measured_ms"] <= search["budget_ms"]
 
 
-def test_the_tick_tock_candidate_spends_the_budget(fake_runtime, data):  # noqa: F811
-    """On a multiple of 16 one tick halves a 16-channel group and jumps far past the aim; the candidate is then
-    the tick before, finished by a knapsack step to the aim, so it keeps the budget's last few percent."""
-    _, _, search = _knapsack_budget(data[0], {**load_profile("onnxruntime"), "precision": "fp32"}, 16)
-    row = next(c for c in search["candidates"] if c["name"] == "gate (tick-tock)")
-    assert "then a knapsack step to the aim" in row["note"], row
-    assert 0.97 * search["budget_ms"] <= row["predicted_ms"] <= search["budget_ms"], row
+def test_the_progressive_schedule_trains_between_its_steps_and_spends_the_budget(fake_runtime, data, monkeypatch):  # noqa: F811
+    """It takes ``progressive_steps`` knapsack steps, fine-tunes after each (the last too), keeps those weights,
+    and lands within the budget by prediction, not far under it, on the build's multiple."""
+    from edgeprune import train as train_mod
+
+    calls = []
+    real = train_mod.train
+
+    def counting(model, *a, **kw):
+        calls.append(kw.get("desc"))
+        return real(model, *a, **kw)
+
+    monkeypatch.setattr(train_mod, "train", counting)
+    quick = replace(QUICK, progressive_steps=4, refits=0)
+    _, _, search = _knapsack_budget(data[0], {**load_profile("onnxruntime"), "precision": "fp32"}, 16, settings=quick)
+    row = next(c for c in search["candidates"] if c["name"] == "progressive (4 steps)")
+    # 1 fine-tune between the 2 knapsack steps, 4 after the progressive steps, then the finalists' probes
+    assert calls.count("search step") == (quick.steps - 1) + 4, calls
+    assert 0.9 * search["budget_ms"] <= row["predicted_ms"] <= search["budget_ms"], row
     assert all(k % 16 == 0 or k == g["width"] for k, g in zip(row["counts"], search["groups"]))
 
 
-def test_no_progressive_candidate_with_zero_tick_batches(fake_runtime, data, monkeypatch):  # noqa: F811
-    from edgeprune.prune import gate
-
-    monkeypatch.setattr(gate, "prune", lambda *a, **k: pytest.fail("the Tick-Tock run ran"))
-    quick = replace(QUICK, tick_batches=0, step_batches=0)
+def test_no_progressive_candidate_with_zero_steps(fake_runtime, data, monkeypatch):  # noqa: F811
+    quick = replace(QUICK, progressive_steps=0, step_batches=0)
     _, _, search = _knapsack_budget(data[0], {**load_profile("onnxruntime"), "precision": "fp32"}, 8, settings=quick)
     assert not any(c["trained"] for c in search["candidates"]), search["candidates"]
+    assert not any(c["name"].startswith("progressive") for c in search["candidates"])
 
 
 def test_finalists_fine_tune_decides_over_the_bn_score(fake_runtime, data, monkeypatch):  # noqa: F811
@@ -241,7 +243,7 @@ def test_finalists_fine_tune_decides_over_the_bn_score(fake_runtime, data, monke
     monkeypatch.setattr(allocate, "_evaluate", score)
     monkeypatch.setattr(allocate.Allocator, "probe", probe)
     monkeypatch.setattr(train_mod, "train", tagging_train)
-    untrained = replace(QUICK, tick_batches=0, step_batches=0)  # no candidate carries weights trained by the search
+    untrained = replace(QUICK, progressive_steps=0, step_batches=0)  # no candidate carries weights trained by the search
     _, result, search = _knapsack_budget(data[0], {**load_profile("onnxruntime"), "precision": "fp32"}, 8,
                                          settings=untrained)
     rows = {c["name"]: c for c in search["candidates"]}
@@ -365,7 +367,7 @@ def test_build_flags_default_to_the_search_settings():
     pairs = {"search_steps": s.steps, "search_step_batches": s.step_batches, "search_candidates": s.random_candidates,
              "max_cut": s.max_cut, "search_holdout": s.holdout_images, "search_refits": s.refits,
              "search_finalists": s.finalists, "search_finalist_batches": s.finalist_batches, "search_calibration": s.calibration_mixed,
-             "search_tick_batches": s.tick_batches,
+             "search_progressive_steps": s.progressive_steps,
              "search": s.strategy}
     for name, want in pairs.items():
         assert getattr(args, name) == want, name

@@ -203,12 +203,11 @@ def add_search(p: argparse.ArgumentParser) -> None:
                         "the unpruned model and three uniform cuts to calibrate the latency predictor before the "
                         "search (the one-off cost of a search, with the latency table). Fewer is quicker and "
                         "steers less surely; 0 calibrates on the uniform cuts alone. Default: %(default)s")
-    g.add_argument("--search-tick-batches", type=ranged(int, 0, 100000), default=8, metavar="N",
-                   help="adds a progressive candidate: Gate Decorator's Tick-Tock (gates train and score on N "
-                        "mini-batches per tick, the lowest 5%% of the remaining channels go, a tock of at most 40 "
-                        "mini-batches every 4 ticks) until the predicted latency meets the budget; it keeps the "
-                        "weights it trained, as does the knapsack schedule's own trained candidate. 0: no "
-                        "progressive candidate. Default: %(default)s")
+    g.add_argument("--search-progressive-steps", type=ranged(int, 0, 100), default=8, metavar="N",
+                   help="adds a progressive candidate, pruned while it trains: N knapsack steps down to the budget, "
+                        "each followed by --search-step-batches mini-batches of fine-tuning; it keeps the weights "
+                        "it trained (as does the knapsack schedule's own trained candidate). 0: none. "
+                        "Default: %(default)s")
     g.add_argument("--search-refits", type=ranged(int, 0, 10), default=2, metavar="N",
                    help="extra rounds of candidates when the knapsack's candidate (or most candidates) miss the "
                         "budget by measurement: each refits the predictor on every measurement so far and aims "

@@ -12,11 +12,11 @@
    importance and with L1, and ``random_candidates`` random allocations scaled to the budget
    (EagleEye), each a set of channels of the *original* network with its weights; and two *trained*
    candidates that keep the weights the search trained: the iterative schedule's result with its fine-tuned
-   weights, and a progressive one, Gate Decorator's Tick-Tock (``prune.gate``, ``tick_batches`` per tick)
-   run until the predicted latency meets the aim. Pruning while training leaves a network that works right
-   after the cut (ResNet-20, 0.5x on OpenVINO: 61-66% top-1 with BN re-estimated, against 11-27% for the
-   one-shot candidates), and after the same fine-tune Gate Decorator's model was 0.5 points ahead of the
-   search without these candidates (bench/RESULTS.md §5).
+   weights, and a progressive one, ``progressive_steps`` knapsack steps each followed by ``step_batches``
+   mini-batches of fine-tuning (pruning while training, as Gate Decorator does, but where latency is bought).
+   On ResNet-20 at 0.5x on OpenVINO, networks pruned while training scored 61-66% top-1 right after the cut
+   (BN re-estimated) against 11-27% for one-shot cuts, and after the same fine-tune Gate Decorator's model was
+   0.5 points ahead of the search without these candidates (bench/RESULTS.md §5).
 3. **Measurement, then arbitration** (EagleEye): every candidate is compiled and measured on the target
    (paired against the unpruned model in alternating bursts, 2 fresh processes: ``measure.paired``); every
    measurement refits the predictor, and when the iterative knapsack's candidate (or most candidates) miss
@@ -62,9 +62,6 @@ from edgeprune.search.budget import BudgetError, SearchResult, kept_importance, 
 from edgeprune.ui import info
 
 STRATEGIES = ("knapsack", "greedy")
-# Gate Decorator's Tick-Tock for the progressive candidate (the paper's 5% of the remaining channels per tick; a tock
-# every 4 ticks, capped at 40 mini-batches so the whole run stays well under one epoch on small data sets).
-PROGRESSIVE = {"tick_ratio": 0.05, "tock_every": 4, "tock_steps": 40, "gate_l1": 1e-4, "augment": False}
 
 
 @dataclass
@@ -82,7 +79,7 @@ class SearchSettings:
     finalists: int = 6             # candidates given a short fine-tune before the choice (0: BN re-estimation alone)
     finalist_batches: int = 40     # mini-batches of that fine-tune
     calibration_mixed: int = 8     # measured models with a random half of the groups halved: the predictor's evidence
-    tick_batches: int = 8          # mini-batches per tick of the progressive (Gate Decorator) candidate; 0: none
+    progressive_steps: int = 8     # steps of the progressive candidate (pruned while fine-tuning); 0: none
     bn_images: int = 512
     holdout_images: int = 1000
     seed: int = 0
@@ -95,9 +92,9 @@ class SearchSettings:
         if self.finalists < 0 or self.finalist_batches < 0:
             raise UserInputError("finalists and their fine-tune batches must be 0 or more",
                                  "pass e.g. --search-finalists 6 --search-finalist-batches 40")
-        if self.tick_batches < 0:
-            raise UserInputError(f"tick mini-batches must be 0 or more, got {self.tick_batches}",
-                                 "pass e.g. --search-tick-batches 8, or 0 for no progressive candidate")
+        if self.progressive_steps < 0:
+            raise UserInputError(f"progressive steps must be 0 or more, got {self.progressive_steps}",
+                                 "pass e.g. --search-progressive-steps 8, or 0 for no progressive candidate")
         if self.calibration_mixed < 0:
             raise UserInputError(f"calibration models must be 0 or more, got {self.calibration_mixed}",
                                  "pass e.g. --search-calibration 8")
@@ -131,7 +128,7 @@ class Candidate:
 
     @property
     def family(self) -> str:
-        """The strategy that proposed it: knapsack, greedy, uniform, random or gate."""
+        """The strategy that proposed it: knapsack, progressive, greedy, uniform or random."""
         return self.name.split()[0]
 
     @property
@@ -190,7 +187,12 @@ class Allocator:
         return Candidate(name, list(counts), keep, self.hs.predictor.predict(counts), note=note)
 
     # -- the iterative knapsack ----------------------------------------------------------------
-    def iterative(self, budget_ms: float) -> tuple[Candidate, list[dict[str, Any]]]:
+    def _schedule(self, budget_ms: float, steps: int, batches: int, train_last: bool
+                  ) -> tuple[list[int], list[list[int]], nn.Module, list[dict[str, Any]]]:
+        """Walk the predicted latency down to ``budget_ms`` in ``steps`` knapsack steps on the network as it
+        stands, each followed by BN re-estimation and ``batches`` mini-batches of fine-tuning (the last one too
+        when ``train_last``). Returns the counts, the original index of every kept channel, the pruned model
+        with its trained weights, and the trace."""
         from edgeprune.train import train
 
         hs, s = self.hs, self.s
@@ -199,8 +201,8 @@ class Allocator:
         ids = [list(range(w)) for w in self.widths]
         start = hs.predictor.predict(counts)
         trace = []
-        for step in range(1, s.steps + 1):
-            aim = start - (start - budget_ms) * step / s.steps
+        for step in range(1, steps + 1):
+            aim = start - (start - budget_ms) * step / steps
             graph = self._graph(model)
             scores = self.imp.scores(graph, self._ctx(seed=self.ctx.seed + step))
             found = knapsack.solve(hs.predictor, self.widths, scores, aim, hs.multiples, self.floors,
@@ -211,85 +213,45 @@ class Allocator:
             counts = list(found.counts)
             trace.append({"step": step, "aim_ms": aim, "predicted_ms": found.predicted_ms,
                           "max_cut": found.trace[-1]["max_cut"], "kept_share": sum(counts) / sum(self.widths)})
-            if step < s.steps and s.step_batches > 0:
-                model = graph.model
+            model = graph.model
+            if (step < steps or train_last) and batches > 0:
                 recalibrate_bn(model, self.fit_ds, self.s.bn_images, seed=self.s.seed)
-                train(model, self.fit_ds, epochs=1.0, max_steps=s.step_batches, lr=s.step_lr,
+                train(model, self.fit_ds, epochs=1.0, max_steps=batches, lr=s.step_lr,
                       batch_size=s.batch_size, augment=False, progress=False, desc="search step",
                       seed=self.ctx.seed + step)
-                model.eval()
-            else:
-                model = graph.model
+            model.eval()
+        return counts, ids, model, trace
+
+    def iterative(self, budget_ms: float) -> tuple[Candidate, list[dict[str, Any]]]:
+        """The ``steps``-step schedule's channels on the original weights (and, kept aside as ``_trained``, the
+        same channels with the schedule's fine-tuned weights)."""
+        s = self.s
+        counts, ids, model, trace = self._schedule(budget_ms, s.steps, s.step_batches, train_last=False)
         cand = Candidate(f"knapsack ({s.steps} steps)", counts, {g: ids[g] for g in range(len(ids))},
-                         hs.predictor.predict(counts), note=f"max cut {trace[-1]['max_cut']:.1f}")
+                         self.hs.predictor.predict(counts), note=f"max cut {trace[-1]['max_cut']:.1f}")
         self._trained = None
-        if s.steps > 1 and s.step_batches > 0:  # the same channels with the schedule's fine-tuned weights
-            self._trained = replace(cand, name=f"knapsack ({s.steps} steps, trained)", keep={}, model=model.eval(),
+        if s.steps > 1 and s.step_batches > 0:
+            self._trained = replace(cand, name=f"knapsack ({s.steps} steps, trained)", keep={}, model=model,
                                     note=cand.note + f"; the weights of the schedule ({s.steps - 1} x "
                                     f"{s.step_batches} mini-batches of fine-tuning between its steps)")
         return cand, trace
 
-    # -- the progressive candidate ---------------------------------------------------------------
     def progressive(self, aim: float) -> Candidate | None:
-        """Gate Decorator's Tick-Tock (``prune.gate``) run until the *predicted* latency meets ``aim``: gates
-        train and score on ``tick_batches`` mini-batches per tick, the lowest-scored 5% of the remaining
-        channels go (on the multiples, above the floors), every 4 ticks a tock of at most 40 mini-batches
-        trains every weight. The network is pruned while it trains, so it keeps its trained weights (on
-        ResNet-20 at 0.5x its top-1 right after pruning was 61-66% against 11-27% for the search's one-shot
-        candidates).
+        """Prune while training: ``progressive_steps`` knapsack steps (latency-saliency on the network as it
+        stands, so each cut goes where it buys latency), each followed by ``step_batches`` mini-batches of
+        fine-tuning, the last one too; the candidate keeps those weights. None when ``progressive_steps`` is 0.
 
-        On a coarse multiple one tick can jump far past the aim (a 16-channel group halves), leaving budget
-        unspent: the first run on ResNet-20 at 0.5x (multiple 8) stopped at 0.219 ms for a 0.287-ms aim.
-        When the last tick lands more than 3% under the aim, the tick before it is finished instead by one
-        knapsack step from its trained weights to the aim (as the iterative schedule's last step), and the
-        nearer of the two is the candidate. None when the run stops before meeting ``aim`` (at the floors)."""
-        import warnings
-
-        from edgeprune.prune import gate
-
-        s, predict = self.s, self.hs.predictor.predict
-        if s.tick_batches <= 0:
+        Why not Gate Decorator's Tick-Tock itself: its loss-only ranking is blind to latency. On ResNet-20 at a
+        0.5x aim (OpenVINO table, multiple 8) it cut every inner convolution to 8 channels while the predicted
+        latency moved from 0.339 to 0.177 ms, then one tick halved the 16-channel stem group and landed at
+        0.110 ms, a third under the aim."""
+        s = self.s
+        if s.progressive_steps <= 0:
             return None
-        roots = [g.root_name for g in self.hs.graph.groups]
-
-        def counts_of(model: nn.Module) -> list[int]:
-            mods = dict(model.named_modules())
-            return [int(mods[r].out_channels if isinstance(mods[r], nn.Conv2d) else mods[r].out_features)
-                    for r in roots]
-
-        last: list[nn.Module] = []  # the melted model after the latest tick and after the one before
-
-        def stop_when(melted: nn.Module) -> bool:
-            last[:] = last[-1:] + [melted]
-            return predict(counts_of(melted)) <= aim
-
-        options = {**PROGRESSIVE, "tick_batches": s.tick_batches, "batch_size": s.batch_size, "tick_lr": s.step_lr,
-                   "tock_lr": s.step_lr, "stop_when": stop_when}
-        ctx = replace(self.ctx, train_ds=self.fit_ds, progress=False, flops_target=None, options=options,
-                      round_to=self.hs.multiple, ignored_layers=self.hs.ignored_layers)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a run stopped at the floors warns; here it is simply not a candidate
-            result = gate.prune(self.hs.model, ctx)
-        model, counts = result.model.eval(), counts_of(result.model)
-        if result.extra["stopped"] != "target" or predict(counts) > aim:
-            return None
-        note = f"Gate Decorator Tick-Tock: {result.extra['ticks']} ticks, {result.extra['tocks']} tocks"
-        if predict(counts) < 0.97 * aim and len(last) == 2:
-            before = last[0]
-            graph = self._graph(before)
-            scores = self.imp.scores(graph, self._ctx(seed=self.ctx.seed + 97))
-            try:
-                found = knapsack.solve(self.hs.predictor, self.widths, scores, aim, self.hs.multiples, self.floors,
-                                       current=counts_of(before), normalize=self.imp.normalize, max_cut=s.max_cut)
-            except BudgetError:
-                found = None
-            if found is not None and predict(counts) < found.predicted_ms <= aim:
-                graph.apply(keep_lists(graph, scores, found.counts))
-                model, counts = graph.model.eval(), list(found.counts)
-                note = (f"Gate Decorator Tick-Tock: {result.extra['ticks'] - 1} of its {result.extra['ticks']} "
-                        f"ticks, then a knapsack step to the aim (the last tick overshot it)")
-        return Candidate("gate (tick-tock)", counts, {}, predict(counts), model=model,
-                         note=note + "; its trained weights")
+        counts, _, model, trace = self._schedule(aim, s.progressive_steps, s.step_batches, train_last=True)
+        return Candidate(f"progressive ({s.progressive_steps} steps)", counts, {}, self.hs.predictor.predict(counts),
+                         model=model, note=f"max cut {trace[-1]['max_cut']:.1f}; pruned while fine-tuning "
+                         f"({s.progressive_steps} x {s.step_batches} mini-batches), its trained weights")
 
     # -- the other candidates ------------------------------------------------------------------
     def uniform(self, budget_ms: float) -> list[int] | None:
@@ -316,7 +278,7 @@ class Allocator:
     def candidates(self, budget_ms: float, knapsack_aim: float | None = None, progressive: bool = True
                    ) -> tuple[list[Candidate], list[dict[str, Any]]]:
         """Every strategy's candidate within ``budget_ms`` by prediction; the knapsack and progressive ones aim
-        at ``knapsack_aim`` (at most the budget) instead, when given. ``progressive``: run the Tick-Tock one."""
+        at ``knapsack_aim`` (at most the budget) instead, when given. ``progressive``: run that schedule."""
         s = self.s
         aim = budget_ms if knapsack_aim is None else min(budget_ms, knapsack_aim)
         try:
@@ -328,9 +290,9 @@ class Allocator:
             best, trace = self.iterative(aim)
         cands = [best] + ([self._trained] if self._trained is not None else [])
         if progressive:
-            tick_tock = self.progressive(aim)
-            if tick_tock is not None:
-                cands.append(tick_tock)
+            grown = self.progressive(aim)
+            if grown is not None:
+                cands.append(grown)
         cut = max(s.max_cut, max(t["max_cut"] for t in trace))
         scores0 = self.original_scores()
         if s.steps > 1:
@@ -423,8 +385,8 @@ class Allocator:
         trace: list[dict[str, Any]] = []
         knapsack_aim = budget_ms
         for rnd in range(1 + max(0, self.s.refits)):
-            # the Tick-Tock run again only while none of its candidates met the budget by measurement
-            again = not any(c.family == "gate" and c.measured_ms <= budget_ms for c in pool)
+            # the progressive schedule again only while none of its candidates met the budget by measurement
+            again = not any(c.family == "progressive" and c.measured_ms <= budget_ms for c in pool)
             cands, steps = self.candidates(budget_ms, knapsack_aim=knapsack_aim, progressive=again)
             trace = trace or steps
             fresh = []
