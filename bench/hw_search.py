@@ -3,8 +3,8 @@
 Protocol (issue 11), per target and budget (a share of the unpruned model's p50 from the calibration's paired measurement):
 - one trained checkpoint for every arm; fp32, 1 thread;
 - arms: ``knapsack`` (the default ``--budget-ms`` search: BN-Taylor importance, iterative knapsack,
-  adaptive-BN arbitration among one-shot and trained candidates, a Tick-Tock one among them, all within the
-  search's own training), ``greedy`` (the earlier search, L1 importance), ``uniform`` (every layer
+  adaptive-BN arbitration among one-shot candidates and trained ones, among them a progressive schedule pruned
+  while it fine-tunes; that training is part of the search, as Gate Decorator's ticks and tocks are part of it), ``greedy`` (the earlier search, L1 importance), ``uniform`` (every layer
   loses the same share, L1 channels kept), ``tp`` (Torch-Pruning's global ``MagnitudePruner`` with
   ``GroupMagnitudeImportance(p=1)`` and ``round_to`` = the target's multiple), ``gate`` (Gate Decorator's
   Tick-Tock, ``GATE`` below: one run down past the search model's MACs, a snapshot after every tick; its ticks
@@ -29,6 +29,12 @@ Writes bench/results/hw_search.json, hw_search.md and hw_search.png (top-1 vs me
 Usage: python bench/hw_search.py --weights CKPT [--targets x86] [--budgets 0.7,0.5,0.35] [--seeds 0,1]
            [--ft-epochs 0.15] [--rounds 3] [--merge]
        python bench/hw_search.py --rewrite   (the .md and .png again from hw_search.json)
+       python bench/hw_search.py --weights CKPT --controls --targets x86 --budgets 0.5   (add the control arms to
+           stored cells; new runs add them as they go)
+
+Control arms ``uniform+`` and ``tp+``: the uniform and Torch-Pruning arms' own models, fine-tuned for
+``--ft-epochs`` plus the epochs of training the search's progressive candidate gets inside the search
+(8 steps x 30 mini-batches of 64, about 0.26 epoch), so the search's lead is not just more training.
 """
 from __future__ import annotations
 
@@ -49,7 +55,11 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 THREADS, PRECISION = 1, "fp32"
-ARMS = ("knapsack", "greedy", "uniform", "tp", "gate")
+ARMS = ("knapsack", "greedy", "uniform", "tp", "gate", "uniform+", "tp+")
+# "uniform+" and "tp+": the uniform and Torch-Pruning arms' own models fine-tuned longer by the training the
+# search's progressive candidate gets inside the search (``search_training_epochs``), so that the search's
+# advantage is not just more training. They share their arm's model, so its measured latency.
+CONTROLS = {"uniform": "uniform+", "tp": "tp+"}
 # Gate Decorator's Tick-Tock for the ``gate`` arm: the paper's 5% of the remaining channels per tick, a tock every
 # 4 ticks capped at 40 SGD steps, so its extra training stays near the search's own (3 x 30 step batches + 6 x 40
 # finalist batches), and below one epoch.
@@ -193,17 +203,51 @@ class Bench:
         return models[best][0], {"tick": int(best[1:]), "macs_share": models[best][1], "macs_ratio_goal": goal,
                                  "tick_tock_s": tick_s, "match_ms": ms[best], "target_ms": ms["target"]}
 
-    def finetune(self, model, seed: int) -> dict:
+    def finetune(self, model, seed: int, extra_epochs: float = 0.0) -> dict:
         from edgeprune.prune.bn import recalibrate_bn
         from edgeprune.train import evaluate, train
 
         m = copy.deepcopy(model)
         recalibrate_bn(m, self.train_ds, 512, seed=seed)
         before = evaluate(m, self.test_ds, progress=False)
-        if self.args.ft_epochs > 0:
-            train(m, self.train_ds, epochs=self.args.ft_epochs, lr=self.args.ft_lr, batch_size=128, augment=False,
+        epochs = self.args.ft_epochs + extra_epochs
+        if epochs > 0:
+            train(m, self.train_ds, epochs=epochs, lr=self.args.ft_lr, batch_size=128, augment=False,
                   progress=False, desc="fine-tune", seed=seed)
         return {"top1_after_prune": before, "top1": evaluate(m.eval(), self.test_ds, progress=False)}
+
+    def search_training_epochs(self) -> float:
+        """Epochs of training the search's progressive candidate gets inside the search (its steps x step batches
+        x batch size over the training set): what the control arms get on top of the common fine-tune."""
+        from edgeprune.search.allocate import SearchSettings
+
+        s = SearchSettings()
+        return s.progressive_steps * s.step_batches * s.batch_size / len(self.train_ds)
+
+    def controls(self, models: dict, rows: list[dict]) -> list[dict]:
+        """The control rows of one cell: ``models`` maps an arm (uniform, tp) to its model; ``rows`` are the
+        cell's measured rows, whose latency the control shares."""
+        extra = self.search_training_epochs()
+        out = []
+        for arm, model in models.items():
+            row = next(r for r in rows if r["arm"] == arm)
+            acc = self.finetune(model, row["seed"], extra)
+            out.append({**{k: v for k, v in row.items() if k not in ("top1", "top1_after_prune")}, **acc,
+                        "arm": CONTROLS[arm], "name": row["name"] + "+", "extra_epochs": extra})
+            log(f"      {CONTROLS[arm]}: top-1 {acc['top1']:.4f} after {self.args.ft_epochs} + {extra:.3f} epochs")
+        return out
+
+    def rebuild(self, row: dict, multiple: int):
+        """The uniform or Torch-Pruning arm's model of a stored row (L1 channels at its counts; TP at its ratio)."""
+        from edgeprune.prune.base import apply_counts
+        from edgeprune.prune.graph import PruneGraph
+        from edgeprune.prune.importance import get
+
+        if row["arm"] == "tp":
+            return tp_prune(self.model, self.example, row["ratio"], multiple)
+        graph = PruneGraph(copy.deepcopy(self.model).eval(), self.example)
+        apply_counts(graph, get("l1").scores(graph, None), row["counts"])
+        return graph.model
 
 
 def run_target(bench: Bench, target: str) -> dict:
@@ -272,6 +316,7 @@ def run_target(bench: Bench, target: str) -> dict:
                 r["ratio_to_unpruned"] = bench.last_paired[r["name"]]["ratio"]
                 r["ratio_interval"] = bench.last_paired[r["name"]]["ratio_interval"]
                 r["baseline_ms_same_rounds"] = ms["base"]
+            cell_rows += bench.controls({arm: cell[arm][0] for arm in CONTROLS}, cell_rows)
             rows += cell_rows
             base_ms.append(ms["base"])
             log("      measured: " + ", ".join(f"{r['arm']} {r['measured_ms']:.3f}" for r in cell_rows)
@@ -334,7 +379,7 @@ def plot(summary: list[dict], cases: list[dict], path: Path) -> None:
         return
     fig, axes = plt.subplots(1, len(targets), figsize=(6 * len(targets), 4.5), squeeze=False)
     for ax, target in zip(axes[0], targets):
-        for arm, marker in zip(ARMS, "osD^v"):
+        for arm, marker in zip(ARMS, "osD^v<>"):
             pts = sorted((s for s in summary if s["target"] == target and s["arm"] == arm), key=lambda s: s["ratio_mean"])
             ax.errorbar([p["ratio_mean"] for p in pts], [p["top1_mean"] for p in pts],
                         yerr=[p["top1_std"] for p in pts], marker=marker, linestyle="-", capsize=3, label=arm)
@@ -391,6 +436,37 @@ def write_md(result: dict, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def add_controls(args) -> int:
+    """``--controls``: the control rows for every cell of hw_search.json that lacks them; then the .md and .png."""
+    from edgeprune.data import load_dataset
+    from edgeprune.loading import load_model
+
+    path = Path(args.out) / "hw_search.json"
+    result = json.loads(path.read_text())
+    train_ds, test_ds = load_dataset(args.data, "train"), load_dataset(args.data, "test")
+    model, _ = load_model("resnet20", args.weights, num_classes=10, in_channels=1)
+    bench = Bench(args, model, train_ds, test_ds)
+    targets = set(args.targets.split(","))
+    for case in result["cases"]:
+        if case["target"] not in targets:
+            continue
+        cells = sorted({(r["budget"], r["seed"]) for r in case["rows"] if r.get("arm") in CONTROLS and "top1" in r
+                        and r["budget"] in args.budget_list})
+        for b, seed in cells:
+            rows = [r for r in case["rows"] if r["budget"] == b and r["seed"] == seed]
+            if any(r.get("arm") in CONTROLS.values() for r in rows):
+                continue
+            log(f"{case['target']} {b}x seed {seed}: controls")
+            arms = {r["arm"]: bench.rebuild(r, case["multiple"]) for r in rows if r.get("arm") in CONTROLS}
+            case["rows"] += bench.controls(arms, [r for r in rows if "top1" in r])
+        path.write_text(json.dumps(result, indent=1, default=str))
+    result["summary"] = summarise(result["cases"], args, result["baseline_top1"])
+    path.write_text(json.dumps(result, indent=1, default=str))
+    plot(result["summary"], result["cases"], Path(args.out) / "hw_search.png")
+    write_md(result, Path(args.out) / "hw_search.md")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--weights", help="trained ResNet-20 checkpoint (edgeprune train); required unless --rewrite")
@@ -404,6 +480,10 @@ def main() -> int:
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     ap.add_argument("--rewrite", action="store_true",
                     help="run nothing: write hw_search.md and .png again from hw_search.json in --out")
+    ap.add_argument("--controls", action="store_true",
+                    help="run no search: add the uniform+ / tp+ control rows (longer fine-tune, see CONTROLS) to "
+                         "the --targets / --budgets cells of hw_search.json in --out that lack them, rebuilding "
+                         "those arms' models")
     ap.add_argument("--merge", action="store_true",
                     help="keep the cells of an earlier hw_search.json in --out that this run does not redo "
                          "(other targets or budgets); each section of the report names the run it comes from")
@@ -422,6 +502,9 @@ def main() -> int:
     from edgeprune.data import load_dataset
     from edgeprune.loading import load_model
     from edgeprune.train import evaluate
+
+    if args.controls:
+        return add_controls(args)
 
     started = time.time()
     load = os.getloadavg()

@@ -12,7 +12,7 @@ from tests.conftest import MINI_FMNIST
 # (its parts are tested on their own in test_search_knapsack.py).
 CHEAP_SEARCH = ("--search-steps", "1", "--search-step-batches", "0", "--search-candidates", "0",
                 "--search-holdout", "100", "--search-refits", "1", "--search-finalists", "2",
-                "--search-finalist-batches", "4", "--search-calibration", "2")
+                "--search-finalist-batches", "4", "--search-calibration", "2", "--search-progressive-steps", "2")
 DATA = f"fashion-mnist:{MINI_FMNIST}"
 
 
@@ -102,6 +102,8 @@ def test_build_with_latency_budget(trained, tmp_path, monkeypatch, capsys, lut_c
     assert all(g["kept"] % 16 == 0 and 0 < g["kept"] <= g["width"] for g in search["groups"])  # --round-to 16
     assert search["table"]["rows_measured"] + search["table"]["rows_from_cache"] > 0
     assert search["calibration"]["models"].keys() >= {"unpruned", "mixed-1"}  # --search-calibration 2
+    # --search-progressive-steps 2 with no step batches: a 2-step schedule on the original weights
+    assert any(c["name"].startswith("progressive (2 steps)") and not c["trained"] for c in search["candidates"])
     assert (out / "staircase.png").is_file() and "## Latency budget" in (out / "report.md").read_text()
 
 

@@ -545,7 +545,7 @@ def test_budget_build_on_the_device_is_not_refused(sshd, tmp_path):
                  "--max-rounds", "3", "--min-seconds", "0.3", "--no-progress", "--out", str(tmp_path / "out"),
                  "--search-steps", "1", "--search-step-batches", "0", "--search-candidates", "0",
                  "--search-holdout", "100", "--search-refits", "0", "--search-finalist-batches", "0",
-                 "--search-calibration", "1"])
+                 "--search-calibration", "1", "--search-progressive-steps", "0"])
     assert code in (0, 1, 2, 3)
     assert list((cache / "lut").glob("*.json"))  # the table was measured on the board
     if (tmp_path / "out" / "report.json").is_file():

@@ -179,6 +179,8 @@ def test_a_trained_candidate_wins_with_its_own_weights(fake_runtime, data, monke
     assert getattr(result.model, "_grown", False)
     row = next(c for c in search["candidates"] if c["name"] == search["winner"])
     assert row["trained"] and "pruned while fine-tuning" in row["note"]
+    assert row["trained_images"] == QUICK.progressive_steps * QUICK.step_batches * QUICK.batch_size
+    assert f"trained on {row['trained_images']} images inside the search" in search["why"]
     assert [g["kept"] for g in search["groups"]] == row["counts"]
     assert row["measured_ms"] <= search["budget_ms"]
 
@@ -206,10 +208,13 @@ def test_the_progressive_schedule_trains_between_its_steps_and_spends_the_budget
 
 
 def test_no_progressive_candidate_with_zero_steps(fake_runtime, data, monkeypatch):  # noqa: F811
-    quick = replace(QUICK, progressive_steps=0, step_batches=0)
+    quick = replace(QUICK, progressive_steps=0)
+    _, _, search = _knapsack_budget(data[0], {**load_profile("onnxruntime"), "precision": "fp32"}, 8, settings=quick)
+    assert not any(c["name"].startswith("progressive") for c in search["candidates"])
+    quick = replace(QUICK, step_batches=0)  # nothing trained: every candidate on the original weights
     _, _, search = _knapsack_budget(data[0], {**load_profile("onnxruntime"), "precision": "fp32"}, 8, settings=quick)
     assert not any(c["trained"] for c in search["candidates"]), search["candidates"]
-    assert not any(c["name"].startswith("progressive") for c in search["candidates"])
+    assert any(c["name"].startswith("progressive") for c in search["candidates"])
 
 
 def test_finalists_fine_tune_decides_over_the_bn_score(fake_runtime, data, monkeypatch):  # noqa: F811

@@ -177,7 +177,7 @@ def add_search(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("latency-budget search (with --budget-ms)")
     g.add_argument("--search", choices=("knapsack", "greedy"), default="knapsack",
                    help="knapsack: iterative latency-saliency knapsack on the target's latency table, then the "
-                        "candidates (knapsack, uniform, greedy, random allocations) compared by accuracy after BN "
+                        "candidates (knapsack, progressive, uniform, greedy, random allocations) compared by accuracy after BN "
                         "re-estimation on held-out training images; greedy: the earlier importance-per-ms greedy "
                         "search alone. Default: %(default)s")
     g.add_argument("--search-steps", type=ranged(int, 1, 100), default=3, metavar="N",

@@ -125,6 +125,7 @@ class Candidate:
     measured_ms: float | None = None
     probe_top1: float | None = None  # held-out top-1 after the finalists' short fine-tune
     model: nn.Module | None = None   # its own trained weights (progressive candidates); None: the original's
+    trained_images: int = 0          # training images its weights saw inside the search (mini-batches x batch size)
 
     @property
     def family(self) -> str:
@@ -145,7 +146,8 @@ class Candidate:
         return {"name": self.name, "predicted_ms": self.predicted_ms, "measured_ms": self.measured_ms,
                 "holdout_top1": self.holdout_top1, "probe_top1": self.probe_top1,
                 "kept_share": sum(self.counts) / sum(widths), "min_group_share": min(shares),
-                "counts": list(self.counts), "trained": self.model is not None, "note": self.note}
+                "counts": list(self.counts), "trained": self.model is not None, "trained_images": self.trained_images,
+                "note": self.note}
 
 
 class Allocator:
@@ -232,6 +234,7 @@ class Allocator:
         self._trained = None
         if s.steps > 1 and s.step_batches > 0:
             self._trained = replace(cand, name=f"knapsack ({s.steps} steps, trained)", keep={}, model=model,
+                                    trained_images=(s.steps - 1) * s.step_batches * s.batch_size,
                                     note=cand.note + f"; the weights of the schedule ({s.steps - 1} x "
                                     f"{s.step_batches} mini-batches of fine-tuning between its steps)")
         return cand, trace
@@ -248,10 +251,19 @@ class Allocator:
         s = self.s
         if s.progressive_steps <= 0:
             return None
-        counts, _, model, trace = self._schedule(aim, s.progressive_steps, s.step_batches, train_last=True)
-        return Candidate(f"progressive ({s.progressive_steps} steps)", counts, {}, self.hs.predictor.predict(counts),
-                         model=model, note=f"max cut {trace[-1]['max_cut']:.1f}; pruned while fine-tuning "
-                         f"({s.progressive_steps} x {s.step_batches} mini-batches), its trained weights")
+        try:
+            counts, ids, model, trace = self._schedule(aim, s.progressive_steps, s.step_batches, train_last=True)
+        except BudgetError:  # a step painted into a corner: no candidate, the others stand
+            return None
+        name, predicted = f"progressive ({s.progressive_steps} steps)", self.hs.predictor.predict(counts)
+        if s.step_batches <= 0:  # nothing trained: its channels on the original weights
+            return Candidate(name, counts, {g: ids[g] for g in range(len(ids))}, predicted,
+                             note=f"max cut {trace[-1]['max_cut']:.1f}; no fine-tuning between steps")
+        return Candidate(name, counts, {}, predicted, model=model,
+                         trained_images=s.progressive_steps * s.step_batches * s.batch_size,
+                         note=f"max cut {trace[-1]['max_cut']:.1f}; "
+                         f"pruned while fine-tuning ({s.progressive_steps} x {s.step_batches} mini-batches), its "
+                         f"trained weights")
 
     # -- the other candidates ------------------------------------------------------------------
     def uniform(self, budget_ms: float) -> list[int] | None:
@@ -448,6 +460,10 @@ class Allocator:
             why = (f"{scope}; {winner.name} scored {100 * winner.holdout_top1:.2f}% top-1 on {len(self.holdout_ds)} "
                    f"held-out training images after BN re-estimation" +
                    (f", ahead of {runner_up.name} ({100 * runner_up.holdout_top1:.2f}%)" if runner_up else ""))
+        if winner.trained_images:  # say what the search's own training adds to the build's fine-tune
+            why += (f"; its weights were trained on {winner.trained_images} images inside the search "
+                    f"({winner.trained_images / len(self.fit_ds):.2f} epoch of the training set) before the "
+                    f"build's fine-tune")
         info(f"      search: {len(cands)} candidates within {budget_ms:.3f} ms predicted; {why}")
         ranked = knapsack.ranked_scores(self.original_scores(), self.imp.normalize)
         total = sum(float(r.sum()) for r in ranked) or 1.0
