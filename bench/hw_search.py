@@ -407,7 +407,9 @@ def write_md(result: dict, path: Path) -> None:
              f"load average at start {result['load']}. Checkpoint `{a['weights']}` (ResNet-20, Fashion-MNIST, "
              f"top-1 {result['baseline_top1'] * 100:.2f}%). Fine-tune for every arm: {a['ft_epochs']} epoch(s) of the "
              f"60k training images, SGD lr {a['ft_lr']} cosine, batch 128, no augmentation, after BN re-estimation "
-             f"on 512 training images. Raw data: `hw_search.json`; plot: `hw_search.png`.", "",
+             f"on 512 training images; the control arms uniform+ and tp+ (their arm's model) get the search's "
+             f"progressive training on top of that (about 0.26 epoch; rows without them predate the controls). "
+             f"Raw data: `hw_search.json`; plot: `hw_search.png`.", "",
              "## Summary (mean ± std over seeds)", ""]
     rows = [[s["target"], f"{s['budget']}x", s["arm"], s["seeds"], f"{s['top1_mean']:.2f} ± {s['top1_std']:.2f}",
              f"{s['after_prune_mean']:.2f}", f"{s['ms_mean']:.3f}", f"{s['ratio_mean']:.3f}",
