@@ -33,7 +33,9 @@
 
 Because uniform pruning is a candidate (and, as its own kind, always a finalist when within the budget by
 measurement and ``finalists`` >= 5, the number of kinds), the search loses to it only through the proxy's error (a short
-fine-tune ranks sub-networks well but not perfectly) or the measurement's.
+fine-tune ranks sub-networks well but not perfectly) or the measurement's. It does not compare allocations at
+equal training: the trained candidates have had more, and that is most of why they win (bench/RESULTS.md §5:
+given the same total training, uniform pruning matched the search on ResNet-20 at 0.5x).
 Invariants: every candidate's predicted latency is within the budget; every group keeps at least
 its floor and one channel; the result lists every candidate with its predicted latency, held-out
 top-1 and the share of channels it keeps, and names the winner.
