@@ -4,11 +4,12 @@ Protocol (issue 11), per target and budget (a share of the unpruned model's p50 
 - one trained checkpoint for every arm; fp32, 1 thread;
 - arms: ``knapsack`` (the default ``--budget-ms`` search: BN-Taylor importance, iterative knapsack,
   adaptive-BN arbitration among one-shot candidates and trained ones, among them a progressive schedule pruned
-  while it fine-tunes; that training is part of the search, as Gate Decorator's ticks and tocks are part of it), ``greedy`` (the earlier search, L1 importance), ``uniform`` (every layer
-  loses the same share, L1 channels kept), ``tp`` (Torch-Pruning's global ``MagnitudePruner`` with
-  ``GroupMagnitudeImportance(p=1)`` and ``round_to`` = the target's multiple), ``gate`` (Gate Decorator's
-  Tick-Tock, ``GATE`` below: one run down past the search model's MACs, a snapshot after every tick; its ticks
-  and tocks train the model a little before the common fine-tune, which favours this arm);
+  while it fine-tunes; that training is part of the search, as Gate Decorator's ticks and tocks are part of it),
+  ``greedy`` (the earlier search, L1 importance), ``uniform`` (every layer loses the same share, L1 channels kept),
+  ``tp`` (Torch-Pruning's global ``MagnitudePruner`` with ``GroupMagnitudeImportance(p=1)`` and ``round_to`` =
+  the target's multiple), ``gate`` (Gate Decorator's Tick-Tock, ``GATE`` below: one run down past the search
+  model's MACs, a snapshot after every tick; its ticks and tocks train the model a little before the common
+  fine-tune, which favours this arm);
 - knapsack and greedy run the driver's search-measure-tighten loop against the budget (every budget
   starts from the same calibration); uniform, tp and gate are then *matched on measured latency* to the
   knapsack model: six candidates around the predicted (uniform) or MACs (tp, gate) match are measured paired
@@ -221,8 +222,7 @@ class Bench:
         x batch size over the training set): what the control arms get on top of the common fine-tune."""
         from edgeprune.search.allocate import SearchSettings
 
-        s = SearchSettings()
-        return s.progressive_steps * s.step_batches * s.batch_size / len(self.train_ds)
+        return SearchSettings().progressive_images / len(self.train_ds)
 
     def controls(self, models: dict, rows: list[dict]) -> list[dict]:
         """The control rows of one cell: ``models`` maps an arm (uniform, tp) to its model; ``rows`` are the
@@ -438,6 +438,14 @@ def write_md(result: dict, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def publish(result: dict, out: Path, args) -> None:
+    """Summarise ``result``'s cases and write hw_search.json, .png and .md into ``out``."""
+    result["summary"] = summarise(result["cases"], args, result["baseline_top1"])
+    (out / "hw_search.json").write_text(json.dumps(result, indent=1, default=str))
+    plot(result["summary"], result["cases"], out / "hw_search.png")
+    write_md(result, out / "hw_search.md")
+
+
 def add_controls(args) -> int:
     """``--controls``: the control rows for every cell of hw_search.json that lacks them; then the .md and .png."""
     from edgeprune.data import load_dataset
@@ -461,11 +469,8 @@ def add_controls(args) -> int:
             log(f"{case['target']} {b}x seed {seed}: controls")
             arms = {r["arm"]: bench.rebuild(r, case["multiple"]) for r in rows if r.get("arm") in CONTROLS}
             case["rows"] += bench.controls(arms, [r for r in rows if "top1" in r])
-        path.write_text(json.dumps(result, indent=1, default=str))
-    result["summary"] = summarise(result["cases"], args, result["baseline_top1"])
-    path.write_text(json.dumps(result, indent=1, default=str))
-    plot(result["summary"], result["cases"], Path(args.out) / "hw_search.png")
-    write_md(result, Path(args.out) / "hw_search.md")
+        path.write_text(json.dumps(result, indent=1, default=str))  # a stopped run keeps its finished targets
+    publish(result, Path(args.out), args)
     return 0
 
 
@@ -495,11 +500,7 @@ def main() -> int:
     args.budget_list = [float(b) for b in args.budgets.split(",")]
     args.seed_list = [int(s) for s in args.seeds.split(",")]
     if args.rewrite:
-        result = json.loads((Path(args.out) / "hw_search.json").read_text())
-        result["summary"] = summarise(result["cases"], args, result["baseline_top1"])
-        (Path(args.out) / "hw_search.json").write_text(json.dumps(result, indent=1, default=str))
-        plot(result["summary"], result["cases"], Path(args.out) / "hw_search.png")
-        write_md(result, Path(args.out) / "hw_search.md")
+        publish(json.loads((Path(args.out) / "hw_search.json").read_text()), Path(args.out), args)
         return 0
     from edgeprune.data import load_dataset
     from edgeprune.loading import load_model
@@ -526,16 +527,10 @@ def main() -> int:
     def write(partial: list[dict], done: bool) -> None:
         for case in partial:
             case.update(command=command, date=date)
-        partial = kept + partial
-        summary = summarise(partial, args, base_top1)
-        result = {"command": command, "date": date, "complete": done,
-                  "wall_min": (time.time() - started) / 60,
-                  "machine": f"{cpu}, {os.cpu_count()} cores, {platform.python_version()}",
-                  "load": [round(x, 1) for x in load], "baseline_top1": base_top1,
-                  "args": {k: v for k, v in vars(args).items()}, "summary": summary, "cases": partial}
-        (out / "hw_search.json").write_text(json.dumps(result, indent=1, default=str))
-        plot(summary, partial, out / "hw_search.png")
-        write_md(result, out / "hw_search.md")
+        publish({"command": command, "date": date, "complete": done, "wall_min": (time.time() - started) / 60,
+                 "machine": f"{cpu}, {os.cpu_count()} cores, {platform.python_version()}",
+                 "load": [round(x, 1) for x in load], "baseline_top1": base_top1,
+                 "args": {k: v for k, v in vars(args).items()}, "cases": kept + partial}, out, args)
 
     for t in args.targets.split(","):
         bench.checkpoint = lambda case: write(cases + [case], False)

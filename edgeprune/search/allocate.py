@@ -86,6 +86,11 @@ class SearchSettings:
     holdout_images: int = 1000
     seed: int = 0
 
+    @property
+    def progressive_images(self) -> int:
+        """Training images the progressive candidate's weights see inside the search (0 when it is off)."""
+        return self.progressive_steps * self.step_batches * self.batch_size
+
     def check(self) -> None:
         if self.strategy not in STRATEGIES:
             raise UserInputError(f"unknown search strategy {self.strategy!r}", f"choose one of: {', '.join(STRATEGIES)}")
@@ -166,7 +171,6 @@ class Allocator:
         self.widths = list(hs.widths)
         self.floors = [min_keep(w, m, ctx.min_ratio) for w, m in zip(self.widths, hs.multiples)]
         self._scores0: list[np.ndarray] | None = None
-        self._trained: Candidate | None = None  # the iterative schedule's channels with its trained weights
 
     # -- helpers -------------------------------------------------------------------------------
     def _ctx(self, **kw) -> PruneContext:
@@ -226,20 +230,20 @@ class Allocator:
             model.eval()
         return counts, ids, model, trace
 
-    def iterative(self, budget_ms: float) -> tuple[Candidate, list[dict[str, Any]]]:
-        """The ``steps``-step schedule's channels on the original weights (and, kept aside as ``_trained``, the
-        same channels with the schedule's fine-tuned weights)."""
+    def iterative(self, budget_ms: float) -> tuple[list[Candidate], list[dict[str, Any]]]:
+        """The ``steps``-step schedule's channels on the original weights, then (when the schedule trained) the
+        same channels with its fine-tuned weights; and the schedule's trace."""
         s = self.s
         counts, ids, model, trace = self._schedule(budget_ms, s.steps, s.step_batches, train_last=False)
         cand = Candidate(f"knapsack ({s.steps} steps)", counts, {g: ids[g] for g in range(len(ids))},
                          self.hs.predictor.predict(counts), note=f"max cut {trace[-1]['max_cut']:.1f}")
-        self._trained = None
-        if s.steps > 1 and s.step_batches > 0:
-            self._trained = replace(cand, name=f"knapsack ({s.steps} steps, trained)", keep={}, model=model,
-                                    trained_images=(s.steps - 1) * s.step_batches * s.batch_size,
-                                    note=cand.note + f"; the weights of the schedule ({s.steps - 1} x "
-                                    f"{s.step_batches} mini-batches of fine-tuning between its steps)")
-        return cand, trace
+        if s.steps == 1 or s.step_batches <= 0:
+            return [cand], trace
+        trained = replace(cand, name=f"knapsack ({s.steps} steps, trained)", keep={}, model=model,
+                          trained_images=(s.steps - 1) * s.step_batches * s.batch_size,
+                          note=cand.note + f"; the weights of the schedule ({s.steps - 1} x "
+                          f"{s.step_batches} mini-batches of fine-tuning between its steps)")
+        return [cand, trained], trace
 
     def progressive(self, aim: float) -> Candidate | None:
         """Prune while training: ``progressive_steps`` knapsack steps (latency-saliency on the network as it
@@ -262,7 +266,7 @@ class Allocator:
             return Candidate(name, counts, {g: ids[g] for g in range(len(ids))}, predicted,
                              note=f"max cut {trace[-1]['max_cut']:.1f}; no fine-tuning between steps")
         return Candidate(name, counts, {}, predicted, model=model,
-                         trained_images=s.progressive_steps * s.step_batches * s.batch_size,
+                         trained_images=s.progressive_images,
                          note=f"max cut {trace[-1]['max_cut']:.1f}; "
                          f"pruned while fine-tuning ({s.progressive_steps} x {s.step_batches} mini-batches), its "
                          f"trained weights")
@@ -296,13 +300,12 @@ class Allocator:
         s = self.s
         aim = budget_ms if knapsack_aim is None else min(budget_ms, knapsack_aim)
         try:
-            best, trace = self.iterative(aim)
+            cands, trace = self.iterative(aim)
         except BudgetError:
             if aim >= budget_ms:
                 raise
             aim = budget_ms  # the tightened aim is out of the knapsack's reach: aim at the budget itself
-            best, trace = self.iterative(aim)
-        cands = [best] + ([self._trained] if self._trained is not None else [])
+            cands, trace = self.iterative(aim)
         if progressive:
             grown = self.progressive(aim)
             if grown is not None:
@@ -345,9 +348,9 @@ class Allocator:
         return graph.model
 
     def finalists(self, scored: list[Candidate]) -> list[Candidate]:
-        """Which scored candidates get the short fine-tune: the best of each family (knapsack, greedy, uniform,
-        random) by the BN-re-estimated score, then the next best, ``finalists`` in all. Families first because
-        right after a deep cut that score sits near chance and ranks poorly on its own."""
+        """Which scored candidates get the short fine-tune: the best of each family (knapsack, progressive, greedy,
+        uniform, random) by the BN-re-estimated score, then the next best, ``finalists`` in all. Families first
+        because right after a deep cut that score sits near chance and ranks poorly on its own."""
         order = sorted(scored, key=lambda c: (-c.holdout_top1, c.predicted_ms))
         firsts = [c for i, c in enumerate(order) if all(o.family != c.family for o in order[:i])]
         return (firsts + [c for c in order if c not in firsts])[:self.s.finalists]
