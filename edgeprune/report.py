@@ -94,7 +94,8 @@ def _candidates(search: dict[str, Any]) -> list[str]:
         lines += ["", "Candidates within the budget by prediction, each measured on the target; those within it by "
                   "measurement had their BN statistics re-estimated and were scored on held-out training images "
                   "(not the test set); the finalists were then fine-tuned briefly and scored again. The trained "
-                  "candidates (the knapsack schedule's, the progressive one's) keep the weights the search trained; "
+                  "candidates (the knapsack schedule's and the two progressive ones, knapsack and uniform steps with "
+                  "the same training) keep the weights the search trained; "
                   "the others are the original network's weights on the channels they keep:", "",
                   markdown_table(["candidate", "predicted ms", "measured ms", "held-out top-1",
                                   "after the finalists' fine-tune", "channels kept",

@@ -136,7 +136,8 @@ def test_knapsack_budget_honours_round_to_and_kept_layers(fake_runtime, data):  
     for c in search["candidates"]:  # the trained ones too
         assert all(k % 16 == 0 or k == w for k, w in zip(c["counts"], widths)), c
     trained = {c["name"] for c in search["candidates"] if c["trained"]}
-    assert trained == {"knapsack (2 steps, trained)", f"progressive ({QUICK.progressive_steps} steps)"}, names
+    assert trained == {"knapsack (2 steps, trained)", f"progressive ({QUICK.progressive_steps} steps)",
+                       f"uniform (progressive, {QUICK.progressive_steps} steps)"}, names
 
 
 def test_knapsack_budget_uses_the_int8_multiple(fake_runtime, data):  # noqa: F811
@@ -167,9 +168,10 @@ def test_a_trained_candidate_wins_with_its_own_weights(fake_runtime, data, monke
     not the original network's weights on its channels."""
     real = allocate.Allocator.progressive
 
-    def tagged(self, aim):
-        cand = real(self, aim)
-        cand.model._grown = True
+    def tagged(self, aim, uniform=False):
+        cand = real(self, aim, uniform=uniform)
+        if not uniform:
+            cand.model._grown = True
         return cand
 
     monkeypatch.setattr(allocate.Allocator, "progressive", tagged)
@@ -201,16 +203,63 @@ def test_the_progressive_schedule_trains_between_its_steps_and_spends_the_budget
     quick = replace(QUICK, progressive_steps=4, refits=0)
     _, _, search = _knapsack_budget(data[0], {**load_profile("onnxruntime"), "precision": "fp32"}, 16, settings=quick)
     row = next(c for c in search["candidates"] if c["name"] == "progressive (4 steps)")
-    # 1 fine-tune between the 2 knapsack steps, 4 after the progressive steps, then the finalists' probes
-    assert calls.count("search step") == (quick.steps - 1) + 4, calls
+    # 1 fine-tune between the 2 knapsack steps, 4 after the progressive steps and 4 after the progressive
+    # uniform ones, then the finalists' probes
+    assert calls.count("search step") == (quick.steps - 1) + 4 + 4, calls
     assert 0.9 * search["budget_ms"] <= row["predicted_ms"] <= search["budget_ms"], row
     assert all(k % 16 == 0 or k == g["width"] for k, g in zip(row["counts"], search["groups"]))
+
+
+def test_progressive_uniform_competes_at_equal_training(fake_runtime, data, monkeypatch):  # noqa: F811
+    """The progressive uniform candidate gets exactly the progressive knapsack's training (as many fine-tunes
+    of as many mini-batches), ends on the one-shot uniform candidate's counts, and when it scores best
+    (constructed: its model is tagged) it wins with its own weights."""
+    from edgeprune import train as train_mod
+
+    steps_of = {}
+    real_schedule = allocate.Allocator._schedule
+    real_train = train_mod.train
+
+    def schedule(self, budget_ms, steps, batches, train_last, uniform=False):
+        calls = []
+
+        def counting(model, *a, **kw):
+            calls.append(kw.get("max_steps"))
+            return real_train(model, *a, **kw)
+
+        monkeypatch.setattr(train_mod, "train", counting)
+        try:
+            out = real_schedule(self, budget_ms, steps, batches, train_last, uniform=uniform)
+        finally:
+            monkeypatch.setattr(train_mod, "train", real_train)
+        if train_last:  # the progressive schedules (the iterative one does not train after its last step)
+            steps_of["uniform" if uniform else "knapsack"] = (calls, out[3])
+            if uniform:
+                out[2]._even = True
+        return out
+
+    monkeypatch.setattr(allocate.Allocator, "_schedule", schedule)
+    monkeypatch.setattr(allocate, "_evaluate", lambda model, ds: 0.9 if getattr(model, "_even", False) else 0.5)
+    quick = replace(QUICK, progressive_steps=3, refits=0)
+    _, result, search = _knapsack_budget(data[0], {**load_profile("onnxruntime"), "precision": "fp32"}, 8,
+                                         settings=quick)
+    assert steps_of["uniform"][0] == steps_of["knapsack"][0] == [quick.step_batches] * 3, steps_of
+    assert search["winner"] == "uniform (progressive, 3 steps)", search["candidates"]
+    assert getattr(result.model, "_even", False)
+    row = next(c for c in search["candidates"] if c["name"] == search["winner"])
+    knap = next(c for c in search["candidates"] if c["name"] == "progressive (3 steps)")
+    assert row["trained"] and row["trained_images"] == knap["trained_images"] > 0
+    # its last step aims at the budget, as the one-shot uniform candidate does: the same counts
+    assert row["counts"] == next(c for c in search["candidates"] if c["name"] == "uniform (taylor_bn)")["counts"]
+    shares = [k / g["width"] for k, g in zip(row["counts"], search["groups"])]
+    assert max(shares) - min(shares) <= 0.5, shares  # one share off every group, up to the multiple of 8
+    assert row["measured_ms"] <= search["budget_ms"]
 
 
 def test_no_progressive_candidate_with_zero_steps(fake_runtime, data, monkeypatch):  # noqa: F811
     quick = replace(QUICK, progressive_steps=0)
     _, _, search = _knapsack_budget(data[0], {**load_profile("onnxruntime"), "precision": "fp32"}, 8, settings=quick)
-    assert not any(c["name"].startswith("progressive") for c in search["candidates"])
+    assert not any("progressive" in c["name"] for c in search["candidates"])
     quick = replace(QUICK, step_batches=0)  # nothing trained: every candidate on the original weights
     _, _, search = _knapsack_budget(data[0], {**load_profile("onnxruntime"), "precision": "fp32"}, 8, settings=quick)
     assert not any(c["trained"] for c in search["candidates"]), search["candidates"]

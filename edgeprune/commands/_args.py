@@ -204,9 +204,10 @@ def add_search(p: argparse.ArgumentParser) -> None:
                         "search (the one-off cost of a search, with the latency table). Fewer is quicker and "
                         "steers less surely; 0 calibrates on the uniform cuts alone. Default: %(default)s")
     g.add_argument("--search-progressive-steps", type=ranged(int, 0, 100), default=8, metavar="N",
-                   help="adds a progressive candidate, pruned while it trains: N knapsack steps down to the budget, "
-                        "each followed by --search-step-batches mini-batches of fine-tuning; it keeps the weights "
-                        "it trained (as does the knapsack schedule's own trained candidate). 0: none. "
+                   help="adds two progressive candidates, pruned while they train: N knapsack steps down to the "
+                        "budget, and N uniform steps, each followed by --search-step-batches mini-batches of "
+                        "fine-tuning, so the two allocations compete at equal training; they keep the weights "
+                        "they trained (as does the knapsack schedule's own trained candidate). 0: none. "
                         "Default: %(default)s")
     g.add_argument("--search-refits", type=ranged(int, 0, 10), default=2, metavar="N",
                    help="extra rounds of candidates when the knapsack's candidate (or most candidates) miss the "

@@ -12,8 +12,9 @@
    importance and with L1, and ``random_candidates`` random allocations scaled to the budget
    (EagleEye), each a set of channels of the *original* network with its weights; and two *trained*
    candidates that keep the weights the search trained: the iterative schedule's result with its fine-tuned
-   weights, and a progressive one, ``progressive_steps`` knapsack steps each followed by ``step_batches``
-   mini-batches of fine-tuning (pruning while training, as Gate Decorator does, but where latency is bought).
+   weights, and two progressive ones, ``progressive_steps`` knapsack steps (resp. uniform steps) each followed
+   by ``step_batches`` mini-batches of fine-tuning (pruning while training, as Gate Decorator does, but where
+   latency is bought; the uniform one is the same training on the baseline allocation).
    On ResNet-20 at 0.5x on OpenVINO, networks pruned while training scored 61-66% top-1 right after the cut
    (BN re-estimated) against 11-27% for one-shot cuts, and after the same fine-tune Gate Decorator's model was
    0.5 points ahead of the search without these candidates (bench/RESULTS.md §5).
@@ -33,9 +34,10 @@
 
 Because uniform pruning is a candidate (and, as its own kind, always a finalist when within the budget by
 measurement and ``finalists`` >= 5, the number of kinds), the search loses to it only through the proxy's error (a short
-fine-tune ranks sub-networks well but not perfectly) or the measurement's. It does not compare allocations at
-equal training: the trained candidates have had more, and that is most of why they win (bench/RESULTS.md §5:
-given the same total training, uniform pruning matched the search on ResNet-20 at 0.5x).
+fine-tune ranks sub-networks well but not perfectly) or the measurement's. Trained candidates have had more
+training than the one-shot ones, and that was most of why they won (bench/RESULTS.md §5: given the same total
+training, uniform pruning matched the search on ResNet-20 at 0.5x); the progressive uniform candidate is there so
+that the knapsack's allocation also meets uniform's at equal training.
 Invariants: every candidate's predicted latency is within the budget; every group keeps at least
 its floor and one channel; the result lists every candidate with its predicted latency, held-out
 top-1 and the share of channels it keeps, and names the winner.
@@ -195,12 +197,14 @@ class Allocator:
         return Candidate(name, list(counts), keep, self.hs.predictor.predict(counts), note=note)
 
     # -- the iterative knapsack ----------------------------------------------------------------
-    def _schedule(self, budget_ms: float, steps: int, batches: int, train_last: bool
+    def _schedule(self, budget_ms: float, steps: int, batches: int, train_last: bool, uniform: bool = False
                   ) -> tuple[list[int], list[list[int]], nn.Module, list[dict[str, Any]]]:
         """Walk the predicted latency down to ``budget_ms`` in ``steps`` knapsack steps on the network as it
         stands, each followed by BN re-estimation and ``batches`` mini-batches of fine-tuning (the last one too
-        when ``train_last``). Returns the counts, the original index of every kept channel, the pruned model
-        with its trained weights, and the trace."""
+        when ``train_last``). ``uniform``: each step is the least uniform pruning that meets its aim instead of
+        the knapsack (the channels kept in each group still chosen by importance on the network as it stands).
+        Returns the counts, the original index of every kept channel, the pruned model with its trained
+        weights, and the trace."""
         from edgeprune.train import train
 
         hs, s = self.hs, self.s
@@ -213,14 +217,22 @@ class Allocator:
             aim = start - (start - budget_ms) * step / steps
             graph = self._graph(model)
             scores = self.imp.scores(graph, self._ctx(seed=self.ctx.seed + step))
-            found = knapsack.solve(hs.predictor, self.widths, scores, aim, hs.multiples, self.floors,
-                                   current=counts, normalize=self.imp.normalize, max_cut=s.max_cut)
-            keep = keep_lists(graph, scores, found.counts)
+            if uniform:
+                even = self.uniform(aim)
+                if even is None:
+                    raise BudgetError(f"no uniform pruning meets {aim:.3f} ms by prediction", "raise the budget")
+                new_counts, cut = [min(a, b) for a, b in zip(even, counts)], 1 - min(
+                    c / w for c, w in zip(even, self.widths))
+            else:
+                found = knapsack.solve(hs.predictor, self.widths, scores, aim, hs.multiples, self.floors,
+                                       current=counts, normalize=self.imp.normalize, max_cut=s.max_cut)
+                new_counts, cut = list(found.counts), found.trace[-1]["max_cut"]
+            keep = keep_lists(graph, scores, new_counts)
             graph.apply(keep)
             ids = [[ids[g][i] for i in keep[g]] for g in range(len(ids))]
-            counts = list(found.counts)
-            trace.append({"step": step, "aim_ms": aim, "predicted_ms": found.predicted_ms,
-                          "max_cut": found.trace[-1]["max_cut"], "kept_share": sum(counts) / sum(self.widths)})
+            counts = new_counts
+            trace.append({"step": step, "aim_ms": aim, "predicted_ms": hs.predictor.predict(counts),
+                          "max_cut": cut, "kept_share": sum(counts) / sum(self.widths)})
             model = graph.model
             if (step < steps or train_last) and batches > 0:
                 recalibrate_bn(model, self.fit_ds, self.s.bn_images, seed=self.s.seed)
@@ -245,23 +257,32 @@ class Allocator:
                           f"{s.step_batches} mini-batches of fine-tuning between its steps)")
         return [cand, trained], trace
 
-    def progressive(self, aim: float) -> Candidate | None:
+    def progressive(self, aim: float, uniform: bool = False) -> Candidate | None:
         """Prune while training: ``progressive_steps`` knapsack steps (latency-saliency on the network as it
         stands, so each cut goes where it buys latency), each followed by ``step_batches`` mini-batches of
         fine-tuning, the last one too; the candidate keeps those weights. None when ``progressive_steps`` is 0.
+
+        ``uniform``: the same schedule and training with uniform steps (every group loses the same share). It is
+        the uniform allocation given exactly the training the progressive knapsack gets, so arbitration compares
+        the two allocations at equal training: without it a trained knapsack candidate beat untrained uniform
+        ones by its training alone, while uniform pruning given the same training was as accurate
+        (bench/RESULTS.md §5). None when there is no training to equalise (``step_batches`` 0).
 
         Why not Gate Decorator's Tick-Tock itself: its loss-only ranking is blind to latency. On ResNet-20 at a
         0.5x aim (OpenVINO table, multiple 8) it cut every inner convolution to 8 channels while the predicted
         latency moved from 0.339 to 0.177 ms, then one tick halved the 16-channel stem group and landed at
         0.110 ms, a third under the aim."""
         s = self.s
-        if s.progressive_steps <= 0:
+        if s.progressive_steps <= 0 or (uniform and s.step_batches <= 0):
             return None
         try:
-            counts, ids, model, trace = self._schedule(aim, s.progressive_steps, s.step_batches, train_last=True)
+            counts, ids, model, trace = self._schedule(aim, s.progressive_steps, s.step_batches, train_last=True,
+                                                       uniform=uniform)
         except BudgetError:  # a step painted into a corner: no candidate, the others stand
             return None
-        name, predicted = f"progressive ({s.progressive_steps} steps)", self.hs.predictor.predict(counts)
+        name = f"uniform (progressive, {s.progressive_steps} steps)" if uniform else \
+            f"progressive ({s.progressive_steps} steps)"
+        predicted = self.hs.predictor.predict(counts)
         if s.step_batches <= 0:  # nothing trained: its channels on the original weights
             return Candidate(name, counts, {g: ids[g] for g in range(len(ids))}, predicted,
                              note=f"max cut {trace[-1]['max_cut']:.1f}; no fine-tuning between steps")
@@ -293,10 +314,11 @@ class Allocator:
                     break
         return out
 
-    def candidates(self, budget_ms: float, knapsack_aim: float | None = None, progressive: bool = True
-                   ) -> tuple[list[Candidate], list[dict[str, Any]]]:
+    def candidates(self, budget_ms: float, knapsack_aim: float | None = None, progressive: bool = True,
+                   progressive_uniform: bool = True) -> tuple[list[Candidate], list[dict[str, Any]]]:
         """Every strategy's candidate within ``budget_ms`` by prediction; the knapsack and progressive ones aim
-        at ``knapsack_aim`` (at most the budget) instead, when given. ``progressive``: run that schedule."""
+        at ``knapsack_aim`` (at most the budget) instead, when given. ``progressive``, ``progressive_uniform``:
+        run the progressive schedule with knapsack steps, with uniform steps."""
         s = self.s
         aim = budget_ms if knapsack_aim is None else min(budget_ms, knapsack_aim)
         try:
@@ -325,6 +347,10 @@ class Allocator:
             cands.append(self._from_counts("greedy", greedy.counts))
         except BudgetError:
             pass
+        if progressive_uniform:
+            even = self.progressive(budget_ms, uniform=True)
+            if even is not None:
+                cands.append(even)
         uni = self.uniform(budget_ms)
         if uni is not None:
             cands.append(self._from_counts(f"uniform ({self.imp.name})", uni))
@@ -402,9 +428,10 @@ class Allocator:
         trace: list[dict[str, Any]] = []
         knapsack_aim = budget_ms
         for rnd in range(1 + max(0, self.s.refits)):
-            # the progressive schedule again only while none of its candidates met the budget by measurement
-            again = not any(c.family == "progressive" and c.measured_ms <= budget_ms for c in pool)
-            cands, steps = self.candidates(budget_ms, knapsack_aim=knapsack_aim, progressive=again)
+            # a progressive schedule again only while none of its candidates met the budget by measurement
+            met = {c.family for c in pool if c.model is not None and c.measured_ms <= budget_ms}
+            cands, steps = self.candidates(budget_ms, knapsack_aim=knapsack_aim, progressive="progressive" not in met,
+                                           progressive_uniform="uniform" not in met)
             trace = trace or steps
             fresh = []
             for c in cands:
