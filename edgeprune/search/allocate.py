@@ -123,6 +123,11 @@ def _evaluate(model: nn.Module, ds) -> float:
     return evaluate(model, ds, progress=False)
 
 
+def trained_key(family: str, counts: list[int]) -> tuple:
+    """The dedup key of a trained candidate of ``family`` ending on ``counts`` (``Candidate.key``)."""
+    return ("trained", family, tuple(counts))
+
+
 @dataclass
 class Candidate:
     name: str
@@ -147,7 +152,7 @@ class Candidate:
         candidate is a different network from the same channels with the original weights: its key is its
         name's kind and its counts."""
         if self.model is not None:
-            return ("trained", self.family, tuple(self.counts))
+            return trained_key(self.family, self.counts)
         return tuple(tuple(self.keep[g]) for g in sorted(self.keep))
 
     def row(self, widths: list[int]) -> dict[str, Any]:
@@ -315,10 +320,12 @@ class Allocator:
         return out
 
     def candidates(self, budget_ms: float, knapsack_aim: float | None = None, progressive: bool = True,
-                   progressive_uniform: bool = True) -> tuple[list[Candidate], list[dict[str, Any]]]:
+                   progressive_uniform: bool = True, seen: frozenset = frozenset()
+                   ) -> tuple[list[Candidate], list[dict[str, Any]]]:
         """Every strategy's candidate within ``budget_ms`` by prediction; the knapsack and progressive ones aim
         at ``knapsack_aim`` (at most the budget) instead, when given. ``progressive``, ``progressive_uniform``:
-        run the progressive schedule with knapsack steps, with uniform steps."""
+        run the progressive schedule with knapsack steps, with uniform steps; the uniform one ends on the
+        one-shot uniform counts, so it is not trained again when ``seen`` (keys) already holds it."""
         s = self.s
         aim = budget_ms if knapsack_aim is None else min(budget_ms, knapsack_aim)
         try:
@@ -347,11 +354,11 @@ class Allocator:
             cands.append(self._from_counts("greedy", greedy.counts))
         except BudgetError:
             pass
-        if progressive_uniform:
+        uni = self.uniform(budget_ms)
+        if progressive_uniform and uni is not None and trained_key("uniform", uni) not in seen:
             even = self.progressive(budget_ms, uniform=True)
             if even is not None:
                 cands.append(even)
-        uni = self.uniform(budget_ms)
         if uni is not None:
             cands.append(self._from_counts(f"uniform ({self.imp.name})", uni))
             if self.imp.name != "l1":
@@ -431,7 +438,7 @@ class Allocator:
             # a progressive schedule again only while none of its candidates met the budget by measurement
             met = {c.family for c in pool if c.model is not None and c.measured_ms <= budget_ms}
             cands, steps = self.candidates(budget_ms, knapsack_aim=knapsack_aim, progressive="progressive" not in met,
-                                           progressive_uniform="uniform" not in met)
+                                           progressive_uniform="uniform" not in met, seen=frozenset(seen))
             trace = trace or steps
             fresh = []
             for c in cands:
