@@ -340,6 +340,29 @@ def test_knapsack_aims_lower_when_its_allocation_measures_over_the_budget(fake_r
     assert later[-1]["predicted_ms"] < first["predicted_ms"]
 
 
+def test_progressive_uniform_aims_lower_after_a_measured_miss(fake_runtime, data, monkeypatch):  # noqa: F811
+    """Constructed: every uniform candidate measures 30% slower than the table says. The first round's
+    progressive uniform candidate misses the budget by measurement; the next round reruns its schedule at a
+    lower aim and it lands within the budget, so arbitration meets it at equal training (before, it was
+    simply dropped and the knapsack won by default)."""
+    from edgeprune.search import hardware
+    from tests.test_search_multiple import _fake_measure
+
+    def measure(self, models, rounds=2):
+        return {name: _fake_measure(self, m) * (1.3 if name.startswith("uniform") else 1.0)
+                for name, m in models.items()}
+
+    monkeypatch.setattr(hardware.HardwareSearch, "measure_models", measure)
+    _, _, search = _knapsack_budget(data[0], {**load_profile("onnxruntime"), "precision": "fp32"}, 8, budget="0.5x",
+                                    settings=replace(QUICK, progressive_steps=2))
+    rows = [c for c in search["candidates"] if c["name"].startswith("uniform (progressive")]
+    assert len(rows) >= 2 and "refit" not in rows[0]["name"], [c["name"] for c in search["candidates"]]
+    assert rows[0]["measured_ms"] > search["budget_ms"], rows[0]
+    assert rows[-1]["measured_ms"] <= search["budget_ms"], rows
+    assert rows[-1]["predicted_ms"] < rows[0]["predicted_ms"] and rows[-1]["trained"]
+    assert rows[-1]["holdout_top1"] is not None  # compared, not dropped
+
+
 def test_greedy_descent_meets_the_budget_keeping_what_matters(r20_plan):
     graph, plan = r20_plan
     pred = Bilinear(plan)

@@ -20,9 +20,10 @@
    0.5 points ahead of the search without these candidates (bench/RESULTS.md §5).
 3. **Measurement, then arbitration** (EagleEye): every candidate is compiled and measured on the target
    (paired against the unpruned model in alternating bursts, 2 fresh processes: ``measure.paired``); every
-   measurement refits the predictor, and when the iterative knapsack's candidate (or most candidates) miss
-   the budget by measurement another round is generated with the refitted predictor, the knapsack aiming
-   lower by what the refit still under-predicts its last candidate by (``refits`` rounds at most). Only candidates within
+   measurement refits the predictor, and when the iterative knapsack's candidate, the progressive uniform one
+   (or most candidates) miss the budget by measurement another round is generated with the refitted predictor,
+   the knapsack and the uniform schedule each aiming lower by what the refit still under-predicts its last
+   candidate by (``refits`` rounds at most). Only candidates within
    the budget *by measurement* are compared (all of them when none is), because the knapsack finds exactly
    the allocations the predictor prices too cheaply. Each compared candidate's BN statistics are re-estimated on ``bn_images``
    training images (``prune.bn.recalibrate_bn``) and its top-1 is taken on ``holdout_images`` held-out
@@ -320,14 +321,16 @@ class Allocator:
         return out
 
     def candidates(self, budget_ms: float, knapsack_aim: float | None = None, progressive: bool = True,
-                   progressive_uniform: bool = True, seen: frozenset = frozenset()
-                   ) -> tuple[list[Candidate], list[dict[str, Any]]]:
+                   progressive_uniform: bool = True, seen: frozenset = frozenset(),
+                   uniform_aim: float | None = None) -> tuple[list[Candidate], list[dict[str, Any]]]:
         """Every strategy's candidate within ``budget_ms`` by prediction; the knapsack and progressive ones aim
-        at ``knapsack_aim`` (at most the budget) instead, when given. ``progressive``, ``progressive_uniform``:
-        run the progressive schedule with knapsack steps, with uniform steps; the uniform one ends on the
-        one-shot uniform counts, so it is not trained again when ``seen`` (keys) already holds it."""
+        at ``knapsack_aim`` (at most the budget) instead, when given, and the progressive uniform one at
+        ``uniform_aim``. ``progressive``, ``progressive_uniform``: run the progressive schedule with knapsack
+        steps, with uniform steps; the uniform one ends on the least uniform counts within its aim, so it is
+        not trained again when ``seen`` (keys) already holds those."""
         s = self.s
         aim = budget_ms if knapsack_aim is None else min(budget_ms, knapsack_aim)
+        even_aim = budget_ms if uniform_aim is None else min(budget_ms, uniform_aim)
         try:
             cands, trace = self.iterative(aim)
         except BudgetError:
@@ -355,8 +358,9 @@ class Allocator:
         except BudgetError:
             pass
         uni = self.uniform(budget_ms)
-        if progressive_uniform and uni is not None and trained_key("uniform", uni) not in seen:
-            even = self.progressive(budget_ms, uniform=True)
+        uni_aimed = uni if even_aim >= budget_ms else self.uniform(even_aim)
+        if progressive_uniform and uni_aimed is not None and trained_key("uniform", uni_aimed) not in seen:
+            even = self.progressive(even_aim, uniform=True)
             if even is not None:
                 cands.append(even)
         if uni is not None:
@@ -424,21 +428,29 @@ class Allocator:
         """The candidates, each measured on the target (``hs.measure_models``: paired against the unpruned model).
 
         The optimiser finds the predictor's errors, so every measurement also refits the predictor. When the
-        iterative knapsack's candidate, or more than half of a round's candidates, miss the budget by
-        measurement, another round (up to ``refits``) is generated with the refitted predictor; the knapsack
-        then aims lower by what the refitted predictor still under-predicts its last candidate by (its
-        allocations are the ones the table misprices: a line fitted on every candidate averages that away).
-        The candidates of every round are pooled."""
+        iterative knapsack's candidate, the progressive uniform one (while no trained uniform candidate met the
+        budget), or more than half of a round's candidates, miss the budget by measurement, another round (up to
+        ``refits``) is generated with the refitted predictor; the knapsack, and the progressive uniform schedule,
+        then aim lower by what the refitted predictor still under-predicts their last candidate by (a line
+        fitted on every candidate averages one allocation's error away). Without its own aim, a uniform
+        schedule that lands a hair over the budget would be dropped and the knapsack would win arbitration by
+        default, not by its allocation. The candidates of every round are pooled."""
         pool: list[Candidate] = []
         models: dict[str, nn.Module] = {}
         seen: set = set()
         trace: list[dict[str, Any]] = []
-        knapsack_aim = budget_ms
+        knapsack_aim = uniform_aim = budget_ms
+
+        def lower(aim: float, c: Candidate) -> float:
+            still = min(1.0, self.hs.predictor.predict(c.counts) / c.measured_ms)
+            return min(aim, budget_ms * still * 0.99)
+
         for rnd in range(1 + max(0, self.s.refits)):
             # a progressive schedule again only while none of its candidates met the budget by measurement
             met = {c.family for c in pool if c.model is not None and c.measured_ms <= budget_ms}
             cands, steps = self.candidates(budget_ms, knapsack_aim=knapsack_aim, progressive="progressive" not in met,
-                                           progressive_uniform="uniform" not in met, seen=frozenset(seen))
+                                           progressive_uniform="uniform" not in met, seen=frozenset(seen),
+                                           uniform_aim=uniform_aim)
             trace = trace or steps
             fresh = []
             for c in cands:
@@ -460,12 +472,15 @@ class Allocator:
             pool += fresh
             models.update(built)
             lead = fresh[0] if fresh[0].name.startswith("knapsack (") else None
-            if (lead is None or lead.measured_ms <= budget_ms) and \
+            even = next((c for c in fresh if c.family == "uniform" and c.model is not None), None)
+            even_missed = even is not None and even.measured_ms > budget_ms
+            if (lead is None or lead.measured_ms <= budget_ms) and not even_missed and \
                     sum(c.measured_ms <= budget_ms for c in fresh) * 2 >= len(fresh):
                 break
             if lead is not None and lead.measured_ms > budget_ms:
-                still = min(1.0, self.hs.predictor.predict(lead.counts) / lead.measured_ms)
-                knapsack_aim = min(knapsack_aim, budget_ms * still * 0.99)
+                knapsack_aim = lower(knapsack_aim, lead)
+            if even_missed:
+                uniform_aim = lower(uniform_aim, even)
         return pool, trace, models
 
     def run(self, budget_ms: float) -> tuple[PruneResult, SearchResult]:
