@@ -210,6 +210,7 @@ def add_search(p: argparse.ArgumentParser) -> None:
                         "they trained (as does the knapsack schedule's own trained candidate). 0: none. "
                         "Default: %(default)s")
     g.add_argument("--search-refits", type=ranged(int, 0, 10), default=2, metavar="N",
-                   help="extra rounds of candidates when the knapsack's candidate (or most candidates) miss the "
-                        "budget by measurement: each refits the predictor on every measurement so far and aims "
-                        "the knapsack lower by what it still misses. Default: %(default)s")
+                   help="extra rounds of candidates when the knapsack's candidate, the progressive uniform one (or "
+                        "most candidates) miss the budget by measurement: each refits the predictor on every "
+                        "measurement so far and aims the one that missed lower by what it still misses. "
+                        "Default: %(default)s")
