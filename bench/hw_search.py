@@ -27,8 +27,10 @@ Protocol (issue 11), per target and budget (a share of the unpruned model's p50 
   written after every (budget, seed), so a stopped run still leaves its finished cells.
 Writes bench/results/hw_search.json, hw_search.md and hw_search.png (top-1 vs measured latency).
 
-Usage: python bench/hw_search.py --weights CKPT [--targets x86] [--budgets 0.7,0.5,0.35] [--seeds 0,1]
-           [--ft-epochs 0.15] [--rounds 3] [--merge]
+Usage: python bench/hw_search.py --weights CKPT [--image-size PX] [--targets x86] [--budgets 0.7,0.5,0.35]
+           [--seeds 0,1] [--ft-epochs 0.15] [--rounds 3] [--merge] [--out DIR]
+       (CKPT: any `edgeprune train` checkpoint, e.g. ResNet-20 at 28x28 or MobileNetV2 trained with
+       --image-size 96; pass the same --image-size here)
        python bench/hw_search.py --rewrite   (the .md and .png again from hw_search.json)
        python bench/hw_search.py --weights CKPT --controls --targets x86 --budgets 0.5   (add the control arms to
            stored cells; new runs add them as they go)
@@ -76,8 +78,9 @@ def tp_prune(model, example, ratio: float, round_to: int | None):
     import torch_pruning as tp
 
     m = copy.deepcopy(model).eval()
+    head = [x for x in m.modules() if isinstance(x, torch.nn.Linear)][-1:]  # the classifier keeps its outputs
     pruner = tp.pruner.MagnitudePruner(m, example, importance=tp.importance.GroupMagnitudeImportance(p=1),
-                                       global_pruning=True, pruning_ratio=ratio, ignored_layers=[m.fc],
+                                       global_pruning=True, pruning_ratio=ratio, ignored_layers=head,
                                        round_to=round_to)
     pruner.step()
     return m
@@ -387,7 +390,7 @@ def plot(summary: list[dict], cases: list[dict], path: Path) -> None:
         ax.scatter([1.0], [summary[0]["baseline_top1"]], marker="*", s=120, color="k", label="unpruned")
         ax.set_xlabel(f"measured latency / the unpruned model's, paired ({case['runtime']}, 1 thread)")
         ax.set_ylabel("top-1 % (Fashion-MNIST test, after the common fine-tune)")
-        ax.set_title(f"ResNet-20, target {target}")
+        ax.set_title(f"{case.get('model', 'resnet20')}, target {target}")
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
@@ -404,7 +407,8 @@ def write_md(result: dict, path: Path) -> None:
                 "finished.**", ""]),
              f"Command{' of the latest run (each section below names its own run)' if len({c.get('command') for c in result['cases']}) > 1 else ''}: `{result['command']}`", "",
              f"Date {result['date']}, wall time {result['wall_min']:.1f} min; machine: {result['machine']}; "
-             f"load average at start {result['load']}. Checkpoint `{a['weights']}` (ResNet-20, Fashion-MNIST, "
+             f"load average at start {result['load']}. Checkpoint `{a['weights']}` ({result.get('model', 'resnet20')} at "
+             f"{result.get('input', '1x1x28x28')}, Fashion-MNIST, "
              f"top-1 {result['baseline_top1'] * 100:.2f}%). Fine-tune for every arm: {a['ft_epochs']} epoch(s) of the "
              f"60k training images, SGD lr {a['ft_lr']} cosine, batch 128, no augmentation, after BN re-estimation "
              f"on 512 training images; the control arms uniform+ and tp+ (their arm's model) get the search's "
@@ -448,13 +452,9 @@ def publish(result: dict, out: Path, args) -> None:
 
 def add_controls(args) -> int:
     """``--controls``: the control rows for every cell of hw_search.json that lacks them; then the .md and .png."""
-    from edgeprune.data import load_dataset
-    from edgeprune.loading import load_model
-
     path = Path(args.out) / "hw_search.json"
     result = json.loads(path.read_text())
-    train_ds, test_ds = load_dataset(args.data, "train"), load_dataset(args.data, "test")
-    model, _ = load_model("resnet20", args.weights, num_classes=10, in_channels=1)
+    model, _, train_ds, test_ds = load_inputs(args)
     bench = Bench(args, model, train_ds, test_ds)
     targets = set(args.targets.split(","))
     for case in result["cases"]:
@@ -474,10 +474,27 @@ def add_controls(args) -> int:
     return 0
 
 
+def load_inputs(args):
+    """The checkpoint's model (any ``edgeprune train`` checkpoint: it holds its architecture), its spec, and the
+    train and test sets at ``--image-size`` with the model's input channels."""
+    from edgeprune.data import load_dataset
+    from edgeprune.loading import load_model
+    from edgeprune.models.checkpoint import checkpoint_spec, read_file
+
+    spec = checkpoint_spec(read_file(Path(args.weights), False), Path(args.weights))
+    train_ds, test_ds = (load_dataset(args.data, split, image_size=args.image_size, channels=spec["in_channels"])
+                         for split in ("train", "test"))
+    model, spec = load_model(None, args.weights, num_classes=train_ds.num_classes, in_channels=train_ds.channels)
+    return model, spec, train_ds, test_ds
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--weights", help="trained ResNet-20 checkpoint (edgeprune train); required unless --rewrite")
+    ap.add_argument("--weights", help="trained checkpoint (edgeprune train's model.pt, any zoo model: it holds its "
+                                      "architecture); required unless --rewrite")
     ap.add_argument("--data", default="fashion-mnist")
+    ap.add_argument("--image-size", type=int, help="resize the images (as the checkpoint was trained, e.g. 96 for "
+                                                   "mobilenet_v2); default: the data's own size")
     ap.add_argument("--targets", default="x86")
     ap.add_argument("--budgets", default="0.7,0.5,0.35")
     ap.add_argument("--seeds", default="0,1")
@@ -502,8 +519,6 @@ def main() -> int:
     if args.rewrite:
         publish(json.loads((Path(args.out) / "hw_search.json").read_text()), Path(args.out), args)
         return 0
-    from edgeprune.data import load_dataset
-    from edgeprune.loading import load_model
     from edgeprune.train import evaluate
 
     if args.controls:
@@ -511,10 +526,10 @@ def main() -> int:
 
     started = time.time()
     load = os.getloadavg()
-    train_ds, test_ds = load_dataset(args.data, "train"), load_dataset(args.data, "test")
-    model, _ = load_model("resnet20", args.weights, num_classes=10, in_channels=1)
+    model, spec, train_ds, test_ds = load_inputs(args)
     base_top1 = evaluate(model.eval(), test_ds, progress=False)
-    log(f"baseline top-1 {100 * base_top1:.2f}%")
+    shape = f"1x{train_ds.channels}x{train_ds.image_size}x{train_ds.image_size}"
+    log(f"{spec['name']} at {shape}: baseline top-1 {100 * base_top1:.2f}%")
     bench = Bench(args, model, train_ds, test_ds)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -526,8 +541,9 @@ def main() -> int:
 
     def write(partial: list[dict], done: bool) -> None:
         for case in partial:
-            case.update(command=command, date=date)
+            case.update(command=command, date=date, model=spec["name"], input=shape)
         publish({"command": command, "date": date, "complete": done, "wall_min": (time.time() - started) / 60,
+                 "model": spec["name"], "input": shape,
                  "machine": f"{cpu}, {os.cpu_count()} cores, {platform.python_version()}",
                  "load": [round(x, 1) for x in load], "baseline_top1": base_top1,
                  "args": {k: v for k, v in vars(args).items()}, "cases": kept + partial}, out, args)
