@@ -168,7 +168,7 @@ def claims(res: dict[str, Any], rows: list[dict[str, Any]], any_ahead: bool) -> 
     ft = res["settings"]["ft_epochs"]
     short_ft = (f"every model here gets {ft:g} epoch of fine-tuning after pruning, where the papers fine-tune for "
                 "many epochs (Slimming: the normal training schedule again); at this length the gap to the baseline "
-                "is what the fine-tune has not yet recovered.")
+                "is what the fine-tune has not yet recovered")
     chosen = next((x for x in res["sweep"] if x["lambda"] == res.get("slim_lambda")), None)
     # Network Slimming
     paper_lam = next((x for x in res["sweep"] if x["lambda"] == min(y["lambda"] for y in res["sweep"])), None)
@@ -198,7 +198,7 @@ def claims(res: dict[str, Any], rows: list[dict[str, Any]], any_ahead: bool) -> 
                    f"({100 * gap:+.2f} pts; baseline + the same fine-tune {_pct(base_ft)}%): "
                    f"{'reproduced' if gap >= -0.005 else 'not reproduced'}. Right after pruning (BN re-estimated) "
                    f"slim keeps {_pct(_ms(s['acc_pruned_all'])[0])}% vs l1 {_pct(_ms(l1['acc_pruned_all'])[0]) if l1 else '-'}%."
-                   + ("" if gap >= -0.005 else f" Likely reason: {short_ft} the sparse model itself scored "
+                   + ("" if gap >= -0.005 else f" Likely reason: {short_ft}; the sparse model itself scored "
                       f"{_pct(chosen['acc'])}% before pruning." if chosen else ""))
     out.append("- *VGG, 70% of channels pruned, error 6.34% -> 6.20% (CIFAR-10).* Not testable here: this run has "
                "no VGG (a VGG-16-BN on 28x28 inputs at a converged schedule does not fit the budget).")
@@ -210,7 +210,7 @@ def claims(res: dict[str, Any], rows: list[dict[str, Any]], any_ahead: bool) -> 
         out.append(f"- *ResNet-56 on CIFAR-10 loses ~0.1 point at -70% FLOPs (93.15% kept; rule here: within 0.5 "
                    f"point of the baseline).* {_pct(g['macs_reduction'], 1)}% MACs cut: gate {_pct(g['acc_ft_mean'])}% vs "
                    f"baseline {_pct(base)}% ({100 * gap:+.2f} pts; baseline + the same fine-tune {_pct(base_ft)}%): "
-                   f"{'reproduced.' if gap >= -0.005 else 'not reproduced. Likely reason: ' + short_ft}")
+                   f"{'reproduced.' if gap >= -0.005 else 'not reproduced. Likely reason: ' + short_ft + '.'}")
     for t in targets:
         g = _row(rows, "gate", t)
         others = [r for r in rows if r["target"] == t and r["name"] not in ("gate",)]
