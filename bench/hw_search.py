@@ -476,15 +476,14 @@ def add_controls(args) -> int:
 
 def load_inputs(args):
     """The checkpoint's model (any ``edgeprune train`` checkpoint: it holds its architecture), its spec, and the
-    train and test sets at ``--image-size`` with the model's input channels."""
+    train and test sets at ``--image-size``, loaded as ``edgeprune build`` loads them (a checkpoint that does not
+    fit the data is refused by ``load_model``)."""
     from edgeprune.data import load_dataset
     from edgeprune.loading import load_model
-    from edgeprune.models.checkpoint import checkpoint_spec, read_file
 
-    spec = checkpoint_spec(read_file(Path(args.weights), False), Path(args.weights))
-    train_ds, test_ds = (load_dataset(args.data, split, image_size=args.image_size, channels=spec["in_channels"])
-                         for split in ("train", "test"))
-    model, spec = load_model(None, args.weights, num_classes=train_ds.num_classes, in_channels=train_ds.channels)
+    train_ds, test_ds = (load_dataset(args.data, split, image_size=args.image_size) for split in ("train", "test"))
+    model, spec = load_model(None, args.weights, num_classes=train_ds.num_classes, in_channels=train_ds.channels,
+                             data=train_ds.name)
     return model, spec, train_ds, test_ds
 
 

@@ -169,7 +169,7 @@ def claims(res: dict[str, Any], rows: list[dict[str, Any]], any_ahead: bool) -> 
     short_ft = (f"every model here gets {ft:g} epoch of fine-tuning after pruning, where the papers fine-tune for "
                 "many epochs (Slimming: the normal training schedule again); at this length the gap to the baseline "
                 "is what the fine-tune has not yet recovered")
-    chosen = next((x for x in res["sweep"] if x["lambda"] == res.get("slim_lambda")), None)
+    chosen = next((x for x in res["sweep"] if x["lambda"] == res["slim_lambda"]), None)  # the sweep's pick
     # Network Slimming
     paper_lam = next((x for x in res["sweep"] if x["lambda"] == min(y["lambda"] for y in res["sweep"])), None)
     sep = res["settings"]["sep_share"]
@@ -185,7 +185,7 @@ def claims(res: dict[str, Any], rows: list[dict[str, Any]], any_ahead: bool) -> 
                       f"per step, {drift:.4f} in all here, while the scales start around "
                       f"{paper_lam['gamma_median_after']:.2f}; the paper's lambda acts over 160 epochs from scratch. "
                       f"The sweep went up to lambda {res['slim_lambda']:g}, where the share is "
-                      f"{next(x for x in res['sweep'] if x['lambda'] == res['slim_lambda'])['small_gamma_share_after']:.3f}."))
+                      f"{chosen['small_gamma_share_after']:.3f}."))
     for t in targets:
         s = _row(rows, "slim", t)
         l1 = _row(rows, "l1", t)
