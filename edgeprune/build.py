@@ -71,6 +71,7 @@ class BuildConfig:
     max_cut: float = SearchSettings.max_cut
     search_holdout: int = SearchSettings.holdout_images
     search_refits: int = SearchSettings.refits
+    search_near: float = SearchSettings.near
     search_finalists: int = SearchSettings.finalists
     search_finalist_batches: int = SearchSettings.finalist_batches
     search_calibration: int = SearchSettings.calibration_mixed
@@ -171,7 +172,7 @@ def _describe_model(model, input_shape, accuracy: float | None) -> dict[str, Any
 def search_settings(cfg: BuildConfig) -> SearchSettings:
     return SearchSettings(strategy=cfg.search, steps=cfg.search_steps, step_batches=cfg.search_step_batches,
                           random_candidates=cfg.search_candidates, max_cut=cfg.max_cut,
-                          holdout_images=cfg.search_holdout, refits=cfg.search_refits,
+                          holdout_images=cfg.search_holdout, refits=cfg.search_refits, near=cfg.search_near,
                           finalists=cfg.search_finalists, finalist_batches=cfg.search_finalist_batches,
                           calibration_mixed=cfg.search_calibration, progressive_steps=cfg.search_progressive_steps,
                           batch_size=min(cfg.batch_size, 128), seed=cfg.seed)

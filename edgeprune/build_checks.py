@@ -44,6 +44,7 @@ _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "max_accuracy_drop": (0, 100, False), "eval_limit": (1, None, False), "seed": (0, None, False),
     "search_steps": (1, 100, False), "search_step_batches": (0, 100000, False), "search_candidates": (0, 100, False),
     "max_cut": (0, 1, True), "search_holdout": (10, 1000000, False), "search_refits": (0, 10, False),
+    "search_near": (0, 0.5, False),
     "search_finalists": (0, 100, False), "search_finalist_batches": (0, 100000, False),
     "search_calibration": (0, 100, False), "search_progressive_steps": (0, 100, False),
     "bar_probes": (1, 20, False),

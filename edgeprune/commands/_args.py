@@ -210,7 +210,13 @@ def add_search(p: argparse.ArgumentParser) -> None:
                         "they trained (as does the knapsack schedule's own trained candidate). 0: none. "
                         "Default: %(default)s")
     g.add_argument("--search-refits", type=ranged(int, 0, 10), default=2, metavar="N",
-                   help="extra rounds of candidates when the knapsack's candidate, the progressive uniform one (or "
-                        "most candidates) miss the budget by measurement: each refits the predictor on every "
-                        "measurement so far and aims the one that missed lower by what it still misses. "
+                   help="extra rounds of candidates while one of the three schedules (the knapsack's, the "
+                        "progressive knapsack's, the progressive uniform one's) misses the budget by measurement or "
+                        "lands more than --search-near under it (or most other candidates miss): each refits the "
+                        "predictor on every measurement so far and reruns that schedule at an aim taken from its "
+                        "own measurements. Default: %(default)s")
+    g.add_argument("--search-near", type=ranged(float, 0, 0.5), default=0.06, metavar="SHARE",
+                   help="a schedule whose best candidate measures more than this share under the budget gets "
+                        "another round aimed back up (at 1 - SHARE/2 of the budget), so the search does not give "
+                        "away latency the budget allows; 0: any candidate within the budget will do. "
                         "Default: %(default)s")

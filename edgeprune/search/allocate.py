@@ -20,10 +20,10 @@
    0.5 points ahead of the search without these candidates (bench/RESULTS.md §5).
 3. **Measurement, then arbitration** (EagleEye): every candidate is compiled and measured on the target
    (paired against the unpruned model in alternating bursts, 2 fresh processes: ``measure.paired``); every
-   measurement refits the predictor, and when the iterative knapsack's candidate, the progressive uniform one
-   (or most candidates) miss the budget by measurement another round is generated with the refitted predictor,
-   the knapsack and the uniform schedule each aiming lower by what the refit still under-predicts its last
-   candidate by (``refits`` rounds at most). Only candidates within
+   measurement refits the predictor, and each of the three schedules (iterative knapsack, progressive knapsack,
+   progressive uniform) is steered by its own measurements (``steer``): while it misses the budget, or lands more
+   than ``near`` under it, another round reruns it at an aim taken from those measurements (``refits`` rounds
+   at most; the one-shot candidates are regenerated with the refitted predictor in each round). Only candidates within
    the budget *by measurement* are compared (all of them when none is), because the knapsack finds exactly
    the allocations the predictor prices too cheaply. Each compared candidate's BN statistics are re-estimated on ``bn_images``
    training images (``prune.bn.recalibrate_bn``) and its top-1 is taken on ``holdout_images`` held-out
@@ -67,6 +67,7 @@ from edgeprune.search.budget import BudgetError, SearchResult, kept_importance, 
 from edgeprune.ui import info
 
 STRATEGIES = ("knapsack", "greedy")
+STEERED = ("knapsack", "progressive", "uniform")  # the schedules each steered by their own measurements
 
 
 @dataclass
@@ -81,6 +82,7 @@ class SearchSettings:
     max_cut: float = 0.5           # no group loses more than this share unless the budget needs it
     random_candidates: int = 4
     refits: int = 2                # extra candidate rounds after refitting the predictor on measurements
+    near: float = 0.06             # a schedule whose candidate lands more than this share under the budget aims back up
     finalists: int = 6             # candidates given a short fine-tune before the choice (0: BN re-estimation alone)
     finalist_batches: int = 40     # mini-batches of that fine-tune
     calibration_mixed: int = 8     # measured models with a random half of the groups halved: the predictor's evidence
@@ -105,6 +107,8 @@ class SearchSettings:
         if self.progressive_steps < 0:
             raise UserInputError(f"progressive steps must be 0 or more, got {self.progressive_steps}",
                                  "pass e.g. --search-progressive-steps 8, or 0 for no progressive candidate")
+        if not 0.0 <= self.near < 1.0:
+            raise UserInputError(f"the near-budget share must be in [0, 1), got {self.near}", "pass e.g. --search-near 0.06")
         if self.calibration_mixed < 0:
             raise UserInputError(f"calibration models must be 0 or more, got {self.calibration_mixed}",
                                  "pass e.g. --search-calibration 8")
@@ -163,6 +167,35 @@ class Candidate:
                 "kept_share": sum(self.counts) / sum(widths), "min_group_share": min(shares),
                 "counts": list(self.counts), "trained": self.model is not None, "trained_images": self.trained_images,
                 "note": self.note}
+
+
+def steer(points: list[tuple[list[int], float]], budget_ms: float, near: float, predict) -> float | None:
+    """The next aim (in ms of ``predict``, the refitted predictor) of a schedule whose candidates measured
+    ``points`` ((counts, ms) pairs), or None when it needs no other round: its closest candidate within the
+    budget is at most ``near`` under it (or ``near`` is 0 and one is within it).
+
+    It aims at ``1 - near / 2`` of the budget. With a candidate on each side of the budget, by the secant
+    through the two closest, each priced again by the refitted predictor (so both ends are in the same units:
+    aims from earlier rounds are in the units of a predictor that has since moved); with one side only, by
+    scaling the closest candidate's predicted latency by the ratio of that target to its measurement. So a
+    miss aims lower, and a candidate far under the budget aims back up instead of giving away latency the
+    budget allows (on ResNet-20 at 0.5x on OpenVINO the round after a miss landed 12-22% under,
+    bench/RESULTS.md §5)."""
+    if not points:
+        return None
+    under = [p for p in points if p[1] <= budget_ms]
+    over = [p for p in points if p[1] > budget_ms]
+    if under and (near <= 0 or max(m for _, m in under) >= budget_ms * (1 - near)):
+        return None
+    target = budget_ms * (1 - near / 2)
+    lo = max(under, key=lambda p: p[1]) if under else None
+    hi = min(over, key=lambda p: p[1]) if over else None
+    if lo is not None and hi is not None:
+        p_lo, p_hi = predict(lo[0]), predict(hi[0])
+        if p_hi > p_lo:
+            return p_lo + (target - lo[1]) * (p_hi - p_lo) / (hi[1] - lo[1])
+    counts, ms = lo if lo is not None and (hi is None or budget_ms - lo[1] < hi[1] - budget_ms) else hi
+    return predict(counts) * target / ms
 
 
 class Allocator:
@@ -320,29 +353,36 @@ class Allocator:
                     break
         return out
 
-    def candidates(self, budget_ms: float, knapsack_aim: float | None = None, progressive: bool = True,
-                   progressive_uniform: bool = True, seen: frozenset = frozenset(),
-                   uniform_aim: float | None = None) -> tuple[list[Candidate], list[dict[str, Any]]]:
-        """Every strategy's candidate within ``budget_ms`` by prediction; the knapsack and progressive ones aim
-        at ``knapsack_aim`` (at most the budget) instead, when given, and the progressive uniform one at
-        ``uniform_aim``. ``progressive``, ``progressive_uniform``: run the progressive schedule with knapsack
-        steps, with uniform steps; the uniform one ends on the least uniform counts within its aim, so it is
-        not trained again when ``seen`` (keys) already holds those."""
+    def candidates(self, budget_ms: float, aims: dict[str, float] | None = None,
+                   schedules: frozenset = frozenset(STEERED), seen: frozenset = frozenset()
+                   ) -> tuple[list[Candidate], list[dict[str, Any]]]:
+        """Every strategy's candidate within ``budget_ms`` by prediction; the three schedules (``STEERED``: the
+        iterative knapsack, the progressive knapsack, the progressive uniform) aim at ``aims[kind]`` instead
+        (at most the budget), when given. ``schedules``: which of them run; the progressive uniform one ends on
+        the least uniform counts within its aim, so it is not trained again when ``seen`` (keys) holds those."""
         s = self.s
-        aim = budget_ms if knapsack_aim is None else min(budget_ms, knapsack_aim)
-        even_aim = budget_ms if uniform_aim is None else min(budget_ms, uniform_aim)
-        try:
-            cands, trace = self.iterative(aim)
-        except BudgetError:
-            if aim >= budget_ms:
-                raise
-            aim = budget_ms  # the tightened aim is out of the knapsack's reach: aim at the budget itself
-            cands, trace = self.iterative(aim)
-        if progressive:
-            grown = self.progressive(aim)
+        aims = aims or {}
+
+        def aim_of(kind: str) -> float:
+            return min(budget_ms, aims.get(kind, budget_ms))
+
+        cands, trace = [], []
+        if "knapsack" in schedules:
+            aim = aim_of("knapsack")
+            try:
+                cands, trace = self.iterative(aim)
+            except BudgetError:
+                if aim >= budget_ms:
+                    raise
+                cands, trace = self.iterative(budget_ms)  # the aim is out of the knapsack's reach: the budget
+        if "progressive" in schedules:
+            grown = self.progressive(aim_of("progressive"))
+            if grown is None and aim_of("progressive") < budget_ms:
+                grown = self.progressive(budget_ms)
             if grown is not None:
                 cands.append(grown)
-        cut = max(s.max_cut, max(t["max_cut"] for t in trace))
+        cut = max([s.max_cut] + [t["max_cut"] for t in trace])
+        aim = aim_of("knapsack")
         scores0 = self.original_scores()
         if s.steps > 1:
             try:
@@ -358,8 +398,9 @@ class Allocator:
         except BudgetError:
             pass
         uni = self.uniform(budget_ms)
+        even_aim = aim_of("uniform")
         uni_aimed = uni if even_aim >= budget_ms else self.uniform(even_aim)
-        if progressive_uniform and uni_aimed is not None and trained_key("uniform", uni_aimed) not in seen:
+        if "uniform" in schedules and uni_aimed is not None and trained_key("uniform", uni_aimed) not in seen:
             even = self.progressive(even_aim, uniform=True)
             if even is not None:
                 cands.append(even)
@@ -424,33 +465,38 @@ class Allocator:
             best = max(cands, key=lambda c: (c.holdout_top1, -c.predicted_ms))
         return best, built[best.name]
 
+    @staticmethod
+    def schedule_kind(cand: Candidate) -> str | None:
+        """Which steered schedule (``STEERED``) proposed ``cand``, or None: the iterative knapsack (its channels on
+        the original weights; the trained twin has the same counts), the progressive knapsack, the progressive
+        uniform."""
+        if cand.name.startswith("knapsack (") and "one shot" not in cand.name and cand.model is None:
+            return "knapsack"
+        if cand.model is not None and cand.family in ("progressive", "uniform"):
+            return cand.family
+        return None
+
     def _measured_candidates(self, budget_ms: float) -> tuple[list[Candidate], list[dict[str, Any]], dict[str, nn.Module]]:
         """The candidates, each measured on the target (``hs.measure_models``: paired against the unpruned model).
 
-        The optimiser finds the predictor's errors, so every measurement also refits the predictor. When the
-        iterative knapsack's candidate, the progressive uniform one (while no trained uniform candidate met the
-        budget), or more than half of a round's candidates, miss the budget by measurement, another round (up to
-        ``refits``) is generated with the refitted predictor; the knapsack, and the progressive uniform schedule,
-        then aim lower by what the refitted predictor still under-predicts their last candidate by (a line
-        fitted on every candidate averages one allocation's error away). Without its own aim, a uniform
-        schedule that lands a hair over the budget would be dropped and the knapsack would win arbitration by
-        default, not by its allocation. The candidates of every round are pooled."""
+        The optimiser finds the predictor's errors, so every measurement also refits the predictor. Each of the
+        three schedules (the iterative knapsack, the progressive knapsack, the progressive uniform) is steered by
+        its own measurements (``steer``): while its closest candidate misses the budget, or sits more than
+        ``near`` under it, another round (up to ``refits``) reruns it at a new aim; the one-shot candidates
+        (greedy, uniform, random) are regenerated with the refitted predictor in every round, and alone call a
+        round when more than half of them miss. Without its own aim, a uniform schedule that lands a hair over
+        the budget would be dropped and the knapsack would win arbitration by default, not by its allocation;
+        without aiming back up, a round after a miss can land far under the budget and give accuracy away for
+        latency the budget allowed. The candidates of every round are pooled."""
         pool: list[Candidate] = []
         models: dict[str, nn.Module] = {}
         seen: set = set()
         trace: list[dict[str, Any]] = []
-        knapsack_aim = uniform_aim = budget_ms
-
-        def lower(aim: float, c: Candidate) -> float:
-            still = min(1.0, self.hs.predictor.predict(c.counts) / c.measured_ms)
-            return min(aim, budget_ms * still * 0.99)
-
+        aims = {kind: budget_ms for kind in STEERED}
+        points: dict[str, list[tuple[list[int], float]]] = {kind: [] for kind in STEERED}
+        active = set(STEERED)
         for rnd in range(1 + max(0, self.s.refits)):
-            # a progressive schedule again only while none of its candidates met the budget by measurement
-            met = {c.family for c in pool if c.model is not None and c.measured_ms <= budget_ms}
-            cands, steps = self.candidates(budget_ms, knapsack_aim=knapsack_aim, progressive="progressive" not in met,
-                                           progressive_uniform="uniform" not in met, seen=frozenset(seen),
-                                           uniform_aim=uniform_aim)
+            cands, steps = self.candidates(budget_ms, aims=aims, schedules=frozenset(active), seen=frozenset(seen))
             trace = trace or steps
             fresh = []
             for c in cands:
@@ -471,16 +517,20 @@ class Allocator:
             self.hs.predictor.calibrate(self.hs.samples)
             pool += fresh
             models.update(built)
-            lead = fresh[0] if fresh[0].name.startswith("knapsack (") else None
-            even = next((c for c in fresh if c.family == "uniform" and c.model is not None), None)
-            even_missed = even is not None and even.measured_ms > budget_ms
-            if (lead is None or lead.measured_ms <= budget_ms) and not even_missed and \
-                    sum(c.measured_ms <= budget_ms for c in fresh) * 2 >= len(fresh):
+            ran = {self.schedule_kind(c): c for c in fresh}
+            for kind in list(active):
+                if kind not in ran:  # nothing new from it (painted into a corner, or the same counts again)
+                    active.discard(kind)
+                    continue
+                points[kind].append((list(ran[kind].counts), ran[kind].measured_ms))
+                aim = steer(points[kind], budget_ms, self.s.near, self.hs.predictor.predict)
+                if aim is None:
+                    active.discard(kind)
+                else:
+                    aims[kind] = aim
+            others = [c for c in fresh if self.schedule_kind(c) is None]
+            if not active and sum(c.measured_ms <= budget_ms for c in others) * 2 >= len(others):
                 break
-            if lead is not None and lead.measured_ms > budget_ms:
-                knapsack_aim = lower(knapsack_aim, lead)
-            if even_missed:
-                uniform_aim = lower(uniform_aim, even)
         return pool, trace, models
 
     def run(self, budget_ms: float) -> tuple[PruneResult, SearchResult]:
