@@ -218,5 +218,6 @@ def add_search(p: argparse.ArgumentParser) -> None:
     g.add_argument("--search-near", type=ranged(float, 0, 0.5), default=0.06, metavar="SHARE",
                    help="a schedule whose best candidate measures more than this share under the budget gets "
                         "another round aimed back up (at 1 - SHARE/2 of the budget), so the search does not give "
-                        "away latency the budget allows; 0: any candidate within the budget will do. "
-                        "Default: %(default)s")
+                        "away latency the budget allows; and a candidate measured within SHARE/2 of the budget, "
+                        "either side, is measured a second time and judged on the mean. 0: any candidate within "
+                        "the budget will do, on one measurement. Default: %(default)s")
