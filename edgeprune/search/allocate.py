@@ -141,11 +141,15 @@ class Candidate:
     predicted_ms: float
     holdout_top1: float | None = None
     note: str = ""
-    measured_ms: float | None = None
-    measurements: list[float] = field(default_factory=list)  # every figure measured for it; measured_ms: their mean
+    measurements: list[float] = field(default_factory=list)  # every figure measured for it on the target
     probe_top1: float | None = None  # held-out top-1 after the finalists' short fine-tune
     model: nn.Module | None = None   # its own trained weights (progressive candidates); None: the original's
     trained_images: int = 0          # training images its weights saw inside the search (mini-batches x batch size)
+
+    @property
+    def measured_ms(self) -> float | None:
+        """The mean of its measurements (None before the first)."""
+        return float(np.mean(self.measurements)) if self.measurements else None
 
     @property
     def family(self) -> str:
@@ -495,7 +499,6 @@ class Allocator:
         measured = self.hs.measure_models(batch, rounds=2)
         for c in fresh + again:
             c.measurements = c.measurements + [measured[c.name]]  # a new list: ``replace`` copies share the old one
-            c.measured_ms = float(np.mean(c.measurements))
             self.hs.samples.append((list(c.counts), measured[c.name]))
         self.hs.predictor.calibrate(self.hs.samples)
 
