@@ -373,14 +373,15 @@ class Allocator:
             return min(budget_ms, aims.get(kind, budget_ms))
 
         cands, trace = [], []
+        aim = aim_of("knapsack")  # the iterative and one-shot knapsacks'
         if "knapsack" in schedules:
-            aim = aim_of("knapsack")
             try:
                 cands, trace = self.iterative(aim)
             except BudgetError:
                 if aim >= budget_ms:
                     raise
-                cands, trace = self.iterative(budget_ms)  # the aim is out of the knapsack's reach: the budget
+                aim = budget_ms  # the aim is out of the knapsack's reach: aim at the budget itself
+                cands, trace = self.iterative(aim)
         if "progressive" in schedules:
             grown = self.progressive(aim_of("progressive"))
             if grown is None and aim_of("progressive") < budget_ms:
@@ -388,7 +389,6 @@ class Allocator:
             if grown is not None:
                 cands.append(grown)
         cut = max([s.max_cut] + [t["max_cut"] for t in trace])
-        aim = aim_of("knapsack")
         scores0 = self.original_scores()
         if s.steps > 1:
             try:
