@@ -385,6 +385,12 @@ def test_steer_aims_lower_after_a_miss_and_back_up_after_overshooting():
     assert allocate.steer([], budget, near, predict) is None
 
 
+def _calibration_model(name: str) -> bool:
+    """Whether ``measure_models`` is timing one of the predictor's calibration models (``HardwareSearch.calibrate``),
+    not a search candidate."""
+    return name == "unpruned" or name.startswith(("uniform-", "mixed-"))
+
+
 def test_a_schedule_that_overshoots_after_a_refit_aims_back_up(fake_runtime, data, monkeypatch):  # noqa: F811
     """Constructed from the real run (bench/RESULTS.md §5, ResNet-20 0.5x on OpenVINO): round 0's candidates
     measure 12% slower than the table, the round after the refit 25% faster, later ones as the table says. The
@@ -397,7 +403,7 @@ def test_a_schedule_that_overshoots_after_a_refit_aims_back_up(fake_runtime, dat
         def factor(name):
             if "(refit 1)" in name:
                 return 0.75
-            if "refit" in name or name in ("unpruned",) or name.startswith(("uniform-", "mixed-")):
+            if "refit" in name or _calibration_model(name):
                 return 1.0
             return 1.12
         return {name: _fake_measure(self, m) * factor(name) for name, m in models.items()}
@@ -439,8 +445,7 @@ def test_a_close_call_is_measured_again_before_it_is_dropped(fake_runtime, data,
         out = {}
         for name, m in models.items():
             calls[name] = calls.get(name, 0) + 1
-            calibration = name == "unpruned" or name.startswith(("uniform-", "mixed-"))
-            out[name] = _fake_measure(self, m) * (1.0 if calibration else 1.025 if calls[name] == 1 else 0.975)
+            out[name] = _fake_measure(self, m) * (1.0 if _calibration_model(name) else 1.025 if calls[name] == 1 else 0.975)
         return out
 
     monkeypatch.setattr(hardware.HardwareSearch, "measure_models", measure)
