@@ -18,7 +18,9 @@ could do (fit on all variants, in-sample: separates the table's shape error from
 calibration's noise), table build time and points measured.
 
 Models (``--models``): resnet20 (1x1x28x28), mobilenet_v2 (1x3x224x224), resnet18 (1x3x224x224),
-mobilenet_v2_96 (1x1x96x96, the trained Fashion-MNIST size); untrained weights (latency only).
+mobilenet_v2_96 (1x1x96x96, the trained Fashion-MNIST size), resnet18_96 (1x1x96x96: the realistic trained model of
+bench/RESULTS.md §5, about 4 ms on OpenVINO at 1 thread); untrained weights (latency only: an fp32 model's latency does
+not depend on its weights).
 
 Usage: python bench/predictor_accuracy.py [--targets x86,arm64,arm64-mnn] [--models resnet20,mobilenet_v2]
            [--variants 30] [--rounds 3] [--table-limit-min 25] [--cache DIR] [--out bench/results]
@@ -41,7 +43,8 @@ import numpy as np
 
 # bench name -> (zoo model, input shape)
 CASES = {"resnet20": ("resnet20", (1, 1, 28, 28)), "mobilenet_v2": ("mobilenet_v2", (1, 3, 224, 224)),
-         "resnet18": ("resnet18", (1, 3, 224, 224)), "mobilenet_v2_96": ("mobilenet_v2", (1, 1, 96, 96))}
+         "resnet18": ("resnet18", (1, 3, 224, 224)), "mobilenet_v2_96": ("mobilenet_v2", (1, 1, 96, 96)),
+         "resnet18_96": ("resnet18", (1, 1, 96, 96))}
 PRECISION = "fp32"
 THREADS = 1
 REPO = Path(__file__).resolve().parent.parent
