@@ -83,12 +83,20 @@ def _groups_table(report: dict[str, Any]) -> str:
     return markdown_table(["group root", "channels before", "after", "coupled layers"], rows)
 
 
+def _measured_cell(cand: dict[str, Any]) -> Any:
+    """A candidate's measured figure; a close call measured more than once shows each figure beside the mean."""
+    each = cand.get("measured_each_ms") or []
+    if len(each) < 2:
+        return cand.get("measured_ms")
+    return f"{cand['measured_ms']:.3f} (mean of {', '.join(f'{x:.3f}' for x in each)})"
+
+
 def _candidates(search: dict[str, Any]) -> list[str]:
     """How the search chose: its strategy, the candidates arbitration compared, the accuracy-bar probes."""
     lines = [f"Search: {search.get('strategy', 'greedy')}, channel importance {search.get('importance') or 'n/a'}."]
     if search.get("candidates"):
         rows = [[c["name"] + (" (chosen)" if c["name"] == search.get("winner") else ""), c["predicted_ms"],
-                 c.get("measured_ms"), c["holdout_top1"], c.get("probe_top1"), c["kept_share"], c["min_group_share"],
+                 _measured_cell(c), c["holdout_top1"], c.get("probe_top1"), c["kept_share"], c["min_group_share"],
                  c.get("note", "")]
                 for c in search["candidates"]]
         lines += ["", "Candidates within the budget by prediction, each measured on the target; those within it by "

@@ -168,7 +168,7 @@ class Candidate:
     def row(self, widths: list[int]) -> dict[str, Any]:
         shares = [c / w for c, w in zip(self.counts, widths)]
         return {"name": self.name, "predicted_ms": self.predicted_ms, "measured_ms": self.measured_ms,
-                "measurements": len(self.measurements),
+                "measurements": len(self.measurements), "measured_each_ms": list(self.measurements),
                 "holdout_top1": self.holdout_top1, "probe_top1": self.probe_top1,
                 "kept_share": sum(self.counts) / sum(widths), "min_group_share": min(shares),
                 "counts": list(self.counts), "trained": self.model is not None, "trained_images": self.trained_images,
