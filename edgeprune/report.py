@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeprune.targets.base import write_json_atomic
-from edgeprune.ui import markdown_table
+from edgeprune.ui import fmt, markdown_table
 
 ROWS = ("baseline", "pruned")
 
@@ -88,7 +88,7 @@ def _measured_cell(cand: dict[str, Any]) -> Any:
     each = cand.get("measured_each_ms") or []
     if len(each) < 2:
         return cand.get("measured_ms")
-    return f"{cand['measured_ms']:.3f} (mean of {', '.join(f'{x:.3f}' for x in each)})"
+    return f"{fmt(cand['measured_ms'])} (mean of {', '.join(fmt(x) for x in each)})"
 
 
 def _candidates(search: dict[str, Any]) -> list[str]:
