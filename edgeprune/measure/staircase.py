@@ -57,7 +57,7 @@ class BlockEvidence:
 
 
 def _lines(rows: Iterable[Any], multiple: int) -> list[list[tuple[int, float]]]:
-    """(out, ms) lines of every convolution row, one per measured input count, growing enough to count."""
+    """(out, ms) lines of every convolution and fully connected row, one per measured input count, growing enough to count."""
     out = []
     for row in rows:
         if row.sig.kind not in ("conv", "linear"):
