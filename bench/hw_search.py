@@ -7,7 +7,8 @@ Protocol (issue 11), per target and budget (a share of the unpruned model's p50 
   while it fine-tunes; that training is part of the search, as Gate Decorator's ticks and tocks are part of it),
   ``greedy`` (the earlier search, L1 importance), ``uniform`` (every layer loses the same share, L1 channels kept),
   ``tp`` (Torch-Pruning's global ``MagnitudePruner`` with ``GroupMagnitudeImportance(p=1)`` and ``round_to`` =
-  the target's multiple), ``gate`` (Gate Decorator's Tick-Tock, ``GATE`` below: one run down past the search
+  the search's grid: the runtime's channel block read off the table where every group uses it, ``--channel-block``,
+  else the target's multiple), ``gate`` (Gate Decorator's Tick-Tock, ``GATE`` below: one run down past the search
   model's MACs, a snapshot after every tick; its ticks and tocks train the model a little before the common
   fine-tune, which favours this arm);
 - knapsack and greedy run the driver's search-measure-tighten loop against the budget (every budget
@@ -177,9 +178,9 @@ class Bench:
         goal = macs(target_model, self.shape) / macs(self.model, self.shape)
         grid = {}
         for r in np.arange(0.02, 0.95, 0.02):
-            grid[float(round(r, 3))] = macs(tp_prune(self.model, self.example, float(r), hs.multiple), self.shape) / macs(self.model, self.shape)
+            grid[float(round(r, 3))] = macs(tp_prune(self.model, self.example, float(r), arm_round_to(hs)), self.shape) / macs(self.model, self.shape)
         near = sorted(grid, key=lambda r: abs(grid[r] - goal))[:6]
-        models = {f"t{i}": (tp_prune(self.model, self.example, r, hs.multiple), r) for i, r in enumerate(near)}
+        models = {f"t{i}": (tp_prune(self.model, self.example, r, arm_round_to(hs)), r) for i, r in enumerate(near)}
         best, ms = self.match(hs, target_art, models, lambda k: models[k][1])
         return models[best][0], {"ratio": models[best][1], "macs_ratio_goal": goal, "match_ms": ms[best],
                                  "target_ms": ms["target"]}
@@ -198,7 +199,7 @@ class Bench:
             snaps.append((share, copy.deepcopy(melted).eval()))
             return share <= 0.8 * goal
         t = time.perf_counter()
-        prune_model(self.model, self.example, "gate", 0.5, hs.multiple, train_ds=self.train_ds, progress=False,
+        prune_model(self.model, self.example, "gate", 0.5, arm_round_to(hs), train_ds=self.train_ds, progress=False,
                     seed=seed, stop_when=stop_when, **GATE)
         tick_s = time.perf_counter() - t
         near = sorted(range(len(snaps)), key=lambda i: abs(snaps[i][0] - goal))[:6]
@@ -253,6 +254,12 @@ class Bench:
         return graph.model
 
 
+def arm_round_to(hs) -> int:
+    """The one channel multiple the Torch-Pruning and Gate Decorator arms round to: the search's block where every
+    group uses it (the same grid as the search and uniform arms), else the grid."""
+    return hs.multiples[0] if len(set(hs.multiples)) == 1 and hs.multiples[0] % hs.multiple == 0 else hs.multiple
+
+
 def run_target(bench: Bench, target: str) -> dict:
     from edgeprune.measure.protocol import MeasureSettings
     from edgeprune.profiles import load_profile
@@ -263,7 +270,8 @@ def run_target(bench: Bench, target: str) -> dict:
     log(f"== {target} ({profile['runtime']})")
     settings = MeasureSettings(threads=THREADS, warmup_s=0.5, min_seconds=1.0)
     t0 = time.perf_counter()
-    hs = HardwareSearch(bench.model, bench.example, profile, PRECISION, THREADS, settings, progress=False)
+    hs = HardwareSearch(bench.model, bench.example, profile, PRECISION, THREADS, settings, progress=False,
+                        channel_block=args.channel_block == "on")
     table_s = time.perf_counter() - t0
     fit = hs.calibrate()
     base_art = bench.compile(hs, bench.model)
@@ -271,7 +279,8 @@ def run_target(bench: Bench, target: str) -> dict:
     log(f"   table {table_s:.0f} s; baseline {anchor:.3f} ms; predictor scale {fit['scale']:.2f} "
         f"offset {fit['offset_ms']:+.3f}")
     rows, base_ms = [], []
-    case = {"target": target, "runtime": profile["runtime"], "multiple": hs.multiple, "table_s": table_s,
+    case = {"target": target, "runtime": profile["runtime"], "multiple": arm_round_to(hs), "table_s": table_s,
+            "grid": hs.multiple, "channel_block": hs.block_report(),
             "anchor_ms": anchor, "baseline_final_ms": anchor, "calibration": fit, "rows": rows,
             "baseline_macs": macs(bench.model, bench.shape)}
     for b in args.budget_list:
@@ -324,7 +333,8 @@ def run_target(bench: Bench, target: str) -> dict:
             base_ms.append(ms["base"])
             log("      measured: " + ", ".join(f"{r['arm']} {r['measured_ms']:.3f}" for r in cell_rows)
                 + f", unpruned {ms['base']:.3f} ms")
-            case = {"target": target, "runtime": profile["runtime"], "multiple": hs.multiple, "table_s": table_s,
+            case = {"target": target, "runtime": profile["runtime"], "multiple": arm_round_to(hs), "table_s": table_s,
+                    "grid": hs.multiple, "channel_block": hs.block_report(),
                     "anchor_ms": anchor, "baseline_final_ms": float(np.median(base_ms)), "calibration": fit,
                     "rows": rows, "baseline_macs": macs(bench.model, bench.shape)}
             if bench.checkpoint:
@@ -425,7 +435,9 @@ def write_md(result: dict, path: Path) -> None:
     for case in result["cases"]:
         lines += [f"## {case['target']} ({case['runtime']}): per run", "",
                   f"Run: `{case.get('command', result['command'])}` ({case.get('date', result['date'])}). "
-                  f"Channel multiple {case['multiple']}; latency table {case['table_s']:.0f} s; budget anchor "
+                  f"Channel multiple {case['multiple']}"
+                  + (f" ({case['channel_block']['summary']})" if case.get("channel_block") else "")
+                  + f"; latency table {case['table_s']:.0f} s; budget anchor "
                   f"(unpruned, the calibration's paired figure) {case['anchor_ms']:.3f} ms; unpruned in the final rounds "
                   f"{case['baseline_final_ms']:.3f} ms.", ""]
         rows = []
@@ -500,6 +512,9 @@ def main() -> int:
     ap.add_argument("--ft-epochs", type=float, default=0.15)
     ap.add_argument("--ft-lr", type=float, default=0.01)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--channel-block", choices=("on", "off"), default="on",
+                    help="use the runtime's channel block read off the latency table, as a build without --round-to "
+                         "does (every arm prunes on the same grid); off: the profile's multiple")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     ap.add_argument("--rewrite", action="store_true",
                     help="run nothing: write hw_search.md and .png again from hw_search.json in --out")

@@ -76,6 +76,7 @@ class BuildConfig:
     search_finalist_batches: int = SearchSettings.finalist_batches
     search_calibration: int = SearchSettings.calibration_mixed
     search_progressive_steps: int = SearchSettings.progressive_steps
+    search_settle: float = SearchSettings.settle
     precision: str | None = None
     round_to: int | None = None
     finetune_epochs: float = 1.0
@@ -175,7 +176,8 @@ def search_settings(cfg: BuildConfig) -> SearchSettings:
                           holdout_images=cfg.search_holdout, refits=cfg.search_refits, near=cfg.search_near,
                           finalists=cfg.search_finalists, finalist_batches=cfg.search_finalist_batches,
                           calibration_mixed=cfg.search_calibration, progressive_steps=cfg.search_progressive_steps,
-                          batch_size=min(cfg.batch_size, 128), seed=cfg.seed)
+                          settle=cfg.search_settle,
+                          batch_size=min(cfg.batch_size, 128), seed=cfg.seed, channel_block=cfg.round_to is None)
 
 
 def _prune(cfg: BuildConfig, ctx: dict[str, Any], steps: Steps, budget: str | None,

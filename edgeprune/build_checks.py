@@ -47,6 +47,7 @@ _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "search_near": (0, 0.5, False),
     "search_finalists": (0, 100, False), "search_finalist_batches": (0, 100000, False),
     "search_calibration": (0, 100, False), "search_progressive_steps": (0, 100, False),
+    "search_settle": (0, 1, False),
     "bar_probes": (1, 20, False),
 }
 

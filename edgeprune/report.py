@@ -129,6 +129,18 @@ def _candidates(search: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _block_lines(search: dict[str, Any]) -> list[str]:
+    """The runtime's channel block the search used (or why it kept the grid)."""
+    block = search.get("channel_block")
+    if not block:
+        return []
+    if block["block"] == block["multiple"]:
+        return [f"Channel grid: {block['multiple']} ({block['summary']}).", ""]
+    return [f"Channel grid: {block['summary']}, so {len(block['groups_on_block'])} of {block['groups']} groups "
+            f"(those at least two blocks wide) kept multiples of {block['block']} instead of {block['multiple']} "
+            "(`--round-to N` keeps a grid of N everywhere).", ""]
+
+
 def _search_section(report: dict[str, Any]) -> list[str]:
     search = report["search"]
     attempts = markdown_table(["attempt", "predicted ms", "measured ms (before fine-tune)", "retained importance"],
@@ -142,6 +154,7 @@ def _search_section(report: dict[str, Any]) -> list[str]:
         f"(median of its rounds): **{search.get('decision', 'met' if search['met'] else 'missed')}**.",
         "", budget_sentence(report) or "", "",
         *_candidates(search),
+        *_block_lines(search),
         "The final verdict is decided on rounds of baseline and pruned measured together (here one fresh process "
         "per round timing both in alternating short bursts, so the machine's load phases cancel out of their "
         "ratio; on a device, alternating fresh processes): rounds are added until the interval for the median per-round figure lies wholly on one side of "

@@ -149,3 +149,75 @@ def test_calibration_and_later_measurements_are_paired_against_the_unpruned_mode
     got = hs.measure_models({"half": half})
     assert calls[-1][0] == [hardware.REFERENCE, "half"] and calls[-1][2] == hardware.REFERENCE
     assert got["half"] == pytest.approx(2 * (_fake_measure(hs, half) + 0.05))
+
+
+BLOCK = 16  # the staircase runtime below steps every 16 output channels, on the table's grid of 8
+
+
+def _stair(o: int) -> int:
+    return -(-o // BLOCK) * BLOCK
+
+
+def _stair_row(profile, precision, threads, sig, ins, outs, rounds, timeout_s) -> SigTable:
+    if sig.kind in ("conv", "linear"):
+        area = _area(sig.kind, sig.kernel)
+        return SigTable(sig, ins, outs, [[PER_MAC * i * _stair(o) * area for o in outs] for i in ins])
+    return _fake_row(profile, precision, threads, sig, ins, outs, rounds, timeout_s)
+
+
+def _stair_measure(self, model: nn.Module) -> float:
+    total = 0.0
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            total += PER_MAC * m.in_channels * _stair(m.out_channels) * m.kernel_size[0] * m.kernel_size[1] / m.groups
+        elif isinstance(m, nn.Linear):
+            total += PER_MAC * m.in_features * _stair(m.out_features)
+    return total
+
+
+@pytest.fixture
+def stair_runtime(monkeypatch, tmp_path):
+    monkeypatch.setenv("EDGEPRUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(lut_build, "_measure_row", _stair_row)
+    monkeypatch.setattr(hardware.HardwareSearch, "measure_models",
+                        lambda self, models, rounds=2: {n: _stair_measure(self, m) for n, m in models.items()})
+
+
+def test_search_reads_the_runtimes_channel_block_and_wide_groups_use_it(stair_runtime):
+    """A runtime whose latency steps every 16 output channels: with no --round-to the search keeps multiples
+    of 16 in groups at least 32 wide (24 channels would cost what 32 cost), 8 in the 16-wide ones; the report
+    names the block and its evidence. With the block off (the user's --round-to), the grid stays 8."""
+    from edgeprune.search.allocate import SearchSettings
+
+    torch.manual_seed(0)
+    model = build_model("resnet20", num_classes=10, in_channels=1).eval()
+    profile = {**load_profile("onnxruntime"), "precision": "fp32"}
+    on = hardware.HardwareSearch(model, EXAMPLE, profile, "fp32", 1, MeasureSettings(threads=1), progress=False,
+                                 multiple=8, channel_block=True)
+    assert on.block.block == BLOCK and on.block.tried[BLOCK]["ratio"] == pytest.approx(0.0)
+    assert on.block.tried[2 * BLOCK]["ratio"] > 0.1  # 32 is not a step of this runtime
+    assert [m for w, m in zip(on.widths, on.multiples)] == [16 if w >= 32 else 8 for w in on.widths]
+    off = hardware.HardwareSearch(model, EXAMPLE, profile, "fp32", 1, MeasureSettings(threads=1), progress=False,
+                                  multiple=8, channel_block=False)
+    assert off.block is None and set(off.multiples) == {8}
+
+    pctx = PruneContext(example_inputs=EXAMPLE, round_to=8, progress=False, options={"method": "l1"})
+    _, search = prune_to_budget(model, EXAMPLE, profile, "0.5x", "l1", pctx, 1, None, 3, False,
+                                search=SearchSettings(strategy="greedy", channel_block=True))
+    block = search["channel_block"]
+    assert block["block"] == BLOCK and "every 16 output channels" in block["summary"]
+    assert len(block["groups_on_block"]) == sum(w >= 32 for w in on.widths)
+    groups = search["groups"]
+    assert any(g["kept"] < g["width"] for g in groups if g["width"] >= 32)
+    assert all(g["kept"] % 16 == 0 for g in groups if g["width"] >= 32), groups
+    assert search["attempts"][-1]["measured_ms"] <= search["budget_ms"]
+
+
+def test_a_linear_runtime_keeps_the_grid(fake_runtime):
+    """No staircase in the table (latency grows with every 8 channels): the grid stays the multiple."""
+    torch.manual_seed(0)
+    model = build_model("resnet20", num_classes=10, in_channels=1).eval()
+    hs = hardware.HardwareSearch(model, EXAMPLE, {**load_profile("onnxruntime"), "precision": "fp32"}, "fp32", 1,
+                                 MeasureSettings(threads=1), progress=False, multiple=8, channel_block=True)
+    assert hs.block.block == 8 and set(hs.multiples) == {8}
+    assert hs.block_report()["groups_on_block"] == []

@@ -122,7 +122,9 @@ def add_method(p: argparse.ArgumentParser) -> None:
                         "layer); uniform removes the same share from every layer (on the channel multiple), the "
                         "baseline to compare against. Default: %(default)s")
     p.add_argument("--round-to", type=POSITIVE_INT, metavar="N",
-                   help="channel multiple to keep; default: the target's channel multiple for the precision")
+                   help="channel multiple to keep; default: the target's channel multiple for the precision, and "
+                        "with --budget-ms also the runtime's channel block where its latency table shows one "
+                        "(e.g. 16 on AVX-512 OpenVINO) for layers at least two blocks wide")
     p.add_argument("--keep", action="append", default=[], metavar="LAYER", dest="keep_layers",
                    help="never prune this layer (module name such as layer1.0.conv1, or a prefix such as "
                         "layer1); repeatable")
@@ -209,6 +211,10 @@ def add_search(p: argparse.ArgumentParser) -> None:
                         "fine-tuning, so the two allocations compete at equal training; they keep the weights "
                         "they trained (as does the knapsack schedule's own trained candidate). 0: none. "
                         "Default: %(default)s")
+    g.add_argument("--search-settle", type=ranged(float, 0, 1, high_open=True), default=0.5, metavar="SHARE",
+                   help="share of the progressive steps that train the final network after its last cut (the "
+                        "cuts come first, so little training is spent on channels a later cut removes); 0 spreads "
+                        "the cuts over every step. Default: %(default)s")
     g.add_argument("--search-refits", type=ranged(int, 0, 10), default=2, metavar="N",
                    help="extra rounds of candidates while one of the three schedules (the knapsack's, the "
                         "progressive knapsack's, the progressive uniform one's) misses the budget by measurement or "

@@ -17,8 +17,9 @@ below ``threshold`` over enough steps; the largest block that holds is the runti
 Lines that barely grow with their outputs (per-inference overhead, not compute) are left out: their
 steps are noise.
 
-Status: measured and tested, not yet used by the search (next: use it as the grid of groups at least two
-blocks wide, for uniform candidates and arms; see the session-24 note).
+Used by the budget search (``search.hardware.HardwareSearch`` with ``channel_block``): groups at least
+two blocks wide keep multiples of the block. Caveat: the table samples input channels every second grid
+step, so only the output side of the staircase is read.
 
 Invariant: the block returned is ``m`` or a multiple of it that the measured rows support; with too
 little evidence it is ``m``.

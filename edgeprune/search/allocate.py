@@ -46,6 +46,7 @@ top-1 and the share of channels it keeps, and names the winner.
 from __future__ import annotations
 
 import copy
+import math
 import sys
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -87,9 +88,11 @@ class SearchSettings:
     finalist_batches: int = 40     # mini-batches of that fine-tune
     calibration_mixed: int = 8     # measured models with a random half of the groups halved: the predictor's evidence
     progressive_steps: int = 8     # steps of the progressive candidate (pruned while fine-tuning); 0: none
+    settle: float = 0.5            # share of those steps that train the final network after its last cut
     bn_images: int = 512
     holdout_images: int = 1000
     seed: int = 0
+    channel_block: bool = True     # use the runtime's channel block read off the table (off when --round-to is given)
 
     @property
     def progressive_images(self) -> int:
@@ -109,6 +112,9 @@ class SearchSettings:
                                  "pass e.g. --search-progressive-steps 8, or 0 for no progressive candidate")
         if not 0.0 <= self.near < 1.0:
             raise UserInputError(f"the near-budget share must be in [0, 1), got {self.near}", "pass e.g. --search-near 0.06")
+        if not 0.0 <= self.settle < 1.0:
+            raise UserInputError(f"the settling share must be in [0, 1), got {self.settle}",
+                                 "pass e.g. --search-settle 0.5")
         if self.calibration_mixed < 0:
             raise UserInputError(f"calibration models must be 0 or more, got {self.calibration_mixed}",
                                  "pass e.g. --search-calibration 8")
@@ -258,8 +264,18 @@ class Allocator:
         ids = [list(range(w)) for w in self.widths]
         start = hs.predictor.predict(counts)
         trace = []
+        # A trained schedule cuts in its first steps and trains the final network in the rest (``settle``):
+        # fine-tuning spent on channels a later step removes is lost, and one cut followed by all the training
+        # beat 8 evenly spread cuts on ResNet-18 (bench/RESULTS.md §5, session 23).
+        cuts = max(1, math.ceil(steps * (1 - s.settle))) if train_last else steps
         for step in range(1, steps + 1):
-            aim = start - (start - budget_ms) * step / steps
+            if step > cuts:  # the network is final: train it
+                train(model, self.fit_ds, epochs=1.0, max_steps=batches, lr=s.step_lr, batch_size=s.batch_size,
+                      augment=False, progress=False, desc="search step", seed=self.ctx.seed + step)
+                model.eval()
+                trace.append({**trace[-1], "step": step, "cut": False})
+                continue
+            aim = start - (start - budget_ms) * step / cuts
             graph = self._graph(model)
             scores = self.imp.scores(graph, self._ctx(seed=self.ctx.seed + step))
             if uniform:
@@ -277,7 +293,7 @@ class Allocator:
             ids = [[ids[g][i] for i in keep[g]] for g in range(len(ids))]
             counts = new_counts
             trace.append({"step": step, "aim_ms": aim, "predicted_ms": hs.predictor.predict(counts),
-                          "max_cut": cut, "kept_share": sum(counts) / sum(self.widths)})
+                          "max_cut": cut, "kept_share": sum(counts) / sum(self.widths), "cut": True})
             model = graph.model
             if (step < steps or train_last) and batches > 0:
                 recalibrate_bn(model, self.fit_ds, self.s.bn_images, seed=self.s.seed)

@@ -99,7 +99,12 @@ def prune_to_budget(model: nn.Module, example: torch.Tensor, profile: dict[str, 
         hs, fit = state["hs"], state["hs"].predictor.fit
     else:
         hs = HardwareSearch(model, example, profile, profile["precision"], threads, settings, calib, progress,
-                            multiple=pctx.round_to, ignored_layers=pctx.ignored_layers, device=device)
+                            multiple=pctx.round_to, ignored_layers=pctx.ignored_layers, device=device,
+                            channel_block=search.channel_block)
+        if hs.block is not None and hs.block.block > hs.multiple:
+            info(f"      runtime's channel block {hs.block.block} (grid {hs.multiple}): {hs.block.summary()}; "
+                 f"{len(hs.block_report()['groups_on_block'])} of {len(hs.widths)} groups keep multiples of it "
+                 "(--round-to N keeps the grid)")
         fit = hs.calibrate(mixed=search.calibration_mixed)
         state["hs"] = hs
     budget_ms = value * hs.baseline_ms if relative else value
@@ -137,7 +142,7 @@ def prune_to_budget(model: nn.Module, example: torch.Tensor, profile: dict[str, 
               "table": hs.table["meta"],
               "groups": [{"group": g.root_name, "width": w, "kept": c}
                          for g, w, c in zip(hs.graph.groups, hs.widths, tries[-1]["counts"])],
-              "staircase": staircase(hs)}
+              "staircase": staircase(hs), "channel_block": hs.block_report()}
     return result, report
 
 

@@ -20,10 +20,17 @@ and the search chooses counts at ``multiple`` — the channel multiple the build
 (``--round-to``, or the profile's multiple for the chosen precision), combined with a group's
 grouped-conv slices — never at a multiple read from the profile behind the caller's back;
 layers in ``ignored_layers`` (``--keep``) are never a group, so they keep every channel.
+With ``channel_block`` (the build sets it when the user gave no ``--round-to``) the runtime's channel
+block is read off the measured table (``measure.staircase``): where latency steps every 16 output
+channels on a grid of 8, a group at least two blocks wide keeps multiples of the block (lcm of its
+multiple and the block), since 40 channels cost what 48 cost; narrower groups keep their multiple.
+Every allocation — uniform candidates, schedules, random ones, floors, the knapsack's options — uses
+``multiples``, so all of them see the same grid.
 """
 from __future__ import annotations
 
 import copy
+import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +45,7 @@ from edgeprune.export import export_onnx
 from edgeprune.measure.paired import measure_paired
 from edgeprune.measure.predictor import Predictor
 from edgeprune.measure.protocol import MeasureSettings
+from edgeprune.measure.staircase import BlockEvidence, channel_block as find_channel_block
 from edgeprune.prune import check_options
 from edgeprune.prune.base import PruneContext, PruneResult, apply_counts, multiples, no_groups_error
 from edgeprune.prune.graph import PruneGraph
@@ -74,7 +82,9 @@ class HardwareSearch:
     multiple: int | None = None            # None: the profile's multiple for ``precision``
     ignored_layers: tuple[str, ...] = ()   # layers kept whole (module names or prefixes)
     device: Any = None                     # a connected RemoteDevice: table, compile and measure there
+    channel_block: bool = False            # read the runtime's channel block off the table; wide groups use it
     calibration: dict[str, Any] | None = field(default=None, init=False)  # what ``calibrate`` measured
+    block: BlockEvidence | None = field(default=None, init=False)       # the channel block found (``channel_block``)
     _reference: Path | None = field(default=None, init=False, repr=False)
     _reference_tmp: Any = field(default=None, init=False, repr=False)  # its TemporaryDirectory
 
@@ -96,6 +106,18 @@ class HardwareSearch:
                               device=self.device, multiple=self.multiple)
         self.plan, self.table = plan_with_units(self.graph.model, self.layer_plan, self.widths, build)
         self.predictor = Predictor(self.table["rows"], self.plan)
+        if self.channel_block:
+            self.block = find_channel_block(self.table["rows"].values(), self.multiple)
+            self.multiples = blocked_multiples(self.widths, self.multiples, self.block.block)
+
+    def block_report(self) -> dict[str, Any] | None:
+        """The channel block for the report: what was found, on which evidence, and which groups use it."""
+        if self.block is None:
+            return None
+        wide = [g.root_name for g, m, m0 in zip(self.graph.groups, self.multiples, multiples(self.graph, self.multiple))
+                if m != m0]
+        return {**self.block.to_dict(), "summary": self.block.summary(), "groups_on_block": wide,
+                "groups": len(self.widths)}
 
     def _graph(self) -> PruneGraph:
         return PruneGraph(copy.deepcopy(self.model).eval(), self.example, self.ignored_layers)
@@ -220,3 +242,15 @@ class HardwareSearch:
         records = apply_counts(graph, scores, found.counts)
         ratio = 1 - sum(found.counts) / sum(self.widths)
         return PruneResult(graph.model, method, ratio, self.multiple, records), found
+
+
+def blocked_multiples(widths: list[int], group_multiples: list[int], block: int) -> list[int]:
+    """Per group: lcm(its multiple, ``block``) where the group is at least two of those wide, else its multiple.
+
+    A narrower group keeps its finer choice (ResNet-20's 16-channel groups keep 8 on a block of 16):
+    one block would leave it nothing to cut."""
+    out = []
+    for w, m in zip(widths, group_multiples):
+        b = math.lcm(int(m), int(block))
+        out.append(b if w >= 2 * b else m)
+    return out
