@@ -38,7 +38,9 @@ Usage: python bench/hw_search.py --weights CKPT [--image-size PX] [--targets x86
 
 Control arms ``uniform+`` and ``tp+``: the uniform and Torch-Pruning arms' own models, fine-tuned for
 ``--ft-epochs`` plus the epochs of training the search's progressive candidate gets inside the search
-(8 steps x 30 mini-batches of 64, about 0.26 epoch), so the search's lead is not just more training.
+(8 steps x 30 mini-batches of 64, about 0.26 epoch), so the search's lead is not just more training. And
+``search+``: when the search's winner trained less than that inside the search (a one-shot candidate: not at
+all), its model fine-tuned by the difference, so that comparison is at equal total training both ways.
 """
 from __future__ import annotations
 
@@ -59,7 +61,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 THREADS, PRECISION = 1, "fp32"
-ARMS = ("knapsack", "greedy", "uniform", "tp", "gate", "uniform+", "tp+")
+ARMS = ("knapsack", "greedy", "uniform", "tp", "gate", "uniform+", "tp+", "search+")
 # "uniform+" and "tp+": the uniform and Torch-Pruning arms' own models fine-tuned longer by the training the
 # search's progressive candidate gets inside the search (``search_training_epochs``), so that the search's
 # advantage is not just more training. They share their arm's model, so its measured latency.
@@ -241,6 +243,20 @@ class Bench:
             log(f"      {CONTROLS[arm]}: top-1 {acc['top1']:.4f} after {self.args.ft_epochs} + {extra:.3f} epochs")
         return out
 
+    def search_control(self, model, search: dict, rows: list[dict]) -> list[dict]:
+        """``search+``: when the search's winner trained less inside the search than the controls' extra (a one-shot
+        candidate trained not at all), its model fine-tuned by the difference, so it meets uniform+ and tp+ at equal
+        total training too. No row when the winner had all of it."""
+        won = next((c for c in search["candidates"] if c["name"] == search["winner"]), {})
+        short = self.search_training_epochs() - (won.get("trained_images") or 0) / len(self.train_ds)
+        if short <= 1e-9:
+            return []
+        row = next(r for r in rows if r["arm"] == "knapsack")
+        acc = self.finetune(model, row["seed"], short)
+        log(f"      search+: top-1 {acc['top1']:.4f} after {self.args.ft_epochs} + {short:.3f} epochs")
+        return [{**{k: v for k, v in row.items() if k not in ("top1", "top1_after_prune")}, **acc,
+                 "arm": "search+", "name": row["name"] + "+", "extra_epochs": short}]
+
     def rebuild(self, row: dict, multiple: int):
         """The uniform or Torch-Pruning arm's model of a stored row (L1 channels at its counts; TP at its ratio)."""
         from edgeprune.prune.base import apply_counts
@@ -329,6 +345,7 @@ def run_target(bench: Bench, target: str) -> dict:
                 r["ratio_interval"] = bench.last_paired[r["name"]]["ratio_interval"]
                 r["baseline_ms_same_rounds"] = ms["base"]
             cell_rows += bench.controls({arm: cell[arm][0] for arm in CONTROLS}, cell_rows)
+            cell_rows += bench.search_control(k_model, k_search, cell_rows)
             rows += cell_rows
             base_ms.append(ms["base"])
             log("      measured: " + ", ".join(f"{r['arm']} {r['measured_ms']:.3f}" for r in cell_rows)
@@ -392,7 +409,7 @@ def plot(summary: list[dict], cases: list[dict], path: Path) -> None:
         return
     fig, axes = plt.subplots(1, len(targets), figsize=(6 * len(targets), 4.5), squeeze=False)
     for ax, target in zip(axes[0], targets):
-        for arm, marker in zip(ARMS, "osD^v<>"):
+        for arm, marker in zip(ARMS, "osD^v<>P"):
             pts = sorted((s for s in summary if s["target"] == target and s["arm"] == arm), key=lambda s: s["ratio_mean"])
             ax.errorbar([p["ratio_mean"] for p in pts], [p["top1_mean"] for p in pts],
                         yerr=[p["top1_std"] for p in pts], marker=marker, linestyle="-", capsize=3, label=arm)
