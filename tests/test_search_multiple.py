@@ -52,22 +52,28 @@ def _fake_row(profile, precision, threads, sig, ins, outs, rounds, timeout_s) ->
     return SigTable(sig, ins, outs, [[PER_MAC * i * o * area for o in outs] for i in ins])
 
 
-def _fake_measure(self, model: nn.Module, repeats: int = 2) -> float:
+def _fake_measure(self, model: nn.Module, repeats: int = 2, out=lambda c: c) -> float:
+    """The cost model's latency of ``model``; ``out`` maps a layer's output channels to what they cost."""
     total = 0.0
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
-            total += PER_MAC * m.in_channels * m.out_channels * m.kernel_size[0] * m.kernel_size[1] / m.groups
+            total += PER_MAC * m.in_channels * out(m.out_channels) * m.kernel_size[0] * m.kernel_size[1] / m.groups
         elif isinstance(m, nn.Linear):
-            total += PER_MAC * m.in_features * m.out_features
+            total += PER_MAC * m.in_features * out(m.out_features)
     return total
+
+
+def _install(monkeypatch, tmp_path, row, measure) -> None:
+    """The runtime replaced: table rows from ``row``, every model measured by ``measure``; a fresh cache."""
+    monkeypatch.setenv("EDGEPRUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(lut_build, "_measure_row", row)
+    monkeypatch.setattr(hardware.HardwareSearch, "measure_models",
+                        lambda self, models, rounds=2: {n: measure(self, m) for n, m in models.items()})
 
 
 @pytest.fixture
 def fake_runtime(monkeypatch, tmp_path):
-    monkeypatch.setenv("EDGEPRUNE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(lut_build, "_measure_row", _fake_row)
-    monkeypatch.setattr(hardware.HardwareSearch, "measure_models",
-                        lambda self, models, rounds=2: {n: _fake_measure(self, m) for n, m in models.items()})
+    _install(monkeypatch, tmp_path, _fake_row, _fake_measure)
 
 
 def _budget_run(round_to: int, keep: tuple[str, ...] = (), budget: str = "0.5x"):
@@ -165,22 +171,9 @@ def _stair_row(profile, precision, threads, sig, ins, outs, rounds, timeout_s) -
     return _fake_row(profile, precision, threads, sig, ins, outs, rounds, timeout_s)
 
 
-def _stair_measure(self, model: nn.Module) -> float:
-    total = 0.0
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            total += PER_MAC * m.in_channels * _stair(m.out_channels) * m.kernel_size[0] * m.kernel_size[1] / m.groups
-        elif isinstance(m, nn.Linear):
-            total += PER_MAC * m.in_features * _stair(m.out_features)
-    return total
-
-
 @pytest.fixture
 def stair_runtime(monkeypatch, tmp_path):
-    monkeypatch.setenv("EDGEPRUNE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(lut_build, "_measure_row", _stair_row)
-    monkeypatch.setattr(hardware.HardwareSearch, "measure_models",
-                        lambda self, models, rounds=2: {n: _stair_measure(self, m) for n, m in models.items()})
+    _install(monkeypatch, tmp_path, _stair_row, lambda self, m: _fake_measure(self, m, out=_stair))
 
 
 def test_search_reads_the_runtimes_channel_block_and_wide_groups_use_it(stair_runtime):
@@ -221,3 +214,11 @@ def test_a_linear_runtime_keeps_the_grid(fake_runtime):
                                  MeasureSettings(threads=1), progress=False, multiple=8, channel_block=True)
     assert hs.block.block == 8 and set(hs.multiples) == {8}
     assert hs.block_report()["groups_on_block"] == []
+
+
+def test_the_build_uses_the_block_only_without_round_to():
+    """``--round-to N`` is the user's grid everywhere; without it the build's search reads the runtime's block."""
+    from edgeprune.build import BuildConfig, search_settings
+
+    assert search_settings(BuildConfig(target="x86", data="fashion-mnist", out="x")).channel_block is True
+    assert search_settings(BuildConfig(target="x86", data="fashion-mnist", out="x", round_to=8)).channel_block is False
