@@ -257,8 +257,6 @@ class Allocator:
         the knapsack (the channels kept in each group still chosen by importance on the network as it stands).
         Returns the counts, the original index of every kept channel, the pruned model with its trained
         weights, and the trace."""
-        from edgeprune.train import train
-
         hs, s = self.hs, self.s
         model = copy.deepcopy(hs.model).eval()
         counts = list(self.widths)
@@ -269,13 +267,12 @@ class Allocator:
         # fine-tuning spent on channels a later step removes is lost, and on ResNet-18 at 0.35x one uniform cut
         # followed by all the training beat the same counts reached in 8 evenly spread cuts with the same training
         # (91.16 vs 90.57, bench/RESULTS.md §5, session 23).
-        cuts = max(1, math.ceil(steps * (1 - s.settle))) if train_last else steps
+        # Without training between steps there is nothing to settle: the cuts spread over every step.
+        cuts = max(1, math.ceil(steps * (1 - s.settle))) if train_last and batches > 0 else steps
         for step in range(1, steps + 1):
             if step > cuts:  # the network is final: train it
-                train(model, self.fit_ds, epochs=1.0, max_steps=batches, lr=s.step_lr, batch_size=s.batch_size,
-                      augment=False, progress=False, desc="search step", seed=self.ctx.seed + step)
-                model.eval()
                 trace.append({**trace[-1], "step": step, "cut": False})
+                self._train_step(model, batches, step)
                 continue
             aim = start - (start - budget_ms) * step / cuts
             graph = self._graph(model)
@@ -301,11 +298,18 @@ class Allocator:
             model = graph.model
             if (step < steps or train_last) and batches > 0:
                 recalibrate_bn(model, self.fit_ds, self.s.bn_images, seed=self.s.seed)
-                train(model, self.fit_ds, epochs=1.0, max_steps=batches, lr=s.step_lr,
-                      batch_size=s.batch_size, augment=False, progress=False, desc="search step",
-                      seed=self.ctx.seed + step)
+                self._train_step(model, batches, step)
             model.eval()
         return counts, ids, model, trace
+
+    def _train_step(self, model: nn.Module, batches: int, step: int) -> None:
+        """A schedule step's fine-tune: ``batches`` mini-batches at the step lr (cosine within the step)."""
+        from edgeprune.train import train
+
+        s = self.s
+        train(model, self.fit_ds, epochs=1.0, max_steps=batches, lr=s.step_lr, batch_size=s.batch_size,
+              augment=False, progress=False, desc="search step", seed=self.ctx.seed + step)
+        model.eval()
 
     def _fill(self, scores: list[np.ndarray], aim: float, floor: list[int], current: list[int]) -> list[int]:
         """``floor`` (a uniform cut) topped up towards ``aim`` by the knapsack: channels (at most ``current``) go
