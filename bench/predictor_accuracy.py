@@ -3,8 +3,8 @@
 Per target runtime and model: build the target's latency table for the model (timed, in a
 child process so a table that takes too long can be abandoned), calibrate the predictor the
 way the ``--budget-ms`` driver does (``HardwareSearch.calibrate``: the unpruned model plus
-uniformly pruned and mixed variants, measured paired against the unpruned model, plus its measured
-per-group correction), then draw N random pruned variants
+uniformly pruned and mixed variants, measured paired against the unpruned model, with its weight term and
+measured per-group correction where leave-one-out error chooses them), then draw N random pruned variants
 (every group's kept count drawn uniformly from the target's channel-multiple grid between
 ``min_keep`` and full width, seed fixed). Every variant is exported, compiled and measured
 paired against the unpruned model with the calibration's models among them (``measure.paired``:
@@ -13,7 +13,8 @@ the unpruned model times the calibration's baseline figure, as the search itself
 
 Reported per variant: predicted (calibrated), raw table sum (uncalibrated) and measured ms.
 Per case: share of variants whose prediction is within +/-10% of the measurement, median
-and max |error|, the same for the raw sum, the best a straight line through the raw sums
+and max |error|, the same for the predictor calibrated on the same models without the weight term (side by
+side: the predictor before session 26) and for the raw sum, the best a straight line through the raw sums
 could do (fit on all variants, in-sample: separates the table's shape error from the
 calibration's noise), table build time and points measured.
 
@@ -28,6 +29,7 @@ Usage: python bench/predictor_accuracy.py [--targets x86,arm64,arm64-mnn] [--mod
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import os
@@ -194,6 +196,10 @@ def run_case(target: str, model_name: str, args) -> dict:
                      "ratio_interval": r["ratio_interval"], "spread": r["burst_spread"]})
     meas = [r["measured_ms"] for r in rows]
     raw = [r["raw_ms"] for r in rows]
+    # side by side: the same calibration fitted without the weight term (the predictor before session 26)
+    no_weights = copy.copy(hs.predictor)
+    no_weights.weight_layers = None
+    no_weights.calibrate(hs.samples)
     a, b = np.polyfit(raw, meas, 1)
     # the same calibration models, but fitted on their figures from this paired measurement
     cal_raw = [hs.predictor.raw_ms(c) for c, _ in hs.samples]
@@ -207,6 +213,7 @@ def run_case(target: str, model_name: str, args) -> dict:
                                              "calibration_paired_ms": cal_meas},
         "calibrated": error_stats([r["predicted_ms"] for r in rows], meas),
         "raw_sum": error_stats(raw, meas),
+        "no_weight_term": error_stats([no_weights.predict(r["counts"]) for r in rows], meas),
         "interleaved_calibration": {"scale": float(ia), "offset_ms": float(ib), **error_stats([ia * x + ib for x in raw], meas)},
         "best_line": {"scale": float(a), "offset_ms": float(b), **error_stats([a * x + b for x in raw], meas)},
         "noise_median_spread": statistics.median(r["spread"] for r in rows),
@@ -224,22 +231,25 @@ def pct(x: float) -> str:
 def summary_table(cases: list[dict]) -> str:
     head = ("| target (runtime) | model | table build | points measured | variants | measured range ms | "
             "calibrated: within ±10% | median abs err | max err | "
+            "without the weight term: within ±10% / median | "
             "raw sum: within ±10% | median abs err | max err | "
             "calibration models' line from the same paired measurement: within ±10% / median | "
             "best line (in-sample): within ±10% / median | noise (median max/min of a variant's bursts) |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for c in cases:
         tag = f"{c['target']} ({c['runtime']})"
         if not c["table"]["ok"]:
-            lines.append(f"| {tag} | {c['model']} | {c['table']['why']} |" + " — |" * 12)
+            lines.append(f"| {tag} | {c['model']} | {c['table']['why']} |" + " — |" * 13)
             continue
         cal, raw, best, inter = c["calibrated"], c["raw_sum"], c["best_line"], c["interleaved_calibration"]
         lo, hi = c["measured_range_ms"]
+        nw = c.get("no_weight_term")  # runs before session 26 had no weight term
+        nw = f"{100 * nw['within_10pct']:.0f}% / {nw['median_abs_pct']:.1f}%" if nw else "—"
         lines.append(
             f"| {tag} | {c['model']} | {c['table']['seconds']:.0f} s | {c['table']['meta']['points_measured']} | "
             f"{len(c['variants'])} | {lo:.3f}–{hi:.3f} | {100 * cal['within_10pct']:.0f}% | "
-            f"{cal['median_abs_pct']:.1f}% | {pct(cal['max_signed_pct'])} | {100 * raw['within_10pct']:.0f}% | "
+            f"{cal['median_abs_pct']:.1f}% | {pct(cal['max_signed_pct'])} | {nw} | {100 * raw['within_10pct']:.0f}% | "
             f"{raw['median_abs_pct']:.1f}% | {pct(raw['max_signed_pct'])} | "
             f"{100 * inter['within_10pct']:.0f}% / {inter['median_abs_pct']:.1f}% | "
             f"{100 * best['within_10pct']:.0f}% / {best['median_abs_pct']:.1f}% | {c['noise_median_spread']:.2f}x |")
@@ -252,7 +262,8 @@ def detail_table(c: dict) -> str:
     lines = [f"#### {c['target']} ({c['runtime']}), {c['model']} {c['input_shape']}, channel multiple "
              f"{c['channel_multiple']}, widths {c['widths']}",
              "",
-             f"Calibration (driver's `calibrate()`): scale {fit['scale']:.3f}, offset {fit['offset_ms']:+.3f} ms, from "
+             f"Calibration (driver's `calibrate()`): scale {fit['scale']:.3f}, offset {fit['offset_ms']:+.3f} ms, "
+             f"weight term {fit.get('weight_ms_per_million', 0.0):.4f} ms per million weights, from "
              + ", ".join(f"{s['ms']:.3f} ms" for s in fit["measured"]) + " (unpruned, uniform and mixed variants, "
              f"paired measurement). Unpruned model: {base['calibration_ms']:.3f} ms at calibration (every figure below "
              f"is a ratio to it, measured paired, times this), {base['quiet_ms']:.3f} ms quiet-phase p50 in the "

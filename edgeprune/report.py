@@ -160,8 +160,10 @@ def _search_section(report: dict[str, Any]) -> list[str]:
         "ratio; on a device, alternating fresh processes): rounds are added until the interval for the median per-round figure lies wholly on one side of "
         "the budget, or the cap is reached (then \"undecided\": the difference is within the noise).",
         "", attempts, "",
-        f"Predictor: sum of per-layer table latencies x {fit['scale']:.3f} {fit['offset_ms']:+.3f} ms, fitted on "
-        f"{fit['samples']} whole-model measurements. Table: {table['sampling']}; statistic: {table['statistic']}; "
+        f"Predictor: sum of per-layer table latencies x {fit['scale']:.3f} {fit['offset_ms']:+.3f} ms"
+        + (f" + {fit['weight_ms_per_million']:.3f} ms per million weights (weights streamed from memory, which the "
+           "table's one-layer micro-benchmarks keep in cache)" if fit.get("weight_ms_per_million") else "")
+        + f", fitted on {fit['samples']} whole-model measurements. Table: {table['sampling']}; statistic: {table['statistic']}; "
         f"{table['rows_measured']} rows measured, {table['rows_from_cache']} from cache ({table['cache_dir']}).",
         "", "![staircase](staircase.png)", "",
     ]

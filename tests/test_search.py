@@ -130,6 +130,34 @@ def test_predictor_calibration_fits_a_line(tiny_plan, real_table):
     assert pred.predict(full) == pytest.approx(2 * raw_full + 0.1)
 
 
+def test_the_weight_term_prices_weights_the_micro_benchmarks_kept_in_cache():
+    """Constructed: the 'runtime' charges for every weight of the allocation on top of the table (weights streamed
+    from memory, which a micro-benchmark of one layer never does). The predictor with the model's layers fits that
+    term from the calibration's twelve models and prices new mixed allocations far better than the line alone;
+    where the runtime charges nothing for weights, the term stays off."""
+    graph = PruneGraph(build_model("resnet20", num_classes=10, in_channels=1).eval(), torch.zeros(1, 1, 28, 28))
+    plan = build_plan(graph)
+    pred = _staircase_predictor(plan)
+    pred.weight_layers = plan
+    widths = [g.channels for g in graph.groups]
+    per_million = 0.4 * pred.raw_ms(widths) / pred.weights_m(widths)  # weights: 40% of the table's full sum
+    truth = lambda c: 1.1 * pred.raw_ms(c) + 0.02 + per_million * pred.weights_m(c)
+    rng = np.random.default_rng(0)
+    draw = lambda: [int(rng.choice(channel_grid(w, 4)[len(channel_grid(w, 4)) // 4:])) for w in widths]
+    samples = [(widths, truth(widths))] + [(c, truth(c)) for c in (draw() for _ in range(11))]
+    line_only = Predictor(pred.rows, pred.layers)
+    line_only.calibrate(samples)
+    fit = pred.calibrate(samples)
+    assert fit["weight_ms_per_million"] == pytest.approx(per_million, rel=1e-6)
+    new = [draw() for _ in range(30)]
+    err = lambda p: max(abs(p.predict(c) - truth(c)) / truth(c) for c in new)
+    assert err(pred) < 1e-6 < err(line_only)
+    table_only = lambda c: 1.1 * pred.raw_ms(c) + 0.02
+    fit = pred.calibrate([(c, table_only(c)) for c, _ in samples])
+    assert fit["weight_ms_per_million"] == 0.0 and pred.weight_ms == 0.0
+    assert pred.predict(new[0]) == pytest.approx(table_only(new[0]))
+
+
 def test_measured_correction_learns_what_the_table_misprices():
     """Constructed: the 'runtime' charges 30% of the baseline extra for every share of group 2 removed (a layout
     the table cannot see). With the calibration alone the line is used as is; once enough models are measured

@@ -1,6 +1,6 @@
 """Whole-model latency from the lookup table: sum of layer latencies, corrected by a fitted line.
 
-predicted(counts) = scale * sum_L table[L.sig](in_c(L), out_c(L)) + offset_ms
+predicted(counts) = scale * sum_L table[L.sig](in_c(L), out_c(L)) + weight_ms * weights(counts) + offset_ms
 
 L runs over the plan's entries: layers, and fused units where the runtime fuses a chain of
 layers (``search.units``: the unit's row replaces its layers'). Table figures are net of each
@@ -8,6 +8,15 @@ micro-model's own input/output cost (``measure.lut_rows``), so the sum is close 
 compute; it still misses what micro-benchmarks cannot see (pooling, additions outside units,
 memory traffic between units, the runtime's per-inference overhead); ``calibrate`` fits ``scale`` and ``offset_ms`` by least squares on whole-model
 measurements (at least the unpruned model; more variants give a better line).
+The *weight term* (``weight_ms`` per million weights of the allocation, counted on the unfused layers
+``weight_layers``) prices what a micro-benchmark cannot see by construction: it times one layer again and
+again, so that layer's weights stay in the cache, while a whole model whose weights outgrow the cache streams
+them from memory on every inference. On ResNet-18 at 96 px on OpenVINO (45 MB of fp32 weights, a 32-MB L3) the
+table sum under-priced the allocations that keep the wide late layers (3x3 maps: a few MACs per weight) by
+7-23%; fitted on the same 12 calibration models, the term cut the median error on 63 search candidates from
+9.3% to 4.0% and its bias from -9.8% to -1.5%, and on 30 random variants measured on another machine (session
+23) from 11.9% to 6.4%, both times at 0.043-0.047 ms per million weights (bench/RESULTS.md §4). It is fitted
+only where it predicts held-out models better (leave-one-out, as the correction below) and comes out positive.
 Once enough models are measured (``RESIDUAL_MIN_SAMPLES``: the calibration plus a search's candidates), a
 *measured correction* is added: a ridge regression of what the line still misses on each group's cut share
 (1 - count/width), so the allocations the table misprices (a layout that suits some widths and not others,
@@ -35,6 +44,8 @@ class Predictor:
     fit: dict[str, Any] = field(default_factory=dict)
     residual: np.ndarray | None = None   # the measured correction's weights, one per group (None: not used)
     widths: np.ndarray | None = None
+    weight_layers: Sequence[Any] | None = None  # the unfused layers whose weights the weight term counts
+    weight_ms: float = 0.0                  # ms per million weights (0: no weight term)
 
     def layer_ms(self, counts: Sequence[int]) -> list[float]:
         out = []
@@ -46,8 +57,20 @@ class Predictor:
     def raw_ms(self, counts: Sequence[int]) -> float:
         return float(sum(self.layer_ms(counts)))
 
+    def weights_m(self, counts: Sequence[int]) -> float:
+        """Millions of weights of the allocation (0 without ``weight_layers``): per layer in x out x kernel area,
+        out x kernel area for a depthwise one."""
+        total = 0
+        for layer in self.weight_layers or ():
+            cin, cout = layer.channels(list(counts))
+            area = int(np.prod(layer.sig.kernel))
+            total += cout * area if layer.sig.kind == "depthwise" else cin * cout * area
+        return total / 1e6
+
     def predict(self, counts: Sequence[int]) -> float:
         base = self.scale * self.raw_ms(counts) + self.offset_ms
+        if self.weight_ms:
+            base += self.weight_ms * self.weights_m(counts)
         if self.residual is None:
             return base
         return base + float(np.dot(self._cuts(counts), self.residual))
@@ -60,12 +83,24 @@ class Predictor:
         correction when there are enough pairs (see the module docstring)."""
         raw = np.array([self.raw_ms(c) for c, _ in samples])
         meas = np.array([m for _, m in samples])
+        self.weight_ms, loo = 0.0, None
         if len(samples) == 1 or np.ptp(raw) < 1e-9:
             self.scale, self.offset_ms = 1.0, float(np.mean(meas - raw))
         else:
             a, b = np.polyfit(raw, meas, 1)
             self.scale, self.offset_ms = float(a), float(b)
+            if self.weight_layers and len(samples) >= WEIGHT_MIN_SAMPLES:
+                wts = np.array([self.weights_m(c) for c, _ in samples])
+                loo = _loo_error(np.column_stack([raw, np.ones_like(raw)]), meas)
+                x = np.column_stack([raw, wts, np.ones_like(raw)])
+                (a2, w2, b2), *_ = np.linalg.lstsq(x, meas, rcond=None)
+                with_weights = _loo_error(x, meas)
+                if a2 > 0 and w2 > 0 and with_weights < loo - 1e-12:
+                    self.scale, self.weight_ms, self.offset_ms, loo = float(a2), float(w2), float(b2), with_weights
         line = self.scale * raw + self.offset_ms
+        if self.weight_ms:
+            line = line + self.weight_ms * np.array([self.weights_m(c) for c, _ in samples])
+        line_loo = loo
         self.residual, alpha, loo = None, None, float(np.mean(np.abs(line - meas) / meas))
         pred = line
         if len(samples) >= RESIDUAL_MIN_SAMPLES:
@@ -75,6 +110,7 @@ class Predictor:
             if self.residual is not None:
                 pred = line + x @ self.residual
         self.fit = {"samples": len(samples), "scale": self.scale, "offset_ms": self.offset_ms,
+                    "weight_ms_per_million": self.weight_ms, "line_loo_mean_rel_error": line_loo,
                     "max_rel_error": float(np.max(np.abs(pred - meas) / meas)),
                     "correction": None if self.residual is None else
                     {"kind": "ridge on per-group cut shares", "alpha": alpha, "loo_mean_rel_error": loo}}
@@ -82,7 +118,18 @@ class Predictor:
 
 
 RESIDUAL_MIN_SAMPLES = 8
+WEIGHT_MIN_SAMPLES = 5   # the line with the weight term has three coefficients: leave-one-out needs a few more
 RIDGE_ALPHAS = (0.01, 0.1, 1.0, 10.0)
+
+
+def _loo_error(x: np.ndarray, y: np.ndarray) -> float:
+    """Leave-one-out mean relative error of the least-squares fit of ``y`` on the columns of ``x``."""
+    errs = []
+    for i in range(len(y)):
+        keep = np.arange(len(y)) != i
+        w, *_ = np.linalg.lstsq(x[keep], y[keep], rcond=None)
+        errs.append(abs(float(x[i] @ w) - y[i]) / y[i])
+    return float(np.mean(errs))
 
 
 def _ridge_loo(x: np.ndarray, r: np.ndarray, meas: np.ndarray, no_correction_error: float

@@ -105,7 +105,7 @@ class HardwareSearch:
         build = table_builder(self.profile, self.precision, self.threads, progress=self.progress,
                               device=self.device, multiple=self.multiple)
         self.plan, self.table = plan_with_units(self.graph.model, self.layer_plan, self.widths, build)
-        self.predictor = Predictor(self.table["rows"], self.plan)
+        self.predictor = Predictor(self.table["rows"], self.plan, weight_layers=self.layer_plan)
         if self.channel_block:
             self.block = find_channel_block(self.table["rows"].values(), self.multiple)
             self.multiples = blocked_multiples(self.widths, self.multiples, self.block.block)
