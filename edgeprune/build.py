@@ -34,7 +34,7 @@ from edgeprune.loading import check_out_dir, check_ratio, count_flops_params, lo
 from edgeprune.models.checkpoint import save_checkpoint
 from edgeprune.measure.decide import Question, describe
 from edgeprune.measure.protocol import MeasureSettings, RoundPolicy, measure_paired_rounds
-from edgeprune.profiles import load_profile, resolve_threads
+from edgeprune.profiles import channel_multiple, load_profile, resolve_threads
 from edgeprune.prune import check_options, prune_model
 from edgeprune.prune.base import PruneContext
 from edgeprune.prune.graph import kept_layers
@@ -158,11 +158,6 @@ def _check_device(device: Any, runtime: str) -> None:
     from edgeprune.remote.checked import require_device_runtime
 
     require_device_runtime(device, runtime)
-
-
-def channel_multiple(profile: dict[str, Any]) -> int:
-    """The profile's channel multiple for its chosen precision (e.g. ``int8_channel_multiple``), else the default."""
-    return int(profile.get(f"{profile['precision']}_channel_multiple", profile["channel_multiple"]))
 
 
 def _describe_model(model, input_shape, accuracy: float | None) -> dict[str, Any]:

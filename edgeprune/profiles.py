@@ -172,6 +172,13 @@ def load_profile(name: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
     return data
 
 
+def channel_multiple(profile: dict[str, Any], precision: str | None = None) -> int:
+    """The profile's channel multiple for ``precision`` (default: the profile's chosen ``precision``), e.g.
+    ``int8_channel_multiple``, else its ``channel_multiple``."""
+    precision = precision or profile.get("precision") or profile["default_precision"]
+    return int(profile.get(f"{precision}_channel_multiple", profile["channel_multiple"]))
+
+
 def resolve_threads(profile: dict[str, Any], override: int | None = None, cores: int | None = None) -> int:
     """Thread count to use: the override, else the profile's, where 0 means all cores.
 

@@ -13,10 +13,11 @@ The *weight term* (``weight_ms`` per million weights of the allocation, counted 
 again, so that layer's weights stay in the cache, while a whole model whose weights outgrow the cache streams
 them from memory on every inference. On ResNet-18 at 96 px on OpenVINO (45 MB of fp32 weights, a 32-MB L3) the
 table sum under-priced the allocations that keep the wide late layers (3x3 maps: a few MACs per weight) by
-7-23%; fitted on the same 12 calibration models, the term cut the median error on 63 search candidates from
-9.3% to 4.0% and its bias from -9.8% to -1.5%, and on 30 random variants measured on another machine (session
-23) from 11.9% to 6.4%, both times at 0.043-0.047 ms per million weights (bench/RESULTS.md §4). It is fitted
-only where it predicts held-out models better (leave-one-out, as the correction below) and comes out positive.
+7-23%; fitted on the same 12 calibration models, the term took the search candidates within ±10% from 57% to
+92% (63 of session 25's, median error 9.0% -> 4.0%, bias -8.8% -> -1.5%), and 30 random variants measured side
+by side in session 26 from 53% to 60% (median 9.2% -> 6.1%), at 0.17-0.19 ms per million weights on two
+machines (bench/RESULTS.md §4). It is fitted only where it predicts held-out models better (leave-one-out, as
+the correction below) and comes out positive.
 Once enough models are measured (``RESIDUAL_MIN_SAMPLES``: the calibration plus a search's candidates), a
 *measured correction* is added: a ridge regression of what the line still misses on each group's cut share
 (1 - count/width), so the allocations the table misprices (a layout that suits some widths and not others,

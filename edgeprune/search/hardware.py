@@ -46,6 +46,7 @@ from edgeprune.measure.paired import measure_paired
 from edgeprune.measure.predictor import Predictor
 from edgeprune.measure.protocol import MeasureSettings
 from edgeprune.measure.staircase import BlockEvidence, channel_block as find_channel_block
+from edgeprune.profiles import channel_multiple
 from edgeprune.prune import check_options
 from edgeprune.prune.base import PruneContext, PruneResult, apply_counts, multiples, no_groups_error
 from edgeprune.prune.graph import PruneGraph
@@ -90,8 +91,7 @@ class HardwareSearch:
 
     def __post_init__(self) -> None:
         if self.multiple is None:
-            default = self.profile["channel_multiple"]
-            self.multiple = int(self.profile.get(f"{self.precision}_channel_multiple", default))
+            self.multiple = channel_multiple(self.profile, self.precision)
         if isinstance(self.multiple, bool) or not isinstance(self.multiple, int) or self.multiple < 1:
             raise UserInputError(f"channel multiple must be a positive whole number, got {self.multiple!r}",
                                  "pass e.g. --round-to 8")
