@@ -84,7 +84,8 @@ class Predictor:
         correction when there are enough pairs (see the module docstring)."""
         raw = np.array([self.raw_ms(c) for c, _ in samples])
         meas = np.array([m for _, m in samples])
-        self.weight_ms, loo = 0.0, None
+        self.weight_ms, line_loo = 0.0, None
+        line = None
         if len(samples) == 1 or np.ptp(raw) < 1e-9:
             self.scale, self.offset_ms = 1.0, float(np.mean(meas - raw))
         else:
@@ -92,16 +93,15 @@ class Predictor:
             self.scale, self.offset_ms = float(a), float(b)
             if self.weight_layers and len(samples) >= WEIGHT_MIN_SAMPLES:
                 wts = np.array([self.weights_m(c) for c, _ in samples])
-                loo = _loo_error(np.column_stack([raw, np.ones_like(raw)]), meas)
+                line_loo = _loo_error(np.column_stack([raw, np.ones_like(raw)]), meas)
                 x = np.column_stack([raw, wts, np.ones_like(raw)])
                 (a2, w2, b2), *_ = np.linalg.lstsq(x, meas, rcond=None)
                 with_weights = _loo_error(x, meas)
-                if a2 > 0 and w2 > 0 and with_weights < loo - 1e-12:
-                    self.scale, self.weight_ms, self.offset_ms, loo = float(a2), float(w2), float(b2), with_weights
-        line = self.scale * raw + self.offset_ms
-        if self.weight_ms:
-            line = line + self.weight_ms * np.array([self.weights_m(c) for c, _ in samples])
-        line_loo = loo
+                if a2 > 0 and w2 > 0 and with_weights < line_loo - 1e-12:
+                    self.scale, self.weight_ms, self.offset_ms = float(a2), float(w2), float(b2)
+                    line_loo, line = with_weights, x @ np.array([a2, w2, b2])
+        if line is None:
+            line = self.scale * raw + self.offset_ms
         self.residual, alpha, loo = None, None, float(np.mean(np.abs(line - meas) / meas))
         pred = line
         if len(samples) >= RESIDUAL_MIN_SAMPLES:
