@@ -12,6 +12,11 @@ alternating bursts in one process, ``--rounds`` processes); a variant's figure i
 the unpruned model times the calibration's baseline figure, as the search itself measures.
 
 Reported per variant: predicted (calibrated), raw table sum (uncalibrated) and measured ms.
+Side by side (``--calibrations``): the unpruned and uniform models with each kind of mixed calibration models
+(``search.hardware.mixed_counts``: halves, random depths, every group random), all measured in the variants' paired
+run and each fitted on that run's figures, so the sets differ only in which models they measured ("random-all" is
+drawn like the variants, with another seed). ``--candidates`` adds a second test set: the allocations a
+bench/hw_search.py run's search measured (what the predictor steers in practice, not random draws).
 Per case: share of variants whose prediction is within +/-10% of the measurement, median
 and max |error|, the same for the predictor calibrated on the same models without the weight term (side by
 side: the predictor before session 26) and for the raw sum, the best a straight line through the raw sums
@@ -25,6 +30,7 @@ not depend on its weights).
 
 Usage: python bench/predictor_accuracy.py [--targets x86,arm64,arm64-mnn] [--models resnet20,mobilenet_v2]
            [--variants 30] [--rounds 3] [--table-limit-min 25] [--cache DIR] [--out bench/results]
+           [--calibrations halves,random,random-all] [--candidates bench/results/.../hw_search.json]
 """
 from __future__ import annotations
 
@@ -132,10 +138,10 @@ def error_stats(pred: list[float], meas: list[float]) -> dict:
             "max_abs_pct": abs(worst), "max_signed_pct": worst, "mean_signed_pct": statistics.fmean(err)}
 
 
-def measure_variants(hs, variants: list[list[int]], rounds: int) -> tuple[dict, float, float]:
-    """Compile every variant (+ 'cal0', 'cal1', ...: the calibration's models, 'cal0' the unpruned one) and
-    measure them all paired against 'cal0' (``measure.paired``: alternating bursts in one process, ``rounds``
-    processes), on the calibration's scale (each figure is its ratio to the unpruned model times
+def measure_variants(hs, variants: dict[str, list[int]], rounds: int) -> tuple[dict, float, float]:
+    """Compile every variant (name -> counts; + 'cal0', 'cal1', ...: the calibration's models, 'cal0' the unpruned
+    one) and measure them all paired against 'cal0' (``measure.paired``: alternating bursts in one process,
+    ``rounds`` processes), on the calibration's scale (each figure is its ratio to the unpruned model times
     ``hs.baseline_ms``, as in the search); name -> result."""
     from edgeprune.measure.paired import measure_paired
 
@@ -146,9 +152,9 @@ def measure_variants(hs, variants: list[list[int]], rounds: int) -> tuple[dict, 
         for j, (counts, _) in enumerate(hs.samples):
             model = hs.model if counts == hs.widths else hs.prune_counts(counts, ones)
             arts[f"cal{j}"] = compile_model(hs, model, Path(tmp) / f"cal{j}")
-        for i, counts in enumerate(variants):
-            log(f"      compiling variant {i + 1}/{len(variants)}")
-            arts[f"v{i}"] = compile_model(hs, hs.prune_counts(counts, ones), Path(tmp) / f"v{i}")
+        for i, (name, counts) in enumerate(variants.items()):
+            log(f"      compiling variant {i + 1}/{len(variants)} ({name})")
+            arts[name] = compile_model(hs, hs.prune_counts(counts, ones), Path(tmp) / name)
         compile_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         res = measure_paired(arts, hs.settings, rounds=rounds, reference="cal0", reference_ms=hs.baseline_ms)
@@ -158,7 +164,7 @@ def measure_variants(hs, variants: list[list[int]], rounds: int) -> tuple[dict, 
 def run_case(target: str, model_name: str, args) -> dict:
     from edgeprune.measure.protocol import MeasureSettings
     from edgeprune.profiles import load_profile
-    from edgeprune.search.hardware import HardwareSearch
+    from edgeprune.search.hardware import CALIBRATION_MIXED, HardwareSearch, mixed_counts
 
     profile = load_profile(target)
     case = {"target": target, "runtime": profile["runtime"], "model": model_name,
@@ -186,8 +192,25 @@ def run_case(target: str, model_name: str, args) -> dict:
     multiple = int(profile["channel_multiple"])
     rng = np.random.default_rng(args.seed)
     variants = [random_counts(rng, hs.widths, multiple, 0.1) for _ in range(args.variants)]
-    log(f"   {len(variants)} random variants: compile, then {args.rounds} paired processes")
-    res, compile_s, measure_s = measure_variants(hs, variants, args.rounds)
+    named = {f"v{i}": c for i, c in enumerate(variants)}
+    # side by side: other calibration sets (the same unpruned and uniform models, other mixed models), measured in
+    # the same paired run as the variants, so every calibration below is fitted on figures of one measurement
+    base_cal = [c for c, _ in hs.samples if not _is_mixed(c, hs)]
+    alt_sets = {}
+    for kind in [k for k in args.calibrations.split(",") if k]:
+        counts_list = list(base_cal)
+        for i, c in enumerate(mixed_counts(hs.widths, hs.multiples, CALIBRATION_MIXED, kind)):
+            if c not in counts_list:
+                counts_list.append(c)
+                if c not in [m for m, _ in hs.samples] and c not in named.values():  # measure each model once
+                    named[f"alt-{kind}-{i}"] = c
+        alt_sets[kind] = counts_list
+    candidates = load_candidates(args.candidates, hs.widths, args.candidates_max, args.seed) if args.candidates else []
+    named.update({f"cand{i}": c for i, c in enumerate(candidates)})
+    log(f"   {len(variants)} random variants, {len(candidates)} search candidates, "
+        f"{len(named) - len(variants) - len(candidates)} other calibration models: compile, then {args.rounds} "
+        "paired processes")
+    res, compile_s, measure_s = measure_variants(hs, named, args.rounds)
     rows = []
     for i, counts in enumerate(variants):
         r = res[f"v{i}"]
@@ -205,6 +228,27 @@ def run_case(target: str, model_name: str, args) -> dict:
     cal_raw = [hs.predictor.raw_ms(c) for c, _ in hs.samples]
     cal_meas = [res[f"cal{j}"]["p50_ms"] for j in range(len(hs.samples))]
     ia, ib = np.polyfit(cal_raw, cal_meas, 1)
+    figure = {}  # counts -> this run's paired figure
+    for j, (c, _) in enumerate(hs.samples):
+        figure[tuple(c)] = res[f"cal{j}"]["p50_ms"]
+    for name, c in named.items():
+        figure.setdefault(tuple(c), res[name]["p50_ms"])
+    cand_meas = [res[f"cand{i}"]["p50_ms"] for i in range(len(candidates))]
+    side = {}
+    for kind, counts_list in alt_sets.items():
+        pred = copy.copy(hs.predictor)
+        fit = pred.calibrate([(c, figure[tuple(c)]) for c in counts_list])
+        side[kind] = {"models": len(counts_list), "weight_ms_per_million": fit["weight_ms_per_million"],
+                      "correction": fit["correction"],
+                      "variants": error_stats([pred.predict(c) for c in variants], meas)}
+        if candidates:
+            side[kind]["candidates"] = error_stats([pred.predict(c) for c in candidates], cand_meas)
+    if candidates:
+        case["candidates"] = {"source": args.candidates, "rows": [
+            {"counts": c, "predicted_ms": hs.predictor.predict(c), "measured_ms": m} for c, m in zip(candidates, cand_meas)],
+            "calibrated": error_stats([hs.predictor.predict(c) for c in candidates], cand_meas),
+            "no_weight_term": error_stats([no_weights.predict(c) for c in candidates], cand_meas)}
+    case["calibration_sets"] = side
     case.update({
         "widths": hs.widths, "channel_multiple": multiple, "variants": rows, "compile_s": compile_s,
         "measure_s": measure_s, "baseline": {"calibration_ms": hs.baseline_ms,
@@ -221,7 +265,43 @@ def run_case(target: str, model_name: str, args) -> dict:
         "measured_range_ms": [min(meas), max(meas)]})
     log(f"   calibrated: {100 * case['calibrated']['within_10pct']:.0f}% within 10%, "
         f"median |err| {case['calibrated']['median_abs_pct']:.1f}%")
+    for kind, r in side.items():
+        log(f"   calibration set '{kind}' (same paired run): variants {100 * r['variants']['within_10pct']:.0f}% / "
+            f"{r['variants']['median_abs_pct']:.1f}%" + (f", candidates {100 * r['candidates']['within_10pct']:.0f}% / "
+                                                         f"{r['candidates']['median_abs_pct']:.1f}%" if candidates else ""))
     return case
+
+
+def _is_mixed(counts: list[int], hs) -> bool:
+    """Whether a calibration sample is one of its mixed models (neither unpruned nor uniformly pruned)."""
+    from edgeprune.prune.select import uniform_counts
+    from edgeprune.search.hardware import CALIBRATION_RATIOS
+
+    uniform = [uniform_counts(hs.widths, r, multiples=hs.multiples) for r in CALIBRATION_RATIOS]
+    return counts != hs.widths and counts not in uniform
+
+
+def load_candidates(paths: str, widths: list[int], limit: int, seed: int) -> list[list[int]]:
+    """The distinct allocations (kept counts per group) of bench/hw_search.py results' search candidates (paths
+    comma-separated) whose group count and widths fit ``widths``: a second test set, shaped like what the search
+    measures; at most ``limit`` of them, drawn with ``seed`` when there are more."""
+    out: list[list[int]] = []
+    for path in paths.split(","):
+        _collect_candidates(json.loads(Path(path).read_text()), widths, out)
+    if len(out) > limit:
+        keep = sorted(np.random.default_rng(seed).choice(len(out), size=limit, replace=False))
+        out = [out[i] for i in keep]
+    return out
+
+
+def _collect_candidates(data: dict, widths: list[int], out: list[list[int]]) -> None:
+    for case in data.get("cases", []):
+        for row in case.get("rows", []):
+            for cand in row.get("candidates") or []:
+                c = cand.get("counts")
+                if c and len(c) == len(widths) and all(0 < k <= w for k, w in zip(c, widths)) and c not in out \
+                        and c != widths:
+                    out.append([int(k) for k in c])
 
 
 def pct(x: float) -> str:
@@ -254,6 +334,22 @@ def summary_table(cases: list[dict]) -> str:
             f"{100 * inter['within_10pct']:.0f}% / {inter['median_abs_pct']:.1f}% | "
             f"{100 * best['within_10pct']:.0f}% / {best['median_abs_pct']:.1f}% | {c['noise_median_spread']:.2f}x |")
     return "\n".join(lines)
+
+
+def calibration_sets_table(cases: list[dict]) -> str:
+    """The calibration sets fitted side by side on one paired run: share within ±10% / median |error|."""
+    lines = ["| target (runtime) | model | calibration's mixed models | models | weight term ms/M | correction | "
+             "random variants: within ±10% / median | search candidates: within ±10% / median |",
+             "|---|---|---|---|---|---|---|---|"]
+    for c in cases:
+        for kind, r in (c.get("calibration_sets") or {}).items():
+            v, cand = r["variants"], r.get("candidates")
+            corr = r["correction"]
+            lines.append(f"| {c['target']} ({c['runtime']}) | {c['model']} | {kind} | {r['models']} | "
+                         f"{r['weight_ms_per_million']:.3f} | {'alpha ' + format(corr['alpha'], 'g') if corr else 'none'} | "
+                         f"{100 * v['within_10pct']:.0f}% / {v['median_abs_pct']:.1f}% | "
+                         + (f"{100 * cand['within_10pct']:.0f}% / {cand['median_abs_pct']:.1f}% |" if cand else "— |"))
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def detail_table(c: dict) -> str:
@@ -293,6 +389,13 @@ def main() -> int:
     ap.add_argument("--table-limit-min", type=float, default=25.0)
     ap.add_argument("--cache", default=str(DEFAULT_CACHE), help="latency-table cache (EDGEPRUNE_CACHE)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
+    ap.add_argument("--calibrations", default="halves,random,random-all",
+                    help="mixed calibration sets to fit side by side on the variants' paired run (search.hardware."
+                         "mixed_counts kinds; empty: none)")
+    ap.add_argument("--candidates", default=None,
+                    help="a bench/hw_search.py result (hw_search.json): its search candidates' allocations are measured "
+                         "as a second test set (several: comma-separated)")
+    ap.add_argument("--candidates-max", type=int, default=30, help="at most this many candidates (a seeded draw)")
     ap.add_argument("--table-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     os.environ["EDGEPRUNE_CACHE"] = args.cache
@@ -310,7 +413,9 @@ def main() -> int:
                       "threads": THREADS, "precision": PRECISION, "seed": args.seed, "rounds": args.rounds,
                       "total_s": time.perf_counter() - started, "cases": cases}
             (out / "predictor_accuracy.json").write_text(json.dumps(result, indent=1))  # after every case
-    text = summary_table(cases) + "\n\n" + "\n\n".join(detail_table(c) for c in cases if c["table"]["ok"])
+    sets = calibration_sets_table(cases)
+    text = summary_table(cases) + ("\n\nCalibration sets fitted side by side on the variants' paired run:\n\n" + sets
+                                   if sets else "") + "\n\n" + "\n\n".join(detail_table(c) for c in cases if c["table"]["ok"])
     print(text)
     (out / "predictor_accuracy-tables.md").write_text(text + "\n")
     log(f"wrote {out / 'predictor_accuracy.json'} ({result['total_s'] / 60:.1f} min)")

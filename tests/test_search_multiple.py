@@ -157,6 +157,26 @@ def test_calibration_and_later_measurements_are_paired_against_the_unpruned_mode
     assert got["half"] == pytest.approx(2 * (_fake_measure(hs, half) + 0.05))
 
 
+def test_mixed_calibration_models_cut_some_groups_to_the_kinds_depths():
+    widths, mults = [16] * 7 + [32] * 6 + [64] * 6 + [512], [8] * 19 + [16]
+    halves = hardware.mixed_counts(widths, mults, 20, "halves")
+    random = hardware.mixed_counts(widths, mults, 20, "random")
+    every = hardware.mixed_counts(widths, mults, 20, "random-all")
+    assert halves == hardware.mixed_counts(widths, mults, 20, "halves")  # seeded
+    for kind, sets in (("halves", halves), ("random", random), ("random-all", every)):
+        for counts in sets:
+            assert all(0 < c <= w and (c == w or c % m == 0) for c, w, m in zip(counts, widths, mults)), kind
+    # halves: a group is whole or half; random: a cut group keeps 25-75% (on its multiple), at several depths
+    assert all(c in (w, w // 2) for counts in halves for c, w in zip(counts, widths))
+    kept = [c for counts in random for c, w in zip(counts, widths) if w == 512 and c < w]
+    assert kept and all(128 <= c <= 384 for c in kept) and len(set(kept)) >= 4
+    assert sum(c < w for counts in random for c, w in zip(counts, widths)) < 0.7 * 20 * len(widths)
+    # random-all: nearly every group is cut, some deep (below a quarter)
+    assert sum(c < w // 4 for counts in every for c, w in zip(counts, widths) if w == 512) >= 2
+    with pytest.raises(ValueError, match="unknown mixed calibration kind"):
+        hardware.mixed_counts(widths, mults, 1, "thirds")
+
+
 BLOCK = 16  # the staircase runtime below steps every 16 output channels, on the table's grid of 8
 
 

@@ -50,7 +50,7 @@ from edgeprune.profiles import channel_multiple
 from edgeprune.prune import check_options
 from edgeprune.prune.base import PruneContext, PruneResult, apply_counts, multiples, no_groups_error
 from edgeprune.prune.graph import PruneGraph
-from edgeprune.prune.select import min_keep, uniform_counts
+from edgeprune.prune.select import min_keep, round_channels, uniform_counts
 from edgeprune.search.budget import SearchResult, search_counts
 
 if TYPE_CHECKING:
@@ -65,7 +65,12 @@ from edgeprune.targets import require_runtime
 # removed, measured paired against the unpruned model in this many fresh processes (``measure.paired``).
 CALIBRATION_RATIOS = (0.25, 0.5, 0.75)  # the line spans the search's range, deep cuts included
 CALIBRATION_ROUNDS = 3
-CALIBRATION_MIXED = 8  # variants that halve a random half of the groups: the measured correction's evidence
+CALIBRATION_MIXED = 8  # mixed variants (``mixed_counts``): the weight term's and the measured correction's evidence
+# How the mixed variants cut: "halves" (a random half of the groups halved; before session 27) or "random" (a random
+# half of the groups, each cut to its own random depth: every group seen at several widths, not two).
+MIXED_KINDS = ("halves", "random", "random-all")
+CALIBRATION_MIXED_KIND = "halves"
+MIXED_SEED = 20261201
 REFERENCE = "__unpruned__"  # the paired measurement's reference: the unpruned model
 
 
@@ -173,9 +178,9 @@ class HardwareSearch:
         return self.predictor.calibrate(self.samples)
 
     def calibrate(self, uniform_ratios: tuple[float, ...] = CALIBRATION_RATIOS, rounds: int = CALIBRATION_ROUNDS,
-                  mixed: int = CALIBRATION_MIXED) -> dict[str, Any]:
+                  mixed: int = CALIBRATION_MIXED, mixed_kind: str = CALIBRATION_MIXED_KIND) -> dict[str, Any]:
         """Fit the predictor on the unpruned model, uniformly pruned variants (``uniform_ratios``: shares of
-        channels removed) and ``mixed`` variants that halve a seeded random half of the groups, all measured
+        channels removed) and ``mixed`` variants that cut a seeded random half of the groups (``mixed_counts``), all measured
         together (``measure_models``); the unpruned model is the first sample (``baseline_ms``). The mixed
         variants tell the measured correction (``Predictor.calibrate``) which groups the table misprices,
         before the search leans on it. Variants that round to the same counts are measured once."""
@@ -185,11 +190,8 @@ class HardwareSearch:
             counts = uniform_counts(self.widths, ratio, multiples=self.multiples)
             if counts not in points.values():
                 points[f"uniform-{ratio:g}"] = counts
-        rng = np.random.default_rng(20261201)
-        half = uniform_counts(self.widths, 0.5, multiples=self.multiples)
-        for i in range(mixed if len(self.widths) > 1 else 0):
-            cut = rng.random(len(self.widths)) < 0.5
-            counts = [h if c else w for h, c, w in zip(half, cut, self.widths)]
+        for i, counts in enumerate(mixed_counts(self.widths, self.multiples, mixed if len(self.widths) > 1 else 0,
+                                                mixed_kind)):
             if counts not in points.values():
                 points[f"mixed-{i + 1}"] = counts
         models = {name: self.model if name == "unpruned" else self.prune_counts(c, ones) for name, c in points.items()}
@@ -242,6 +244,34 @@ class HardwareSearch:
         records = apply_counts(graph, scores, found.counts)
         ratio = 1 - sum(found.counts) / sum(self.widths)
         return PruneResult(graph.model, method, ratio, self.multiple, records), found
+
+
+def mixed_counts(widths: list[int], group_multiples: list[int], n: int, kind: str = CALIBRATION_MIXED_KIND,
+                 seed: int = MIXED_SEED) -> list[list[int]]:
+    """``n`` seeded calibration allocations (kept channels per group) that cut some groups and not others.
+
+    ``halves``: each group, with probability 1/2, keeps half its channels, else all. ``random``: each group, with
+    probability 1/2, keeps a share drawn uniformly from [0.25, 0.75], else all. ``random-all``: every group keeps a
+    share drawn uniformly from [0.1, 1]. Counts are on each group's multiple, at least ``min_keep(.., 0.1)``;
+    duplicates and the unpruned allocation may occur (the caller measures each distinct one once)."""
+    if kind not in MIXED_KINDS:
+        raise ValueError(f"unknown mixed calibration kind {kind!r} (one of {', '.join(MIXED_KINDS)})")
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        cut = rng.random(len(widths)) < 0.5
+        depth = rng.random(len(widths)) if kind != "halves" else np.zeros(len(widths))  # halves: draws as before
+        counts = []
+        for w, m, c, u in zip(widths, group_multiples, cut, depth):
+            if kind == "halves":
+                share = 0.5 if c else 1.0
+            elif kind == "random":
+                share = 0.25 + 0.5 * u if c else 1.0
+            else:
+                share = 0.1 + 0.9 * u
+            counts.append(w if share >= 1.0 else round_channels(w * share, w, m, min_keep(w, m, 0.1)))
+        out.append(counts)
+    return out
 
 
 def blocked_multiples(widths: list[int], group_multiples: list[int], block: int) -> list[int]:
