@@ -238,7 +238,8 @@ def run_case(target: str, model_name: str, args) -> dict:
     for kind, counts_list in alt_sets.items():
         pred = copy.copy(hs.predictor)
         fit = pred.calibrate([(c, figure[tuple(c)]) for c in counts_list])
-        side[kind] = {"models": len(counts_list), "weight_ms_per_million": fit["weight_ms_per_million"],
+        side[kind] = {"models": len(counts_list), "measured": [{"counts": c, "ms": figure[tuple(c)]} for c in counts_list],
+                      "weight_ms_per_million": fit["weight_ms_per_million"],
                       "correction": fit["correction"],
                       "variants": error_stats([pred.predict(c) for c in variants], meas)}
         if candidates:

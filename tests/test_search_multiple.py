@@ -141,9 +141,10 @@ def test_calibration_and_later_measurements_are_paired_against_the_unpruned_mode
     assert len(calls) == 1 and calls[0][0][:4] == names and calls[0][1:] == (hardware.CALIBRATION_ROUNDS, None)
     mixed = calls[0][0][4:]
     assert 1 <= len(mixed) <= hardware.CALIBRATION_MIXED and all(n.startswith("mixed-") for n in mixed)
-    halves = dict(zip(hs.widths, [c for c, _ in hs.samples][2]))  # uniform-0.5's counts, per width
-    for counts, _ in hs.samples[4:]:  # a mixed variant halves some groups and leaves the others whole
-        assert all(c in (w, halves[w]) for c, w in zip(counts, hs.widths)) and counts != hs.widths
+    drawn = hardware.mixed_counts(hs.widths, hs.multiples, hardware.CALIBRATION_MIXED)
+    for counts, _ in hs.samples[4:]:  # the default kind's mixed variants: some groups cut, to their own depths
+        assert counts in drawn and counts != hs.widths
+        assert all(c == w or 0.25 * w - 8 <= c <= 0.75 * w + 8 for c, w in zip(counts, hs.widths))
     assert fit["samples"] == 4 + len(mixed) and hs.samples[0][0] == hs.widths
     true_base = _fake_measure(hs, model) + 0.05
     assert hs.baseline_ms == pytest.approx(true_base)  # the quiet phase's figure, not a loaded one

@@ -66,10 +66,12 @@ from edgeprune.targets import require_runtime
 CALIBRATION_RATIOS = (0.25, 0.5, 0.75)  # the line spans the search's range, deep cuts included
 CALIBRATION_ROUNDS = 3
 CALIBRATION_MIXED = 8  # mixed variants (``mixed_counts``): the weight term's and the measured correction's evidence
-# How the mixed variants cut: "halves" (a random half of the groups halved; before session 27) or "random" (a random
-# half of the groups, each cut to its own random depth: every group seen at several widths, not two).
+# How the mixed variants cut (``mixed_counts``): "random" (a random half of the groups, each cut to its own depth, 25-75%
+# kept: every group seen at several widths) since session 27; "halves" (a random half of the groups halved) before.
+# Fitted side by side on one paired run of ResNet-18 at 96 px on OpenVINO, random depths priced 30 random variants
+# 80% within ±10% (halves 73%) and 30 of the search's own candidates 100% (halves 83%): bench/RESULTS.md §4.
 MIXED_KINDS = ("halves", "random", "random-all")
-CALIBRATION_MIXED_KIND = "halves"
+CALIBRATION_MIXED_KIND = "random"
 MIXED_SEED = 20261201
 REFERENCE = "__unpruned__"  # the paired measurement's reference: the unpruned model
 
@@ -199,7 +201,7 @@ class HardwareSearch:
         for name, counts in points.items():
             self.samples.append((list(counts), measured[name]))
         fit = self.predictor.calibrate(self.samples)
-        fit["calibration"] = {"rounds": rounds, "statistic": "paired bursts: median ratio to the unpruned model x its "
+        fit["calibration"] = {"rounds": rounds, "mixed_kind": mixed_kind, "statistic": "paired bursts: median ratio to the unpruned model x its "
                                                              "quiet-phase (25th percentile) burst p50",
                               "models": {name: {"counts": c, "ms": measured[name]} for name, c in points.items()}}
         self.calibration = fit["calibration"]
