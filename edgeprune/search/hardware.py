@@ -66,8 +66,9 @@ from edgeprune.targets import require_runtime
 CALIBRATION_RATIOS = (0.25, 0.5, 0.75)  # the line spans the search's range, deep cuts included
 CALIBRATION_ROUNDS = 3
 CALIBRATION_MIXED = 8  # mixed variants (``mixed_counts``): the weight term's and the measured correction's evidence
-# How the mixed variants cut (``mixed_counts``): "random" (a random half of the groups, each cut to its own depth, 25-75%
-# kept: every group seen at several widths) since session 27; "halves" (a random half of the groups halved) before.
+# How the mixed variants cut (``mixed_counts``): "random" (a random half of the groups, each cut to its own depth,
+# 25-75% kept: every group seen at several widths) since session 27; "halves" (a random half of the groups halved)
+# before.
 # Fitted side by side on one paired run of ResNet-18 at 96 px on OpenVINO, random depths priced 30 random variants
 # 80% within ±10% (halves 73%) and 30 of the search's own candidates 100% (halves 83%): bench/RESULTS.md §4.
 MIXED_KINDS = ("halves", "random", "random-all")
@@ -182,10 +183,10 @@ class HardwareSearch:
     def calibrate(self, uniform_ratios: tuple[float, ...] = CALIBRATION_RATIOS, rounds: int = CALIBRATION_ROUNDS,
                   mixed: int = CALIBRATION_MIXED, mixed_kind: str = CALIBRATION_MIXED_KIND) -> dict[str, Any]:
         """Fit the predictor on the unpruned model, uniformly pruned variants (``uniform_ratios``: shares of
-        channels removed) and ``mixed`` variants that cut a seeded random half of the groups (``mixed_counts``), all measured
-        together (``measure_models``); the unpruned model is the first sample (``baseline_ms``). The mixed
-        variants tell the measured correction (``Predictor.calibrate``) which groups the table misprices,
-        before the search leans on it. Variants that round to the same counts are measured once."""
+        channels removed) and ``mixed`` variants that cut a seeded random half of the groups (``mixed_counts`` of
+        ``mixed_kind``), all measured together (``measure_models``); the unpruned model is the first sample
+        (``baseline_ms``). The mixed variants tell the weight term and the measured correction
+        (``Predictor.calibrate``) which groups the table misprices, before the search leans on it. Variants that round to the same counts are measured once."""
         points = {"unpruned": list(self.widths)}
         ones = [np.ones(w) for w in self.widths]
         for ratio in uniform_ratios:
@@ -201,8 +202,9 @@ class HardwareSearch:
         for name, counts in points.items():
             self.samples.append((list(counts), measured[name]))
         fit = self.predictor.calibrate(self.samples)
-        fit["calibration"] = {"rounds": rounds, "mixed_kind": mixed_kind, "statistic": "paired bursts: median ratio to the unpruned model x its "
-                                                             "quiet-phase (25th percentile) burst p50",
+        fit["calibration"] = {"rounds": rounds, "mixed_kind": mixed_kind,
+                              "statistic": "paired bursts: median ratio to the unpruned model x its "
+                                           "quiet-phase (25th percentile) burst p50",
                               "models": {name: {"counts": c, "ms": measured[name]} for name, c in points.items()}}
         self.calibration = fit["calibration"]
         return fit
