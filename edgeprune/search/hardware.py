@@ -186,7 +186,8 @@ class HardwareSearch:
         channels removed) and ``mixed`` variants that cut a seeded random half of the groups (``mixed_counts`` of
         ``mixed_kind``), all measured together (``measure_models``); the unpruned model is the first sample
         (``baseline_ms``). The mixed variants tell the weight term and the measured correction
-        (``Predictor.calibrate``) which groups the table misprices, before the search leans on it. Variants that round to the same counts are measured once."""
+        (``Predictor.calibrate``) which groups the table misprices, before the search leans on it. Variants that
+        round to the same counts are measured once."""
         points = {"unpruned": list(self.widths)}
         ones = [np.ones(w) for w in self.widths]
         for ratio in uniform_ratios:
