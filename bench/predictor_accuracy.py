@@ -195,14 +195,15 @@ def run_case(target: str, model_name: str, args) -> dict:
     named = {f"v{i}": c for i, c in enumerate(variants)}
     # side by side: other calibration sets (the same unpruned and uniform models, other mixed models), measured in
     # the same paired run as the variants, so every calibration below is fitted on figures of one measurement
-    base_cal = [c for c, _ in hs.samples if not _is_mixed(c, hs)]
+    measured_cal = [c for c, _ in hs.samples]
+    base_cal = [m["counts"] for name, m in hs.calibration["models"].items() if not name.startswith("mixed-")]
     alt_sets = {}
     for kind in [k for k in args.calibrations.split(",") if k]:
         counts_list = list(base_cal)
         for i, c in enumerate(mixed_counts(hs.widths, hs.multiples, CALIBRATION_MIXED, kind)):
             if c not in counts_list:
                 counts_list.append(c)
-                if c not in [m for m, _ in hs.samples] and c not in named.values():  # measure each model once
+                if c not in measured_cal and c not in named.values():  # measure each model once
                     named[f"alt-{kind}-{i}"] = c
         alt_sets[kind] = counts_list
     candidates = load_candidates(args.candidates, hs.widths, args.candidates_max, args.seed) if args.candidates else []
@@ -271,15 +272,6 @@ def run_case(target: str, model_name: str, args) -> dict:
             f"{r['variants']['median_abs_pct']:.1f}%" + (f", candidates {100 * r['candidates']['within_10pct']:.0f}% / "
                                                          f"{r['candidates']['median_abs_pct']:.1f}%" if candidates else ""))
     return case
-
-
-def _is_mixed(counts: list[int], hs) -> bool:
-    """Whether a calibration sample is one of its mixed models (neither unpruned nor uniformly pruned)."""
-    from edgeprune.prune.select import uniform_counts
-    from edgeprune.search.hardware import CALIBRATION_RATIOS
-
-    uniform = [uniform_counts(hs.widths, r, multiples=hs.multiples) for r in CALIBRATION_RATIOS]
-    return counts != hs.widths and counts not in uniform
 
 
 def load_candidates(paths: str, widths: list[int], limit: int, seed: int) -> list[list[int]]:
