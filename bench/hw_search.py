@@ -376,26 +376,69 @@ def earlier_cases(path: Path, args) -> list[dict]:
 
 
 def summarise(cases: list[dict], args, base_top1: float) -> list[dict]:
+    """Mean ± std over seeds per (target, budget, arm), pooling the rows of every case of a target (one run's, or
+    several runs' under ``--pool``)."""
     out = []
-    for case in cases:
-        for b in sorted({r["budget"] for r in case["rows"]}, reverse=True):
-            ref = [r["measured_ms"] for r in case["rows"] if r["budget"] == b and r.get("arm") == "knapsack"
+    for target in sorted({c["target"] for c in cases}):
+        tcases = [c for c in cases if c["target"] == target]
+        rows = [r | {"_macs0": c["baseline_macs"]} for c in tcases for r in c["rows"]]
+        for b in sorted({r["budget"] for r in rows}, reverse=True):
+            ref = [r["measured_ms"] for r in rows if r["budget"] == b and r.get("arm") == "knapsack"
                    and "measured_ms" in r]
             for arm in ARMS:
-                rs = [r for r in case["rows"] if r["budget"] == b and r.get("arm") == arm and "top1" in r]
+                rs = [r for r in rows if r["budget"] == b and r.get("arm") == arm and "top1" in r]
                 if not rs:
                     continue
                 top = [100 * r["top1"] for r in rs]
                 lat = [r["measured_ms"] for r in rs]
-                out.append({"target": case["target"], "budget": b, "arm": arm, "seeds": len(rs),
+                out.append({"target": target, "budget": b, "arm": arm, "seeds": len(rs),
                             "top1_mean": float(np.mean(top)), "top1_std": float(np.std(top, ddof=1)) if len(top) > 1 else 0.0,
                             "after_prune_mean": float(np.mean([100 * r["top1_after_prune"] for r in rs])),
                             "ms_mean": float(np.mean(lat)),
                             "ratio_mean": float(np.mean([r["ratio_to_unpruned"] for r in rs])),
                             "vs_knapsack_pct": 100 * (np.mean(lat) / np.mean(ref) - 1) if ref else None,
-                            "macs_ratio": float(np.mean([r["macs"] for r in rs])) / case["baseline_macs"],
+                            "macs_ratio": float(np.mean([r["macs"] / r["_macs0"] for r in rs])),
                             "baseline_top1": 100 * base_top1})
     return sorted(out, key=lambda s: (s["target"], -s["budget"], ARMS.index(s["arm"])))
+
+
+def pool(paths: list[str]) -> dict:
+    """``--pool``: one result from several runs' hw_search.json (each a directory or the file), so the summary is
+    the mean ± std over all their seeds. The runs must share the model, input, data and fine-tune recipe, and no
+    (target, budget, seed) cell may come from two runs: otherwise a ``ValueError`` says which."""
+    runs = []
+    for p in paths:
+        path = Path(p).expanduser()
+        path = path / "hw_search.json" if path.is_dir() else path
+        if not path.is_file():
+            raise ValueError(f"{path}: no hw_search.json there (give a run's --out directory or its JSON)")
+        runs.append((path, json.loads(path.read_text())))
+    first = runs[0][1]
+    same = lambda r: (r.get("model", "resnet20"), r.get("input", "1x1x28x28"), r["args"].get("data"),
+                      r["args"]["ft_epochs"], r["args"]["ft_lr"])
+    cases, seen = [], {}
+    for path, r in runs:
+        if same(r) != same(first):
+            raise ValueError(f"{path}: model/input/data/fine-tune {same(r)} differs from {runs[0][0]}'s {same(first)}; "
+                             "only runs of one protocol pool")
+        for case in r["cases"]:
+            for cell in {(case["target"], row["budget"], row["seed"]) for row in case["rows"]}:
+                if cell in seen:
+                    raise ValueError(f"target {cell[0]} budget {cell[1]}x seed {cell[2]} is in both {seen[cell]} and "
+                                     f"{path}; pool runs of different seeds")
+                seen[cell] = path
+            cases.append({**case, "command": case.get("command", r["command"]), "date": case.get("date", r["date"]),
+                          "machine": r["machine"], "baseline_top1": r["baseline_top1"],
+                          "weights": r["args"].get("weights")})
+    return {**{k: first[k] for k in ("model", "input", "args") if k in first},
+            "command": "python bench/hw_search.py --pool " + ",".join(paths),
+            "date": max(r["date"] for _, r in runs), "complete": all(r.get("complete", True) for _, r in runs),
+            "wall_min": sum(r["wall_min"] for _, r in runs),
+            "machine": "; ".join(sorted({r["machine"] for _, r in runs})),
+            "load": first["load"], "baseline_top1": float(np.mean([r["baseline_top1"] for _, r in runs])),
+            "pooled": [{"path": str(p), "command": r["command"], "date": r["date"], "baseline_top1": r["baseline_top1"],
+                        "wall_min": r["wall_min"]} for p, r in runs],
+            "cases": cases}
 
 
 def plot(summary: list[dict], cases: list[dict], path: Path) -> None:
@@ -424,6 +467,19 @@ def plot(summary: list[dict], cases: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def pooled_header(result: dict) -> list[str]:
+    """The head of a ``--pool`` report: which runs, their checkpoints' top-1, where and when."""
+    from edgeprune.ui import markdown_table
+
+    rows = [[f"`{p['path']}`", p["date"][:10], f"{100 * p['baseline_top1']:.2f}", f"{p['wall_min']:.0f}",
+             f"`{p['command']}`"] for p in result["pooled"]]
+    return [f"Pooled from {len(rows)} runs (`{result['command']}`); the summary is the mean ± std over all their seeds. "
+            f"{result.get('model', 'resnet20')} at {result.get('input', '1x1x28x28')}, Fashion-MNIST; machines: "
+            f"{result['machine']}. Each run's checkpoint and its top-1 (a retrained checkpoint is its own; every arm "
+            "of a seed shares its run's):", "",
+            markdown_table(["run", "date", "checkpoint top-1 %", "wall min", "command"], rows), ""]
+
+
 def write_md(result: dict, path: Path) -> None:
     from edgeprune.ui import markdown_table
 
@@ -432,11 +488,12 @@ def write_md(result: dict, path: Path) -> None:
              *([] if result.get("complete", True) else
                ["**Partial: the run was still going (or was stopped) when this was written; only the cells below "
                 "finished.**", ""]),
-             f"Command{' of the latest run (each section below names its own run)' if len({c.get('command') for c in result['cases']}) > 1 else ''}: `{result['command']}`", "",
-             f"Date {result['date']}, wall time {result['wall_min']:.1f} min; machine: {result['machine']}; "
-             f"load average at start {result['load']}. Checkpoint `{a['weights']}` ({result.get('model', 'resnet20')} at "
-             f"{result.get('input', '1x1x28x28')}, Fashion-MNIST, "
-             f"top-1 {result['baseline_top1'] * 100:.2f}%). Fine-tune for every arm: {a['ft_epochs']} epoch(s) of the "
+             *(pooled_header(result) if result.get("pooled") else [
+                 f"Command{' of the latest run (each section below names its own run)' if len({c.get('command') for c in result['cases']}) > 1 else ''}: `{result['command']}`", "",
+                 f"Date {result['date']}, wall time {result['wall_min']:.1f} min; machine: {result['machine']}; "
+                 f"load average at start {result['load']}. Checkpoint `{a['weights']}` ({result.get('model', 'resnet20')} "
+                 f"at {result.get('input', '1x1x28x28')}, Fashion-MNIST, top-1 {result['baseline_top1'] * 100:.2f}%)."]),
+             f"Fine-tune for every arm: {a['ft_epochs']} epoch(s) of the "
              f"60k training images, SGD lr {a['ft_lr']} cosine, batch 128, no augmentation, after BN re-estimation "
              f"on 512 training images; the control arms uniform+ and tp+ (their arm's model) get the search's "
              f"progressive training on top of that (about 0.26 epoch; rows without them predate the controls). "
@@ -450,8 +507,10 @@ def write_md(result: dict, path: Path) -> None:
                               "pruning (BN re-estimated)", "measured ms", "x unpruned (paired)", "latency vs knapsack", "MACs share"], rows),
               "", "![top-1 vs measured latency](hw_search.png)", ""]
     for case in result["cases"]:
-        lines += [f"## {case['target']} ({case['runtime']}): per run", "",
-                  f"Run: `{case.get('command', result['command'])}` ({case.get('date', result['date'])}). "
+        lines += [f"## {case['target']} ({case['runtime']}): per run"
+                  + (f", {case['date'][:10]}" if result.get("pooled") else ""), "",
+                  f"Run: `{case.get('command', result['command'])}` ({case.get('date', result['date'])}"
+                  + (f"; checkpoint top-1 {100 * case['baseline_top1']:.2f}%" if "baseline_top1" in case else "") + "). "
                   f"Channel multiple {case['multiple']}"
                   + (f" ({case['channel_block']['summary']})" if case.get("channel_block") else "")
                   + f"; latency table {case['table_s']:.0f} s; budget anchor "
@@ -539,14 +598,28 @@ def main() -> int:
                     help="run no search: add the uniform+ / tp+ control rows (longer fine-tune, see CONTROLS) to "
                          "the --targets / --budgets cells of hw_search.json in --out that lack them, rebuilding "
                          "those arms' models")
+    ap.add_argument("--pool", metavar="DIR,DIR,...",
+                    help="run nothing: pool earlier runs' hw_search.json (their --out directories) into one report "
+                         "in --out, mean ± std over all their seeds (runs of other seeds, same model and fine-tune)")
     ap.add_argument("--merge", action="store_true",
                     help="keep the cells of an earlier hw_search.json in --out that this run does not redo "
                          "(other targets or budgets); each section of the report names the run it comes from")
     args = ap.parse_args()
-    if not args.weights and not args.rewrite:
+    if not args.weights and not (args.rewrite or args.pool):
         ap.error("--weights is required")
     args.budget_list = [float(b) for b in args.budgets.split(",")]
     args.seed_list = [int(s) for s in args.seeds.split(",")]
+    if args.pool:
+        try:
+            result = pool(args.pool.split(","))
+        except (ValueError, KeyError) as e:
+            print(f"hw_search: --pool: {e}", file=sys.stderr)
+            return 2
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        publish(result, out, args)
+        log(f"wrote {out}/hw_search.md ({len(result['pooled'])} runs pooled)")
+        return 0
     if args.rewrite:
         publish(json.loads((Path(args.out) / "hw_search.json").read_text()), Path(args.out), args)
         return 0
