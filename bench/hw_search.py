@@ -33,6 +33,7 @@ Usage: python bench/hw_search.py --weights CKPT [--image-size PX] [--targets x86
        (CKPT: any `edgeprune train` checkpoint, e.g. ResNet-20 at 28x28 or MobileNetV2 trained with
        --image-size 96; pass the same --image-size here)
        python bench/hw_search.py --rewrite   (the .md and .png again from hw_search.json)
+       python bench/hw_search.py --pool RUN1,RUN2,RUN3 --out DIR   (one report over runs of other seeds: mean ± std)
        python bench/hw_search.py --weights CKPT --controls --targets x86 --budgets 0.5   (add the control arms to
            stored cells; new runs add them as they go)
 
