@@ -592,7 +592,7 @@ def main() -> int:
     ap.add_argument("--channel-block", choices=("on", "off"), default="on",
                     help="use the runtime's channel block read off the latency table, as a build without --round-to "
                          "does (every arm prunes on the same grid); off: the profile's multiple")
-    ap.add_argument("--out", default=str(REPO / "bench" / "results"))
+    ap.add_argument("--out", help="where hw_search.json, .md and .png go (default bench/results; required with --pool)")
     ap.add_argument("--rewrite", action="store_true",
                     help="run nothing: write hw_search.md and .png again from hw_search.json in --out")
     ap.add_argument("--controls", action="store_true",
@@ -608,13 +608,20 @@ def main() -> int:
     args = ap.parse_args()
     if not args.weights and not (args.rewrite or args.pool):
         ap.error("--weights is required")
+    if args.pool and not args.out:
+        ap.error("--pool needs --out DIR (a new directory: the pooled report must not overwrite a run's own)")
+    args.out = args.out or str(REPO / "bench" / "results")
     args.budget_list = [float(b) for b in args.budgets.split(",")]
     args.seed_list = [int(s) for s in args.seeds.split(",")]
     if args.pool:
         try:
             result = pool(args.pool.split(","))
-        except (ValueError, KeyError) as e:
+        except ValueError as e:
             print(f"hw_search: --pool: {e}", file=sys.stderr)
+            return 2
+        except KeyError as e:
+            print(f"hw_search: --pool: a file lacks the field {e}: give the hw_search.json of bench/hw_search.py runs",
+                  file=sys.stderr)
             return 2
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

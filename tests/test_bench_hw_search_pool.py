@@ -79,3 +79,11 @@ def test_pool_cli_writes_the_report_and_fails_in_one_line(tmp_path):
                           str(tmp_path / "bad")], capture_output=True, text=True)
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "seed 0 is in both" in bad.stderr
+    no_out = subprocess.run([sys.executable, str(ROOT / "bench" / "hw_search.py"), "--pool", f"{a},{b}"],
+                            capture_output=True, text=True)  # would overwrite bench/results' own report
+    assert no_out.returncode == 2 and "--pool needs --out" in no_out.stderr
+    not_ours = tmp_path / "other.json"
+    not_ours.write_text(json.dumps({"cases": []}))
+    wrong = subprocess.run([sys.executable, str(ROOT / "bench" / "hw_search.py"), "--pool", f"{a},{not_ours}", "--out",
+                            str(tmp_path / "wrong")], capture_output=True, text=True)
+    assert wrong.returncode == 2 and "lacks the field" in wrong.stderr
