@@ -429,14 +429,13 @@ def pool(paths: list[str]) -> dict:
                                      f"{path}; pool runs of different seeds")
                 seen[cell] = path
             cases.append({**case, "command": case.get("command", r["command"]), "date": case.get("date", r["date"]),
-                          "machine": r["machine"], "baseline_top1": r["baseline_top1"],
-                          "weights": r["args"].get("weights")})
+                          "machine": r["machine"], "baseline_top1": r["baseline_top1"]})
     return {**{k: first[k] for k in ("model", "input", "args") if k in first},
             "command": "python bench/hw_search.py --pool " + ",".join(paths),
             "date": max(r["date"] for _, r in runs), "complete": all(r.get("complete", True) for _, r in runs),
             "wall_min": sum(r["wall_min"] for _, r in runs),
             "machine": "; ".join(sorted({r["machine"] for _, r in runs})),
-            "load": first["load"], "baseline_top1": float(np.mean([r["baseline_top1"] for _, r in runs])),
+            "baseline_top1": float(np.mean([r["baseline_top1"] for _, r in runs])),
             "pooled": [{"path": str(p), "command": r["command"], "date": r["date"], "baseline_top1": r["baseline_top1"],
                         "wall_min": r["wall_min"]} for p, r in runs],
             "cases": cases}

@@ -12,6 +12,17 @@ import numpy as np
 import pytest
 
 MINI_FMNIST = Path(__file__).parent / "data" / "fashion-mnist-mini"
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def load_bench_script(name: str):
+    """The module of ``bench/<name>.py`` (bench scripts are not a package), loaded under ``bench_<name>``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def make_tiny_cnn(in_channels: int = 1, num_classes: int = 10, width: int = 16):

@@ -2,7 +2,6 @@
 that would double-count a seed or mix protocols are refused."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -10,15 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_bench_script
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def hw():
-    spec = importlib.util.spec_from_file_location("hw_search_bench", ROOT / "bench" / "hw_search.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench_script("hw_search")
 
 
 def _run(tmp: Path, name: str, seed: int, top1: dict[str, float], model: str = "resnet18", base_top1=0.92) -> Path:

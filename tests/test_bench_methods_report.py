@@ -9,22 +9,19 @@ open('tests/data/methods-report.md','w').write(m.render(json.load(open('tests/da
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_bench_script
+
 DATA = Path(__file__).parent / "data"
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def report():
-    spec = importlib.util.spec_from_file_location("methods_report", ROOT / "bench" / "methods_report.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench_script("methods_report")
 
 
 @pytest.fixture
