@@ -28,6 +28,10 @@ mobilenet_v2_96 (1x1x96x96, the trained Fashion-MNIST size), resnet18_96 (1x1x96
 bench/RESULTS.md §5, about 4 ms on OpenVINO at 1 thread); untrained weights (latency only: an fp32 model's latency does
 not depend on its weights).
 
+``--refit RUN.json[,...]`` measures nothing: it refits the current predictor on each stored case's own calibration
+measurements (the table read from the cache the run used) and scores it on the stored variants, so a change to the
+predictor's fitting is judged on the same measurements as the figures it replaces.
+
 Usage: python bench/predictor_accuracy.py [--targets x86,arm64,arm64-mnn] [--models resnet20,mobilenet_v2]
            [--variants 30] [--rounds 3] [--table-limit-min 25] [--cache DIR] [--out bench/results]
            [--calibrations halves,random,random-all] [--candidates bench/results/.../hw_search.json]
@@ -372,6 +376,64 @@ def detail_table(c: dict) -> str:
     return "\n".join(lines)
 
 
+class TableNotCached(RuntimeError):
+    pass
+
+
+def refit_case(case: dict) -> dict:
+    """The current predictor refitted on a stored case's own measurements: the driver's calibration models
+    (``calibration.measured``) fit it, the stored random variants test it. The table is read from the cache the
+    run used and never measured (a missing row raises ``TableNotCached``), so the raw sums are the run's."""
+    import edgeprune.measure.lut_build as lut_build
+    from edgeprune.measure.protocol import MeasureSettings
+    from edgeprune.profiles import load_profile
+    from edgeprune.search.hardware import HardwareSearch
+
+    def cache_only(*_a, **_k):
+        raise TableNotCached(f"{case['target']} {case['model']}: a table row is not in the cache "
+                             "(refit on the machine and --cache of the original run)")
+
+    measure_row, lut_build._measure_row = lut_build._measure_row, cache_only
+    try:
+        model, example = build_net(case["model"])
+        hs = HardwareSearch(model, example, load_profile(case["target"]), PRECISION, THREADS,
+                            MeasureSettings(threads=THREADS), progress=False)
+    finally:
+        lut_build._measure_row = measure_row
+    fit = hs.predictor.calibrate([(m["counts"], m["ms"]) for m in case["calibration"]["measured"]])
+    variants = case["variants"]
+    meas = [v["measured_ms"] for v in variants]
+    return {"target": case["target"], "runtime": case["runtime"], "model": case["model"],
+            "stored": case["calibrated"], "refit": error_stats([hs.predictor.predict(v["counts"]) for v in variants], meas),
+            "correction": fit["correction"], "weight_ms_per_million": fit["weight_ms_per_million"]}
+
+
+def refit(paths: str) -> int:
+    """``--refit``: print the stored and the refitted predictor's figures side by side, one row per case."""
+    lines = ["| target (runtime) | model | run | stored: within ±10% / median | refitted: within ±10% / median | "
+             "refitted correction |", "|---|---|---|---|---|---|"]
+    for path in [p for p in paths.split(",") if p]:
+        data = json.loads(Path(path).read_text())
+        for case in data["cases"]:
+            if not case["table"]["ok"]:
+                continue
+            try:
+                r = refit_case(case)
+            except TableNotCached as exc:
+                log(f"skipped: {exc}")
+                lines.append(f"| {case['target']} ({case['runtime']}) | {case['model']} | {path} | "
+                             f"{100 * case['calibrated']['within_10pct']:.0f}% / {case['calibrated']['median_abs_pct']:.1f}% "
+                             "| — (table not in this cache) | |")
+                continue
+            corr = r["correction"]
+            lines.append(f"| {r['target']} ({r['runtime']}) | {r['model']} | {path} | "
+                         f"{100 * r['stored']['within_10pct']:.0f}% / {r['stored']['median_abs_pct']:.1f}% | "
+                         f"{100 * r['refit']['within_10pct']:.0f}% / {r['refit']['median_abs_pct']:.1f}% | "
+                         + (f"{corr['features']}, alpha {corr['alpha']:g}" if corr else "none") + " |")
+    print("\n".join(lines))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--targets", default="x86,arm64")
@@ -389,9 +451,14 @@ def main() -> int:
                     help="a bench/hw_search.py result (hw_search.json): its search candidates' allocations are measured "
                          "as a second test set (several: comma-separated)")
     ap.add_argument("--candidates-max", type=int, default=30, help="at most this many candidates (a seeded draw)")
+    ap.add_argument("--refit", default=None, metavar="JSON[,JSON]",
+                    help="measure nothing: refit the current predictor on stored runs' own calibration measurements "
+                         "(their tables read from --cache) and print their variants' figures, stored and refitted")
     ap.add_argument("--table-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     os.environ["EDGEPRUNE_CACHE"] = args.cache
+    if args.refit:
+        return refit(args.refit)
     if args.table_only:
         return table_only(args.targets, args.models)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so a table child's session is ended too

@@ -181,3 +181,36 @@ def test_measured_correction_learns_what_the_table_misprices():
     err = lambda p: np.mean([abs(p.predict(c) - truth(c)) / truth(c) for c in new])
     assert err(pred) < 0.5 * err(line_only)
     assert int(np.argmax(np.abs(pred.residual))) == 2  # the mispriced group carries the correction
+
+
+def test_resolution_correction_gives_each_map_size_its_own_scale():
+    """Constructed: the 'runtime' runs the layers on the 7x7 maps 1.6x slower than their table rows say and the
+    rest 0.9x (micro-models of small maps miss what a whole model pays there). No single scale fits; the
+    correction on per-resolution shares is chosen by leave-one-out error, learns the 7x7 part, and predicts new
+    allocations far better than the line. A runtime the table prices well gets no correction."""
+    graph = PruneGraph(build_model("resnet20", num_classes=10, in_channels=1).eval(), torch.zeros(1, 1, 28, 28))
+    pred = _staircase_predictor(build_plan(graph))
+    widths = [g.channels for g in graph.groups]
+    assert pred.resolutions()[0] == (28, 28) and (7, 7) in pred.resolutions()
+
+    def truth(c):
+        ms = pred.layer_ms(c)
+        return 0.02 + sum((1.6 if tuple(layer.sig.in_hw) == (7, 7) else 0.9) * t for layer, t in zip(pred.layers, ms))
+
+    rng = np.random.default_rng(0)
+    draw = lambda: [int(rng.choice(channel_grid(w, 4)[len(channel_grid(w, 4)) // 4:])) for w in widths]
+    samples = [(widths, truth(widths))] + [(c, truth(c)) for c in (draw() for _ in range(11))]
+    a, b = np.polyfit([pred.raw_ms(c) for c, _ in samples], [m for _, m in samples], 1)  # the line alone
+    fit = pred.calibrate(samples)
+    assert fit["correction"] is not None and fit["correction"]["features"] == "resolutions"
+    # each resolution's implied scale (the line's plus its correction); 28x28 (the stem and stage 1, at most 16
+    # channels) moves too little across the draws to pin its own apart from the offset
+    scales = {hw: pred.scale + w for hw, w in zip(pred.resolutions(), pred.residual)}
+    assert scales[(7, 7)] == pytest.approx(1.6, rel=0.1) and scales[(14, 14)] == pytest.approx(0.9, rel=0.1)
+    new = [draw() for _ in range(30)]
+    err = lambda f: np.mean([abs(f(c) - truth(c)) / truth(c) for c in new])
+    assert err(pred.predict) < 0.4 * err(lambda c: a * pred.raw_ms(c) + b)
+    plain = lambda c: 0.9 * pred.raw_ms(c) + 0.02
+    fit = pred.calibrate([(c, plain(c)) for c, _ in samples])
+    assert fit["correction"] is None and pred.residual is None
+    assert pred.predict(new[0]) == pytest.approx(plain(new[0]))

@@ -19,10 +19,17 @@ by side in session 26 from 53% to 60% (median 9.2% -> 6.1%), at 0.17-0.19 ms per
 machines (bench/RESULTS.md §4). It is fitted only where it predicts held-out models better (leave-one-out, as
 the correction below) and comes out positive.
 Once enough models are measured (``RESIDUAL_MIN_SAMPLES``: the calibration plus a search's candidates), a
-*measured correction* is added: a ridge regression of what the line still misses on each group's cut share
-(1 - count/width), so the allocations the table misprices (a layout that suits some widths and not others,
-on this runtime) are priced by what was measured. Its strength is chosen by leave-one-out error, and "no
-correction" is one of the choices, so it is used only where it predicts held-out measurements better.
+*measured correction* is added: the line is refitted together with one of two feature sets (``CORRECTIONS``),
+whose coefficients are ridge-penalised, so what the table misprices on this runtime is priced by what was
+measured:
+- ``resolutions``: the table's sum split by the layers' input resolution; the fit gives each resolution its own
+  scale, shrunk towards the common one. A micro-model of a layer at 96x96 and one at 3x3 are off from their
+  in-model cost by different factors (large maps stream activations, small maps are weight- and
+  overhead-bound), which one common scale cannot follow. Refitted on the same measurements (bench/RESULTS.md
+  §4), it took ResNet-18 at 96 px on OpenVINO from 70% to 80% of 30 random variants within ±10%.
+- ``cuts``: each group's cut share (1 - count/width): a layout that suits some widths and not others.
+Each kind's strength is chosen by leave-one-out error (every fit redone without each model); the kind with the
+lower error is used only where it beats the line's own, so "no correction" is always one of the choices.
 Invariant: with no calibration the prediction is the plain sum (scale 1, offset 0).
 Imports without torch: layers are any objects with ``.sig`` and ``.channels(counts)``.
 """
@@ -43,8 +50,9 @@ class Predictor:
     scale: float = 1.0
     offset_ms: float = 0.0
     fit: dict[str, Any] = field(default_factory=dict)
-    residual: np.ndarray | None = None   # the measured correction's weights, one per group (None: not used)
-    widths: np.ndarray | None = None
+    residual: np.ndarray | None = None   # the measured correction's weights, one per feature (None: not used)
+    correction: str | None = None        # which features (``CORRECTIONS``) the correction weighs
+    widths: np.ndarray | None = None     # per-group widths (``cuts``)
     weight_layers: Sequence[Any] | None = None  # the unfused layers whose weights the weight term counts
     weight_ms: float = 0.0                  # ms per million weights (0: no weight term)
 
@@ -69,15 +77,28 @@ class Predictor:
         return total / 1e6
 
     def predict(self, counts: Sequence[int]) -> float:
-        base = self.scale * self.raw_ms(counts) + self.offset_ms
+        ms = self.layer_ms(counts)
+        base = self.scale * float(sum(ms)) + self.offset_ms
         if self.weight_ms:
             base += self.weight_ms * self.weights_m(counts)
         if self.residual is None:
             return base
-        return base + float(np.dot(self._cuts(counts), self.residual))
+        return base + float(np.dot(self._features(self.correction, counts, ms), self.residual))
 
-    def _cuts(self, counts: Sequence[int]) -> np.ndarray:
-        return 1.0 - np.asarray(counts, dtype=np.float64) / self.widths
+    def resolutions(self) -> list[tuple[int, int]]:
+        """The plan's input resolutions, largest first (the ``resolutions`` correction's features)."""
+        return sorted({tuple(layer.sig.in_hw) for layer in self.layers}, key=lambda hw: (-hw[0] * hw[1], hw))
+
+    def _features(self, kind: str | None, counts: Sequence[int], ms: Sequence[float] | None = None) -> np.ndarray:
+        if kind == "cuts":
+            return 1.0 - np.asarray(counts, dtype=np.float64) / self.widths
+        if kind == "resolutions":
+            index = {hw: i for i, hw in enumerate(self.resolutions())}
+            out = np.zeros(len(index))
+            for layer, t in zip(self.layers, self.layer_ms(counts) if ms is None else ms):
+                out[index[tuple(layer.sig.in_hw)]] += t
+            return out
+        raise ValueError(f"unknown correction {kind!r}")
 
     def calibrate(self, samples: Sequence[tuple[Sequence[int], float]]) -> dict[str, Any]:
         """Fit scale/offset to (counts, measured ms) pairs (one pair fits the offset only), then the measured
@@ -102,25 +123,49 @@ class Predictor:
                     line_loo, line = with_weights, x @ np.array([a2, w2, b2])
         if line is None:
             line = self.scale * raw + self.offset_ms
-        self.residual, alpha, loo = None, None, float(np.mean(np.abs(line - meas) / meas))
+        self.residual, self.correction, alpha = None, None, None
+        loo = None
+        tried: dict[str, float] = {}
         pred = line
         if len(samples) >= RESIDUAL_MIN_SAMPLES:
             self.widths = np.max(np.array([list(c) for c, _ in samples], dtype=np.float64), axis=0)
-            x = np.array([self._cuts(c) for c, _ in samples])
-            alpha, self.residual, loo = _ridge_loo(x, meas - line, meas, loo)
-            if self.residual is not None:
-                pred = line + x @ self.residual
+            # each kind: the line refitted with the kind's features, ridge-penalised; true leave-one-out (every fit
+            # redone without each model) against the line's own
+            cols = [raw] + ([np.array([self.weights_m(c) for c, _ in samples])] if self.weight_ms else [])
+            base = np.column_stack(cols + [np.ones_like(raw)])
+            loo = line_loo if line_loo is not None else _loo_error(base, meas)
+            best = None
+            for kind in CORRECTIONS:
+                if kind == "resolutions" and len(self.resolutions()) < 2:
+                    continue  # one resolution: its scale is the line's
+                feats = np.array([self._features(kind, c) for c, _ in samples])
+                norm = float(np.mean(raw ** 2)) if kind == "resolutions" else 1.0  # features in ms / unitless
+                a, coef, err = _joint_ridge_loo(base, feats, meas, norm)
+                if np.isfinite(err):
+                    tried[kind] = err
+                if err < loo - 1e-12:
+                    best, alpha, loo = (kind, coef, feats), a, err
+            if best is not None:
+                kind, coef, feats = best
+                k0 = base.shape[1]
+                self.scale, self.offset_ms = float(coef[0]), float(coef[k0 - 1])
+                self.weight_ms = float(coef[1]) if self.weight_ms else 0.0
+                self.residual, self.correction = coef[k0:], kind
+                pred = np.column_stack([base, feats]) @ coef
         self.fit = {"samples": len(samples), "scale": self.scale, "offset_ms": self.offset_ms,
                     "weight_ms_per_million": self.weight_ms, "line_loo_mean_rel_error": line_loo,
                     "max_rel_error": float(np.max(np.abs(pred - meas) / meas)),
                     "correction": None if self.residual is None else
-                    {"kind": "ridge on per-group cut shares", "alpha": alpha, "loo_mean_rel_error": loo}}
+                    {"kind": CORRECTIONS[self.correction], "features": self.correction, "alpha": alpha,
+                     "loo_mean_rel_error": loo, "tried": tried}}
         return self.fit
 
 
 RESIDUAL_MIN_SAMPLES = 8
+CORRECTIONS = {"resolutions": "one scale per input resolution, ridge towards the common scale",
+               "cuts": "ridge on per-group cut shares"}
 WEIGHT_MIN_SAMPLES = 5   # the line with the weight term has three coefficients: leave-one-out needs a few more
-RIDGE_ALPHAS = (0.01, 0.1, 1.0, 10.0)
+RIDGE_ALPHAS = (0.01, 0.1, 1.0, 10.0)  # x a squared typical figure of the features' columns
 
 
 def _loo_error(x: np.ndarray, y: np.ndarray) -> float:
@@ -133,18 +178,22 @@ def _loo_error(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(errs))
 
 
-def _ridge_loo(x: np.ndarray, r: np.ndarray, meas: np.ndarray, no_correction_error: float
-               ) -> tuple[float | None, np.ndarray | None, float]:
-    """(alpha, weights, leave-one-out mean relative error) of the best ridge fit of residuals ``r`` on ``x``,
-    or (None, None, ``no_correction_error``) when no strength beats leaving the line alone."""
-    best: tuple[float | None, np.ndarray | None, float] = (None, None, no_correction_error)
-    n, k = x.shape
+def _joint_ridge_loo(base: np.ndarray, feats: np.ndarray, meas: np.ndarray, norm: float
+                     ) -> tuple[float | None, np.ndarray | None, float]:
+    """(alpha, coefficients, leave-one-out mean relative error) of the best least-squares fit of ``meas`` on the
+    columns of ``base`` (free) and ``feats`` (ridge-penalised by alpha x ``norm``), the fit redone without each
+    sample in turn; (None, None, inf) when the system is singular."""
+    x = np.column_stack([base, feats])
+    n, k0 = base.shape
+    best: tuple[float | None, np.ndarray | None, float] = (None, None, float("inf"))
     for alpha in RIDGE_ALPHAS:
-        a = x.T @ x + alpha * np.eye(k)
-        w = np.linalg.solve(a, x.T @ r)
-        hat = np.einsum("ij,jk,ik->i", x, np.linalg.inv(a), x)
-        loo_res = (r - x @ w) / np.maximum(1.0 - hat, 1e-6)
-        err = float(np.mean(np.abs(loo_res) / meas))
-        if err < best[2] - 1e-12:
-            best = (alpha, w, err)
+        pen = np.diag([0.0] * k0 + [alpha * norm] * feats.shape[1])
+        solve = lambda idx: np.linalg.solve(x[idx].T @ x[idx] + pen, x[idx].T @ meas[idx])
+        try:
+            errs = [abs(float(x[i] @ solve(np.arange(n) != i)) - meas[i]) / meas[i] for i in range(n)]
+            coef = solve(np.ones(n, dtype=bool))
+        except np.linalg.LinAlgError:
+            continue
+        if float(np.mean(errs)) < best[2] - 1e-12:
+            best = (alpha, coef, float(np.mean(errs)))
     return best
