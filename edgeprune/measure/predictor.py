@@ -141,6 +141,8 @@ class Predictor:
                 feats = np.array([self._features(kind, c) for c, _ in samples])
                 norm = float(np.mean(raw ** 2)) if kind == "resolutions" else 1.0  # features in ms / unitless
                 a, coef, err = _joint_ridge_loo(base, feats, meas, norm)
+                if kind == "resolutions" and coef is not None and np.min(coef[0] + coef[base.shape[1]:]) <= 0:
+                    continue  # a resolution whose channels would cost nothing (or pay back): not a price to steer by
                 if np.isfinite(err):
                     tried[kind] = err
                 if err < loo - 1e-12:
