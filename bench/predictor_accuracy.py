@@ -413,8 +413,12 @@ def refit(paths: str) -> int:
     lines = ["| target (runtime) | model | run | stored: within ±10% / median | refitted: within ±10% / median | "
              "refitted correction |", "|---|---|---|---|---|---|"]
     for path in [p for p in paths.split(",") if p]:
-        data = json.loads(Path(path).read_text())
-        for case in data["cases"]:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            log(f"error: cannot read {path} ({exc}); pass a predictor_accuracy.json this script wrote")
+            return 2
+        for case in data.get("cases", []):
             if not case["table"]["ok"]:
                 continue
             try:
