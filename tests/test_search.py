@@ -186,7 +186,7 @@ def test_measured_correction_learns_what_the_table_misprices():
 def test_resolution_correction_gives_each_map_size_its_own_scale():
     """Constructed: the 'runtime' runs the layers on the 7x7 maps 1.6x slower than their table rows say and the
     rest 0.9x (micro-models of small maps miss what a whole model pays there). No single scale fits; the
-    correction on per-resolution shares is chosen by leave-one-out error, learns the 7x7 part, and predicts new
+    per-resolution scales are chosen by leave-one-out error, recover the 7x7 and 14x14 factors, and predict new
     allocations far better than the line. A runtime the table prices well gets no correction."""
     graph = PruneGraph(build_model("resnet20", num_classes=10, in_channels=1).eval(), torch.zeros(1, 1, 28, 28))
     pred = _staircase_predictor(build_plan(graph))
