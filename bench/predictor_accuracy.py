@@ -410,6 +410,7 @@ def refit_case(case: dict) -> dict:
 
 def refit(paths: str) -> int:
     """``--refit``: print the stored and the refitted predictor's figures side by side, one row per case."""
+    share = lambda st: f"{100 * st['within_10pct']:.0f}% / {st['median_abs_pct']:.1f}%"
     lines = ["| target (runtime) | model | run | stored: within ±10% / median | refitted: within ±10% / median | "
              "refitted correction |", "|---|---|---|---|---|---|"]
     for path in [p for p in paths.split(",") if p]:
@@ -426,13 +427,11 @@ def refit(paths: str) -> int:
             except TableNotCached as exc:
                 log(f"skipped: {exc}")
                 lines.append(f"| {case['target']} ({case['runtime']}) | {case['model']} | {path} | "
-                             f"{100 * case['calibrated']['within_10pct']:.0f}% / {case['calibrated']['median_abs_pct']:.1f}% "
-                             "| — (table not in this cache) | |")
+                             f"{share(case['calibrated'])} | — (table not in this cache) | |")
                 continue
             corr = r["correction"]
             lines.append(f"| {r['target']} ({r['runtime']}) | {r['model']} | {path} | "
-                         f"{100 * r['stored']['within_10pct']:.0f}% / {r['stored']['median_abs_pct']:.1f}% | "
-                         f"{100 * r['refit']['within_10pct']:.0f}% / {r['refit']['median_abs_pct']:.1f}% | "
+                         f"{share(r['stored'])} | {share(r['refit'])} | "
                          + (f"{corr['features']}, alpha {corr['alpha']:g}" if corr else "none") + " |")
     print("\n".join(lines))
     return 0

@@ -36,6 +36,7 @@ Imports without torch: layers are any objects with ``.sig`` and ``.channels(coun
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Sequence
 
 import numpy as np
@@ -89,15 +90,18 @@ class Predictor:
         """The plan's input resolutions, largest first (the ``resolutions`` correction's features)."""
         return sorted({tuple(layer.sig.in_hw) for layer in self.layers}, key=lambda hw: (-hw[0] * hw[1], hw))
 
+    @cached_property
+    def _resolution_slots(self) -> tuple[np.ndarray, int]:
+        """Each layer's index in ``resolutions()``, and their number (``predict`` runs in the search's loops)."""
+        index = {hw: i for i, hw in enumerate(self.resolutions())}
+        return np.array([index[tuple(layer.sig.in_hw)] for layer in self.layers], dtype=np.intp), len(index)
+
     def _features(self, kind: str | None, counts: Sequence[int], ms: Sequence[float] | None = None) -> np.ndarray:
         if kind == "cuts":
             return 1.0 - np.asarray(counts, dtype=np.float64) / self.widths
         if kind == "resolutions":
-            index = {hw: i for i, hw in enumerate(self.resolutions())}
-            out = np.zeros(len(index))
-            for layer, t in zip(self.layers, self.layer_ms(counts) if ms is None else ms):
-                out[index[tuple(layer.sig.in_hw)]] += t
-            return out
+            slots, n = self._resolution_slots
+            return np.bincount(slots, weights=self.layer_ms(counts) if ms is None else ms, minlength=n)
         raise ValueError(f"unknown correction {kind!r}")
 
     def calibrate(self, samples: Sequence[tuple[Sequence[int], float]]) -> dict[str, Any]:
@@ -106,7 +110,7 @@ class Predictor:
         raw = np.array([self.raw_ms(c) for c, _ in samples])
         meas = np.array([m for _, m in samples])
         self.weight_ms, line_loo = 0.0, None
-        line = None
+        line = wts = None
         if len(samples) == 1 or np.ptp(raw) < 1e-9:
             self.scale, self.offset_ms = 1.0, float(np.mean(meas - raw))
         else:
@@ -131,7 +135,7 @@ class Predictor:
             self.widths = np.max(np.array([list(c) for c, _ in samples], dtype=np.float64), axis=0)
             # each kind: the line refitted with the kind's features, ridge-penalised; true leave-one-out (every fit
             # redone without each model) against the line's own
-            cols = [raw] + ([np.array([self.weights_m(c) for c, _ in samples])] if self.weight_ms else [])
+            cols = [raw] + ([wts] if self.weight_ms else [])
             base = np.column_stack(cols + [np.ones_like(raw)])
             loo = line_loo if line_loo is not None else _loo_error(base, meas)
             best = None
@@ -170,13 +174,17 @@ WEIGHT_MIN_SAMPLES = 5   # the line with the weight term has three coefficients:
 RIDGE_ALPHAS = (0.01, 0.1, 1.0, 10.0)  # x a squared typical figure of the features' columns
 
 
-def _loo_error(x: np.ndarray, y: np.ndarray) -> float:
-    """Leave-one-out mean relative error of the least-squares fit of ``y`` on the columns of ``x``."""
+def _least_squares(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return np.linalg.lstsq(x, y, rcond=None)[0]
+
+
+def _loo_error(x: np.ndarray, y: np.ndarray, fit=_least_squares) -> float:
+    """Leave-one-out mean relative error of ``fit(x, y)`` (coefficients; least squares by default), refitted
+    without each sample in turn."""
     errs = []
     for i in range(len(y)):
         keep = np.arange(len(y)) != i
-        w, *_ = np.linalg.lstsq(x[keep], y[keep], rcond=None)
-        errs.append(abs(float(x[i] @ w) - y[i]) / y[i])
+        errs.append(abs(float(x[i] @ fit(x[keep], y[keep])) - y[i]) / y[i])
     return float(np.mean(errs))
 
 
@@ -186,16 +194,15 @@ def _joint_ridge_loo(base: np.ndarray, feats: np.ndarray, meas: np.ndarray, norm
     columns of ``base`` (free) and ``feats`` (ridge-penalised by alpha x ``norm``), the fit redone without each
     sample in turn; (None, None, inf) when the system is singular."""
     x = np.column_stack([base, feats])
-    n, k0 = base.shape
+    k0 = base.shape[1]
     best: tuple[float | None, np.ndarray | None, float] = (None, None, float("inf"))
     for alpha in RIDGE_ALPHAS:
         pen = np.diag([0.0] * k0 + [alpha * norm] * feats.shape[1])
-        solve = lambda idx: np.linalg.solve(x[idx].T @ x[idx] + pen, x[idx].T @ meas[idx])
+        ridge = lambda xs, ys: np.linalg.solve(xs.T @ xs + pen, xs.T @ ys)
         try:
-            errs = [abs(float(x[i] @ solve(np.arange(n) != i)) - meas[i]) / meas[i] for i in range(n)]
-            coef = solve(np.ones(n, dtype=bool))
+            err, coef = _loo_error(x, meas, ridge), ridge(x, meas)
         except np.linalg.LinAlgError:
             continue
-        if float(np.mean(errs)) < best[2] - 1e-12:
-            best = (alpha, coef, float(np.mean(errs)))
+        if err < best[2] - 1e-12:
+            best = (alpha, coef, err)
     return best
