@@ -80,7 +80,7 @@ def budget_gate(search: dict[str, Any], decision: dict[str, Any] | None, base: d
     measured = statistics.median(rounds_p)
     gate: dict[str, Any] = {"budget_arg": search.get("budget_arg"), "budget_ms": search["budget_ms"],
                             "measured_ms": measured, "baseline_ms": statistics.median(rounds_b),
-                            "search_measured_ms": (search.get("attempts") or [{}])[-1].get("measured_ms")}
+                            "search_measured_ms": search.get("measured_ms")}
     if decision is None:
         met = measured <= search["budget_ms"]
         return {**gate, "passed": met, "decision": "met" if met else "missed", "interval": [None, None],

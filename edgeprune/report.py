@@ -143,8 +143,11 @@ def _block_lines(search: dict[str, Any]) -> list[str]:
 
 def _search_section(report: dict[str, Any]) -> list[str]:
     search = report["search"]
-    attempts = markdown_table(["attempt", "predicted ms", "measured ms (before fine-tune)", "retained importance"],
-                              [[a["attempt"], a["predicted_ms"], a["measured_ms"], a["retained_importance"]]
+    chosen = search.get("chosen_attempt", len(search["attempts"]))
+    attempts = markdown_table(["attempt", "aimed at ms", "predicted ms", "measured ms (before fine-tune)",
+                               "retained importance", "kept"],
+                              [[a["attempt"], a.get("search_target_ms", ""), a["predicted_ms"], a["measured_ms"],
+                                a["retained_importance"], "**yes**" if a["attempt"] == chosen else ""]
                                for a in search["attempts"]])
     fit, table = search["predictor"], search["table"]
     return [

@@ -96,7 +96,7 @@ def test_build_with_latency_budget(trained, tmp_path, monkeypatch, capsys, lut_c
     # the final interleaved measurement decides the exit code: 0 met, 1 missed, 3 undecided (within the noise)
     assert code == {"met": 0, "missed": 1, "undecided": 3}[gate["decision"]] and search["met"] == (code == 0)
     assert gate["rounds"] == report["measurement"]["rounds"] and len(gate["interval"]) == 2
-    last = search["attempts"][-1]
+    last = search["attempts"][search["chosen_attempt"] - 1]
     assert last["predicted_ms"] <= search["budget_ms"] and last["measured_ms"] <= search["budget_ms"]
     assert search["budget_ms"] == pytest.approx(0.7 * search["baseline_measured_ms"])
     assert all(g["kept"] % 16 == 0 and 0 < g["kept"] <= g["width"] for g in search["groups"])  # --round-to 16

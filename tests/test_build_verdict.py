@@ -25,6 +25,7 @@ def _fake_search(budget_ms: float, arg: str) -> dict:
     return {"budget_ms": budget_ms, "budget_arg": arg, "baseline_measured_ms": BASE_MS,
             "attempts": [{"attempt": 1, "search_target_ms": budget_ms, "predicted_ms": 0.9 * budget_ms,
                           "measured_ms": 0.182, "counts": [], "retained_importance": 0.8}],
+            "chosen_attempt": 1, "measured_ms": 0.182,
             "predictor": {"scale": 1.0, "offset_ms": 0.0, "samples": 2},
             "table": {"sampling": "test", "statistic": "test", "rows_measured": 0, "rows_from_cache": 3,
                       "cache_dir": "none"},

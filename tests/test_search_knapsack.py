@@ -126,7 +126,7 @@ def test_knapsack_budget_honours_round_to_and_kept_layers(fake_runtime, data):  
     after = {n: m.out_channels for n, m in result.model.named_modules() if isinstance(m, nn.Conv2d)}
     assert all(after[n] == before[n] for n in before if n == "layer2.0.conv1" or n.startswith("layer3."))
     assert sum(after.values()) < sum(before.values())
-    assert search["attempts"][-1]["measured_ms"] <= search["budget_ms"]
+    assert search["measured_ms"] <= search["budget_ms"]
     names = [c["name"] for c in search["candidates"]]
     assert names[0].startswith("knapsack") and any(n.startswith("uniform") for n in names)
     assert search["winner"] in names

@@ -39,7 +39,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "latency table and the budget is checked by measurement")
     p.add_argument("--budget", dest="budget", metavar="SHARE", help="same as --budget-ms (e.g. --budget 0.5x)")
     p.add_argument("--budget-attempts", type=ranged(int, 1, 20), default=3,
-                   help="search-measure-tighten attempts, in [1, 20]. Default: %(default)s")
+                   help="search-measure-tighten attempts, in [1, 20]: a search whose model measures over the "
+                        "budget is rerun at a tighter aim; a retry that then lands more than --search-near under "
+                        "the budget uses one more attempt to aim back up between the two, and the slowest attempt "
+                        "within the budget is kept. Default: %(default)s")
     p.add_argument("--max-accuracy-drop", type=ranged(float, 0, 100), metavar="POINTS",
                    help="accuracy bar: fail (exit 1, report written) when the pruned model's top-1 is more than "
                         "POINTS percentage points below the baseline's. Without --ratio and --budget-ms: build "
