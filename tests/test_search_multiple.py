@@ -76,14 +76,14 @@ def fake_runtime(monkeypatch, tmp_path):
     _install(monkeypatch, tmp_path, _fake_row, _fake_measure)
 
 
-def _budget_run(round_to: int, keep: tuple[str, ...] = (), budget: str = "0.5x"):
+def _budget_run(round_to: int, keep: tuple[str, ...] = (), budget: str = "0.5x", attempts: int = 3):
     torch.manual_seed(0)
     model = build_model("resnet20", num_classes=10, in_channels=1).eval()
     profile = {**load_profile("onnxruntime"), "precision": "fp32"}
     assert profile["channel_multiple"] == 8
     pctx = PruneContext(example_inputs=EXAMPLE, round_to=round_to, ignored_layers=keep, progress=False,
                         options={"method": "l1"})
-    result, search = prune_to_budget(model, EXAMPLE, profile, budget, "l1", pctx, 1, None, 3, False)
+    result, search = prune_to_budget(model, EXAMPLE, profile, budget, "l1", pctx, 1, None, attempts, False)
     return model, result, search
 
 
@@ -266,12 +266,7 @@ def _miss_then_true(misses: list[float]):
 def _attempts_run(monkeypatch, tmp_path, misses: list[float], attempts: int = 3):
     _install(monkeypatch, tmp_path, _fake_row, _fake_measure)
     monkeypatch.setattr(hardware.HardwareSearch, "measure_models", _miss_then_true(misses))
-    torch.manual_seed(0)
-    model = build_model("resnet20", num_classes=10, in_channels=1).eval()
-    profile = {**load_profile("onnxruntime"), "precision": "fp32"}
-    pctx = PruneContext(example_inputs=EXAMPLE, round_to=8, progress=False, options={"method": "l1"})
-    _, search = prune_to_budget(model, EXAMPLE, profile, "0.5x", "l1", pctx, 1, None, attempts, False)
-    return search
+    return _budget_run(8, attempts=attempts)[2]
 
 
 def test_a_retry_far_under_the_budget_aims_back_up(monkeypatch, tmp_path):

@@ -129,8 +129,8 @@ class Predictor:
                 if np.ptp(wts) < 1e-12:
                     wts = None  # every model carries the same weights: the term is the offset's
             if wts is not None:
-                line_loo = _loo_error(np.column_stack([raw, np.ones_like(raw)]), meas)
-                x = np.column_stack([raw, wts, np.ones_like(raw)])
+                line_loo = _loo_error(self._base(raw, None), meas)
+                x = self._base(raw, wts)
                 (a2, w2, b2), *_ = np.linalg.lstsq(x, meas, rcond=None)
                 with_weights = _loo_error(x, meas)
                 if a2 > 0 and w2 > 0 and with_weights < line_loo - 1e-12:
@@ -149,8 +149,9 @@ class Predictor:
             # term whatever the line chose: a term the line alone cannot use may be what the kind needs beside it
             # (ResNet-18 at 96 px on ncnn and MNN, session 30: the line through the sum rejects it or gains little,
             # while the resolution scales need it to price the wide layers' weights apart from their maps)
-            loo = line_loo if line_loo is not None else _loo_error(self._base(raw, wts if self.weight_ms else None), meas)
-            bases = [self.weight_ms > 0] + ([not self.weight_ms] if wts is not None else [])
+            loo = line_loo if line_loo is not None else _loo_error(self._base(raw, None), meas)  # no weights: no term
+            line_weighted = self.weight_ms > 0
+            bases = [line_weighted] + ([not line_weighted] if wts is not None else [])
             best = None
             for kind in CORRECTIONS:
                 if kind == "resolutions" and len(self.resolutions()) < 2:
@@ -165,7 +166,8 @@ class Predictor:
                     if kind == "resolutions" and np.min(coef[0] + coef[base.shape[1]:]) <= 0:
                         continue  # a resolution whose channels would cost nothing (or pay back): not a price either
                     if np.isfinite(err):
-                        tried[kind if weighted == bases[0] else f"{kind}, weight term {'on' if weighted else 'off'}"] = err
+                        key = kind if weighted == line_weighted else f"{kind}, weight term {'on' if weighted else 'off'}"
+                        tried[key] = err
                     if err < loo - 1e-12:
                         best, alpha, loo = (kind, coef, feats, base, weighted), a, err
             if best is not None:

@@ -138,7 +138,7 @@ def prune_to_budget(model: nn.Module, example: torch.Tensor, profile: dict[str, 
                              "the unpruned model already meets it: no pruning needed")
     tries = []
     target_ms = budget_ms  # what the search aims at by prediction; tightened after each miss
-    best: tuple[PruneResult, Any, int] | None = None  # the slowest attempt within the budget so far
+    best: tuple[float, int, PruneResult, Any] | None = None  # the slowest attempt within the budget: (ms, n, ...)
     for attempt in range(1, attempts + 1):
         result, found = _search(hs, pctx, method, target_ms, budget_ms, tries, search)
         measured = hs.measure_model(result.model)
@@ -148,8 +148,8 @@ def prune_to_budget(model: nn.Module, example: torch.Tensor, profile: dict[str, 
         info(f"      attempt {attempt}: aimed at {target_ms:.3f} ms, predicted {found.predicted_ms:.3f} ms, "
              f"measured {measured:.3f} ms")
         if measured <= budget_ms:
-            if best is None or measured > tries[best[2] - 1]["measured_ms"]:
-                best = (result, found, attempt)
+            if best is None or measured > best[0]:
+                best = (measured, attempt, result, found)
             aim = _aim_back_up(hs, tries, budget_ms, search.near) if attempt < attempts else None
             if aim is None:
                 break
@@ -169,11 +169,11 @@ def prune_to_budget(model: nn.Module, example: torch.Tensor, profile: dict[str, 
         raise GateFailed(f"budget {budget_ms:.3f} ms not met after {attempts} attempts: "
                          + "; ".join(f"predicted {t['predicted_ms']:.3f} / measured {t['measured_ms']:.3f} ms" for t in tries),
                          "raise the budget or allow more attempts (--budget-attempts)")
-    result, found, chosen = best
+    measured, chosen, result, found = best
     report = {"budget_ms": budget_ms, "budget_arg": budget, "baseline_measured_ms": hs.baseline_ms,
               "strategy": search.strategy, "importance": found.importance, "winner": found.winner, "why": found.why,
               "candidates": found.candidates, "schedule": found.trace if search.strategy == "knapsack" else [],
-              "attempts": tries, "chosen_attempt": chosen, "measured_ms": tries[chosen - 1]["measured_ms"],
+              "attempts": tries, "chosen_attempt": chosen, "measured_ms": measured,
               "predictor": hs.predictor.fit, "calibration": hs.calibration,
               "table": hs.table["meta"],
               "groups": [{"group": g.root_name, "width": w, "kept": c}
