@@ -164,8 +164,10 @@ def _search_section(report: dict[str, Any]) -> list[str]:
         "the budget, or the cap is reached (then \"undecided\": the difference is within the noise).",
         "", attempts, "",
         f"Predictor: sum of per-layer table latencies x {fit['scale']:.3f} {fit['offset_ms']:+.3f} ms"
-        + (f" + {fit['weight_ms_per_million']:.3f} ms per million weights (weights streamed from memory, which the "
-           "table's one-layer micro-benchmarks keep in cache)" if fit.get("weight_ms_per_million") else "")
+        + (f" + {fit['weight_ms_per_million']:.3f} ms per million weights"
+           + (f" beyond the first {fit['weight_floor_m']:g} million (those the cache keeps)" if fit.get("weight_floor_m") else "")
+           + " (weights streamed from memory, which the table's one-layer micro-benchmarks keep in cache)"
+           if fit.get("weight_ms_per_million") else "")
         + f", fitted on {fit['samples']} whole-model measurements. Table: {table['sampling']}; statistic: {table['statistic']}; "
         f"{table['rows_measured']} rows measured, {table['rows_from_cache']} from cache ({table['cache_dir']}).",
         "", "![staircase](staircase.png)", "",

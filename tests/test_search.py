@@ -158,6 +158,43 @@ def test_the_weight_term_prices_weights_the_micro_benchmarks_kept_in_cache():
     assert pred.predict(new[0]) == pytest.approx(table_only(new[0]))
 
 
+def test_the_weight_term_charges_only_weights_beyond_what_the_cache_keeps(monkeypatch):
+    """Constructed: the 'runtime' keeps 0.12 M weights cached between inferences and streams only those beyond,
+    at 6 ms per million (a model that fits in the last-level cache pays nothing for its weights; ResNet-18 at
+    96 px on OpenVINO, session 31). The floor is found among the candidates by leave-one-out error, the price
+    recovered, and new allocations predicted far better than by the term charging every weight; where the
+    runtime charges every weight, no floor is kept. The floors are scaled to ResNet-20's 0.27 M weights."""
+    import edgeprune.measure.predictor as predictor_module
+
+    monkeypatch.setattr(predictor_module, "WEIGHT_FLOORS_M", (0.04, 0.08, 0.12, 0.16))
+    graph = PruneGraph(build_model("resnet20", num_classes=10, in_channels=1).eval(), torch.zeros(1, 1, 28, 28))
+    plan = build_plan(graph)
+    pred = _staircase_predictor(plan)
+    pred.weight_layers = plan
+    widths = [g.channels for g in graph.groups]
+    truth = lambda c: 1.1 * pred.raw_ms(c) + 0.02 + 6.0 * max(0.0, pred.weights_m(c) - 0.12)
+    rng = np.random.default_rng(0)
+    draw = lambda: [int(rng.choice(channel_grid(w, 4)[len(channel_grid(w, 4)) // 4:])) for w in widths]
+    samples = [(widths, truth(widths))] + [(c, truth(c)) for c in (draw() for _ in range(15))]
+    assert sum(pred.weights_m(c) > 0.12 for c, _ in samples) >= 4  # some calibration models stream, some do not
+    fit = pred.calibrate(samples)
+    assert fit["weight_floor_m"] == pytest.approx(0.12) and pred.weight_floor_m == pytest.approx(0.12)
+    assert fit["weight_ms_per_million"] == pytest.approx(6.0, rel=0.1)
+    assert set(fit["weight_floors_tried"]) == {"0", "0.04", "0.08", "0.12", "0.16"}
+    every_weight = Predictor(pred.rows, plan, weight_layers=plan)
+    monkeypatch.setattr(predictor_module, "WEIGHT_FLOORS_M", ())
+    every_weight.calibrate(samples)
+    assert every_weight.weight_floor_m == 0.0
+    new = [draw() for _ in range(30)]
+    err = lambda p: np.mean([abs(p.predict(c) - truth(c)) / truth(c) for c in new])
+    assert err(pred) < 0.01 and err(pred) < 0.3 * err(every_weight)
+    monkeypatch.setattr(predictor_module, "WEIGHT_FLOORS_M", (0.04, 0.08, 0.12, 0.16))
+    linear = lambda c: 1.1 * pred.raw_ms(c) + 0.02 + 6.0 * pred.weights_m(c)
+    fit = pred.calibrate([(c, linear(c)) for c, _ in samples])
+    assert fit["weight_floor_m"] == 0.0 and fit["weight_ms_per_million"] == pytest.approx(6.0, rel=1e-6)
+    assert pred.predict(new[0]) == pytest.approx(linear(new[0]))
+
+
 def test_measured_correction_learns_what_the_table_misprices():
     """Constructed: the 'runtime' charges 30% of the baseline extra for every share of group 2 removed (a layout
     the table cannot see). With the calibration alone the line is used as is; once enough models are measured

@@ -131,7 +131,8 @@ def prune_to_budget(model: nn.Module, example: torch.Tensor, profile: dict[str, 
     budget_ms = value * hs.baseline_ms if relative else value
     info(f"      baseline measured {hs.baseline_ms:.3f} ms; budget {budget_ms:.3f} ms; "
          f"predictor fit on {fit['samples']} models (scale {fit['scale']:.2f}, offset {fit['offset_ms']:+.3f} ms"
-         + (f", {fit['weight_ms_per_million']:.3f} ms per million weights" if fit.get("weight_ms_per_million") else "")
+         + (f", {fit['weight_ms_per_million']:.3f} ms per million weights"
+            + (f" beyond {fit['weight_floor_m']:g} M" if fit.get("weight_floor_m") else "") if fit.get("weight_ms_per_million") else "")
          + ")")
     if budget_ms >= hs.baseline_ms:
         raise UserInputError(f"budget {budget_ms:.3f} ms is not below the baseline's measured {hs.baseline_ms:.3f} ms",
