@@ -193,6 +193,10 @@ def test_the_weight_term_charges_only_weights_beyond_what_the_cache_keeps(monkey
     fit = pred.calibrate([(c, linear(c)) for c, _ in samples])
     assert fit["weight_floor_m"] == 0.0 and fit["weight_ms_per_million"] == pytest.approx(6.0, rel=1e-6)
     assert pred.predict(new[0]) == pytest.approx(linear(new[0]))
+    # one allocation measured five times: no floor can be scored, the offset alone is fitted
+    fit = pred.calibrate([(widths, 1.0 + 0.01 * i) for i in range(5)])
+    assert fit["weight_floor_m"] == 0.0 and fit["scale"] == 1.0
+    assert fit["offset_ms"] == pytest.approx(1.02 - pred.raw_ms(widths))
 
 
 def test_measured_correction_learns_what_the_table_misprices():

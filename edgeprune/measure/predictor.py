@@ -136,8 +136,9 @@ class Predictor:
         if len(floors) == 1:
             return self._fit(samples, 0.0)[0]
         errors = {f: self._fit(samples, f)[1] for f in floors}
-        best = min(floors, key=lambda f: (errors[f], f))  # ties (and all-None) keep the lowest floor
-        if errors[best] is None or (errors[0.0] is not None and errors[best] >= errors[0.0] - 1e-12):
+        score = lambda f: float("inf") if errors[f] is None else errors[f]
+        best = min(floors, key=lambda f: (score(f), f))  # ties keep the lowest floor
+        if score(best) >= score(0.0) - 1e-12:
             best = 0.0
         fit = self._fit(samples, best)[0]
         fit["weight_floors_tried"] = {f"{f:g}": e for f, e in errors.items()}
