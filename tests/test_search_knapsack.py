@@ -181,7 +181,9 @@ def test_a_trained_candidate_wins_with_its_own_weights(fake_runtime, data, monke
     assert getattr(result.model, "_grown", False)
     row = next(c for c in search["candidates"] if c["name"] == search["winner"])
     assert row["trained"] and "pruned while fine-tuning" in row["note"]
-    assert row["trained_images"] == QUICK.progressive_steps * QUICK.step_batches * QUICK.batch_size
+    # its schedule's training, then the finalists' short fine-tune it is returned with
+    assert row["trained_images"] == (QUICK.progressive_steps * QUICK.step_batches + QUICK.finalist_batches) * \
+        QUICK.batch_size
     assert f"trained on {row['trained_images']} images inside the search" in search["why"]
     assert [g["kept"] for g in search["groups"]] == row["counts"]
     assert row["measured_ms"] <= search["budget_ms"]
@@ -248,7 +250,8 @@ def test_progressive_uniform_competes_at_equal_training(fake_runtime, data, monk
     assert getattr(result.model, "_even", False)
     row = next(c for c in search["candidates"] if c["name"] == search["winner"])
     knap = next(c for c in search["candidates"] if c["name"] == "progressive (3 steps)")
-    assert row["trained"] and row["trained_images"] == knap["trained_images"] > 0
+    assert knap["trained_images"] > 0  # the same schedule training; the winner also kept its finalist fine-tune
+    assert row["trained"] and row["trained_images"] == knap["trained_images"] + quick.finalist_batches * quick.batch_size
     # its last step aims at the budget, as the one-shot uniform candidate does: the same counts
     assert row["counts"] == next(c for c in search["candidates"] if c["name"] == "uniform (taylor_bn)")["counts"]
     shares = [k / g["width"] for k, g in zip(row["counts"], search["groups"])]
@@ -319,8 +322,8 @@ def test_no_progressive_candidate_with_zero_steps(fake_runtime, data, monkeypatc
 def test_finalists_fine_tune_decides_over_the_bn_score(fake_runtime, data, monkeypatch):  # noqa: F811
     """Constructed: right after pruning (BN re-estimated) the most even cut scores best, but after the finalists'
     fine-tune the candidate keeping the most channels does. The winner is the latter, chosen among the
-    finalists (the best of each kind first), and it is returned with its BN-re-estimated weights, not the
-    probe's fine-tuned ones."""
+    finalists (the best of each kind first), and it is returned with the weights of its probe's fine-tune (the
+    search trained them), counted in its trained images."""
     widths_of = lambda m: [mod.out_channels for mod in m.modules() if isinstance(mod, nn.Conv2d)]
     full = widths_of(build_model("resnet20", num_classes=10, in_channels=1))
     probed = []
@@ -360,7 +363,9 @@ def test_finalists_fine_tune_decides_over_the_bn_score(fake_runtime, data, monke
     assert winner["probe_top1"] == max(c["probe_top1"] for c in finalists)
     assert winner["holdout_top1"] < max(c["holdout_top1"] for c in finalists)  # the BN score alone chose another
     assert "fine-tuned for 2 mini-batches" in search["why"]
-    assert not getattr(result.model, "_probed", False)  # the returned weights are not the probe's
+    assert getattr(result.model, "_probed", False)  # the returned weights are the probe's fine-tuned ones
+    assert winner["trained_images"] == untrained.finalist_batches * untrained.batch_size
+    assert "finalist fine-tune" in winner["note"]
 
 
 def test_knapsack_aims_lower_when_its_allocation_measures_over_the_budget(fake_runtime, data, monkeypatch):  # noqa: F811

@@ -30,8 +30,10 @@
    *training* images (never the test set). That score sits near chance after a deep cut, so the
    ``finalists`` best (the best of each kind first) are then fine-tuned for ``finalist_batches``
    mini-batches from those weights and scored again; the most accurate finalist wins (ties: the faster
-   prediction). The caller measures it on the target and fine-tunes it, from its BN-re-estimated weights
-   (not the probe's), like any pruned model; a trained candidate with the weights it trained.
+   prediction). The caller measures it on the target and fine-tunes it like any pruned model, from the weights
+   of the winner's short fine-tune (the search trained them: a one-shot winner returned with its untrained
+   weights threw away 40 mini-batches; on ResNet-18 at 96 px it scored 59.6% right after the cut and 91.2%
+   after them, bench/RESULTS.md §5), counted in its ``trained_images`` like the schedules' training.
 
 Because uniform pruning is a candidate (and, as its own kind, always a finalist when within the budget by
 measurement and ``finalists`` >= 5, the number of kinds), the search loses to it only through the proxy's error (a short
@@ -478,15 +480,16 @@ class Allocator:
         firsts = [c for i, c in enumerate(order) if all(o.family != c.family for o in order[:i])]
         return (firsts + [c for c in order if c not in firsts])[:self.s.finalists]
 
-    def probe(self, model: nn.Module) -> float:
-        """Held-out top-1 after ``finalist_batches`` mini-batches of fine-tuning a copy of ``model`` (every
-        finalist sees the same batches in the same order)."""
+    def probe(self, model: nn.Module) -> tuple[float, nn.Module, int]:
+        """(held-out top-1, the trained copy, training images it saw) after ``finalist_batches`` mini-batches of
+        fine-tuning a copy of ``model`` (every finalist sees the same batches in the same order)."""
         from edgeprune.train import train
 
         trial = copy.deepcopy(model)
-        train(trial, self.fit_ds, epochs=1.0, max_steps=self.s.finalist_batches, lr=self.s.step_lr,
-              batch_size=self.s.batch_size, augment=False, progress=False, desc="finalist", seed=self.s.seed)
-        return _evaluate(trial.eval(), self.holdout_ds)
+        history = train(trial, self.fit_ds, epochs=1.0, max_steps=self.s.finalist_batches, lr=self.s.step_lr,
+                        batch_size=self.s.batch_size, augment=False, progress=False, desc="finalist",
+                        seed=self.s.seed)
+        return _evaluate(trial.eval(), self.holdout_ds), trial, int(history["steps"]) * self.s.batch_size
 
     def arbitrate(self, cands: list[Candidate], models: dict[str, nn.Module] | None = None
                   ) -> tuple[Candidate, nn.Module]:
@@ -494,21 +497,28 @@ class Allocator:
         already built; BN re-estimated in place). Each is scored after BN re-estimation; the finalists
         (``finalists``) are then fine-tuned briefly from those weights and ranked by that score instead: right
         after a deep cut the first score is near chance (at 0.4x on ResNet-20 its rank correlation with the
-        accuracy after the real fine-tune was 0.41; after 40 mini-batches, 0.94). The winner is returned with
-        the BN-re-estimated weights, not the probe's, so it gets the same fine-tune as any pruned model."""
+        accuracy after the real fine-tune was 0.41; after 40 mini-batches, 0.94). A finalist that wins is
+        returned with the weights of its short fine-tune (the search trained them; throwing them away would
+        hand the build a less trained model for nothing), and its ``trained_images`` count them; without
+        finalists, with its BN-re-estimated weights."""
         built = {}
         for cand in tqdm(cands, desc="candidates", disable=not self.ctx.progress, file=sys.stderr, leave=False):
             model = models[cand.name] if models is not None else self.subnet(cand)
             built[cand.name] = recalibrate_bn(model.eval(), self.fit_ds, self.s.bn_images, seed=self.s.seed)
             cand.holdout_top1 = _evaluate(built[cand.name], self.holdout_ds)
         pool = self.finalists(cands) if self.s.finalist_batches > 0 and len(cands) > 1 else []
+        best, trained, images = None, None, 0
         for cand in tqdm(pool, desc="finalists", disable=not self.ctx.progress, file=sys.stderr, leave=False):
-            cand.probe_top1 = self.probe(built[cand.name])
-        if pool:
-            best = max(pool, key=lambda c: (c.probe_top1, -c.predicted_ms))
-        else:
+            cand.probe_top1, trial, seen = self.probe(built[cand.name])
+            if best is None or (cand.probe_top1, -cand.predicted_ms) > (best.probe_top1, -best.predicted_ms):
+                best, trained, images = cand, trial, seen  # keep only the leader's trained copy
+        if best is None:
             best = max(cands, key=lambda c: (c.holdout_top1, -c.predicted_ms))
-        return best, built[best.name]
+            return best, built[best.name]
+        best.trained_images += images
+        best.note = (best.note + "; " if best.note else "") + \
+            f"returned with the weights of its {self.s.finalist_batches}-mini-batch finalist fine-tune"
+        return best, trained
 
     @staticmethod
     def schedule_kind(cand: Candidate) -> str | None:
