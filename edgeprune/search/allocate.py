@@ -155,6 +155,10 @@ class Candidate:
     model: nn.Module | None = None   # its own trained weights (progressive candidates); None: the original's
     trained_images: int = 0          # training images its weights saw inside the search (mini-batches x batch size)
 
+    def add_note(self, text: str) -> None:
+        """Append ``text`` to its note ("; " between notes)."""
+        self.note = f"{self.note}; {text}" if self.note else text
+
     @property
     def measured_ms(self) -> float | None:
         """The mean of its measurements (None before the first)."""
@@ -507,17 +511,17 @@ class Allocator:
             built[cand.name] = recalibrate_bn(model.eval(), self.fit_ds, self.s.bn_images, seed=self.s.seed)
             cand.holdout_top1 = _evaluate(built[cand.name], self.holdout_ds)
         pool = self.finalists(cands) if self.s.finalist_batches > 0 and len(cands) > 1 else []
-        best, trained, images = None, None, 0
+        trials: dict[str, tuple[nn.Module, int]] = {}
         for cand in tqdm(pool, desc="finalists", disable=not self.ctx.progress, file=sys.stderr, leave=False):
             cand.probe_top1, trial, seen = self.probe(built[cand.name])
-            if best is None or (cand.probe_top1, -cand.predicted_ms) > (best.probe_top1, -best.predicted_ms):
-                best, trained, images = cand, trial, seen  # keep only the leader's trained copy
-        if best is None:
+            trials[cand.name] = (trial, seen)
+        if not pool:
             best = max(cands, key=lambda c: (c.holdout_top1, -c.predicted_ms))
             return best, built[best.name]
-        best.trained_images += images
-        best.note = (best.note + "; " if best.note else "") + \
-            f"returned with the weights of its {self.s.finalist_batches}-mini-batch finalist fine-tune"
+        best = max(pool, key=lambda c: (c.probe_top1, -c.predicted_ms))
+        trained, seen = trials[best.name]
+        best.trained_images += seen
+        best.add_note(f"returned with the weights of its {self.s.finalist_batches}-mini-batch finalist fine-tune")
         return best, trained
 
     @staticmethod
@@ -582,7 +586,7 @@ class Allocator:
                 seen.add(c.key)
                 if rnd:
                     c.name = f"{c.name} (refit {rnd})"
-                    c.note = (c.note + "; " if c.note else "") + "after refitting the predictor on the measurements"
+                    c.add_note("after refitting the predictor on the measurements")
                 fresh.append(c)
             if not fresh:
                 break
@@ -622,7 +626,7 @@ class Allocator:
             winner, model = self.arbitrate(fits or cands, models)
             for c in cands:
                 if c not in fits and fits:
-                    c.note = (c.note + "; " if c.note else "") + "over the budget by measurement: not compared"
+                    c.add_note("over the budget by measurement: not compared")
         rows = [c.row(self.widths) for c in cands]
         compared = [c for c in cands if c.holdout_top1 is not None]
         probed = [c for c in cands if c.probe_top1 is not None]
