@@ -35,13 +35,14 @@ Usage: python bench/hw_search.py --weights CKPT [--image-size PX] [--targets x86
        python bench/hw_search.py --rewrite   (the .md and .png again from hw_search.json)
        python bench/hw_search.py --pool RUN1,RUN2,RUN3 --out DIR   (one report over runs of other seeds: mean ± std)
        python bench/hw_search.py --weights CKPT --controls --targets x86 --budgets 0.5   (add the control arms to
-           stored cells; new runs add them as they go)
+           stored cells, or redo those that trained less than the search's winner; new runs add them as they go)
 
 Control arms ``uniform+`` and ``tp+``: the uniform and Torch-Pruning arms' own models, fine-tuned for
-``--ft-epochs`` plus the epochs of training the search's progressive candidate gets inside the search
-(8 steps x 30 mini-batches of 64, about 0.26 epoch), so the search's lead is not just more training. And
-``search+``: when the search's winner trained less than that inside the search (a one-shot candidate: not at
-all), its model fine-tuned by the difference, so that comparison is at equal total training both ways.
+``--ft-epochs`` plus the training the search's winner had inside the search, and at least the progressive
+schedule's (8 steps x 30 mini-batches of 64, about 0.26 epoch; a progressive winner that also had the finalists'
+40 mini-batches had 0.30), so the search's lead is not just more training. And ``search+``: when the search's
+winner trained less than that inside the search (a one-shot candidate: only the finalists' 40 mini-batches), its
+model fine-tuned by the difference, so that comparison is at equal total training both ways.
 """
 from __future__ import annotations
 
@@ -64,8 +65,8 @@ sys.path.insert(0, str(REPO))
 THREADS, PRECISION = 1, "fp32"
 ARMS = ("knapsack", "greedy", "uniform", "tp", "gate", "uniform+", "tp+", "search+")
 # "uniform+" and "tp+": the uniform and Torch-Pruning arms' own models fine-tuned longer by the training the
-# search's progressive candidate gets inside the search (``search_training_epochs``), so that the search's
-# advantage is not just more training. They share their arm's model, so its measured latency.
+# search's winner had inside the search, at least the progressive schedule's (``Bench.equal_training_epochs``), so
+# that the search's advantage is not just more training. They share their arm's model, so its measured latency.
 CONTROLS = {"uniform": "uniform+", "tp": "tp+"}
 # Gate Decorator's Tick-Tock for the ``gate`` arm: the paper's 5% of the remaining channels per tick, a tock every
 # 4 ticks capped at 40 SGD steps, so its extra training stays near the search's own (3 x 30 step batches + 6 x 40
@@ -224,17 +225,20 @@ class Bench:
                   progress=False, desc="fine-tune", seed=seed)
         return {"top1_after_prune": before, "top1": evaluate(m.eval(), self.test_ds, progress=False)}
 
-    def search_training_epochs(self) -> float:
-        """Epochs of training the search's progressive candidate gets inside the search (its steps x step batches
-        x batch size over the training set): what the control arms get on top of the common fine-tune."""
+    def equal_training_epochs(self, search: dict) -> float:
+        """Epochs the control arms get on top of the common fine-tune: the training the search's winner had inside
+        the search (``search``: the knapsack arm's row or the search's result, with its winner and candidates),
+        and at least the progressive candidate's schedule (its steps x step batches x batch size over the training
+        set), so the controls never train less than the search's trained candidates could."""
         from edgeprune.search.allocate import SearchSettings
 
-        return SearchSettings().progressive_images / len(self.train_ds)
+        return max(SearchSettings().progressive_images, winner_trained_images(search)) / len(self.train_ds)
 
     def controls(self, models: dict, rows: list[dict]) -> list[dict]:
         """The control rows of one cell: ``models`` maps an arm (uniform, tp) to its model; ``rows`` are the
-        cell's measured rows, whose latency the control shares."""
-        extra = self.search_training_epochs()
+        cell's measured rows, whose latency the control shares, its knapsack row among them (its winner's
+        training sets the controls')."""
+        extra = self.equal_training_epochs(next(r for r in rows if r["arm"] == "knapsack"))
         out = []
         for arm, model in models.items():
             row = next(r for r in rows if r["arm"] == arm)
@@ -246,10 +250,9 @@ class Bench:
 
     def search_control(self, model, search: dict, rows: list[dict]) -> list[dict]:
         """``search+``: when the search's winner trained less inside the search than the controls' extra (a one-shot
-        candidate trained not at all), its model fine-tuned by the difference, so it meets uniform+ and tp+ at equal
+        candidate: only the finalists' mini-batches), its model fine-tuned by the difference, so it meets uniform+ and tp+ at equal
         total training too. No row when the winner had all of it."""
-        won = next((c for c in search["candidates"] if c["name"] == search["winner"]), {})
-        short = self.search_training_epochs() - (won.get("trained_images") or 0) / len(self.train_ds)
+        short = self.equal_training_epochs(search) - winner_trained_images(search) / len(self.train_ds)
         if short <= 1e-9:
             return []
         row = next(r for r in rows if r["arm"] == "knapsack")
@@ -495,8 +498,10 @@ def write_md(result: dict, path: Path) -> None:
                  f"at {result.get('input', '1x1x28x28')}, Fashion-MNIST, top-1 {result['baseline_top1'] * 100:.2f}%)."]),
              f"Fine-tune for every arm: {a['ft_epochs']} epoch(s) of the "
              f"60k training images, SGD lr {a['ft_lr']} cosine, batch 128, no augmentation, after BN re-estimation "
-             f"on 512 training images; the control arms uniform+ and tp+ (their arm's model) get the search's "
-             f"progressive training on top of that (about 0.26 epoch; rows without them predate the controls). "
+             f"on 512 training images; the control arms uniform+ and tp+ (their arm's model) get on top of that "
+             f"the training the search's winner had inside the search, at least its progressive schedule's (about "
+             f"0.26 epoch; each control row's `extra_epochs` in the JSON; rows without them predate the controls), "
+             f"and search+ a one-shot winner's shortfall. "
              f"Raw data: `hw_search.json`; plot: `hw_search.png`.", "",
              "## Summary (mean ± std over seeds)", ""]
     rows = [[s["target"], f"{s['budget']}x", s["arm"], s["seeds"], f"{s['top1_mean']:.2f} ± {s['top1_std']:.2f}",
@@ -538,8 +543,16 @@ def publish(result: dict, out: Path, args) -> None:
     write_md(result, out / "hw_search.md")
 
 
+def winner_trained_images(search: dict) -> int:
+    """Training images the search's winner saw inside the search (0 for a one-shot winner of a run before the
+    finalists' weights were kept, or a row without its candidates)."""
+    won = next((c for c in search.get("candidates") or [] if c["name"] == search.get("winner")), {})
+    return int(won.get("trained_images") or 0)
+
+
 def add_controls(args) -> int:
-    """``--controls``: the control rows for every cell of hw_search.json that lacks them; then the .md and .png."""
+    """``--controls``: the control rows for every cell of hw_search.json that lacks them, or whose controls trained
+    less than the search's winner did inside the search (redone at equal training); then the .md and .png."""
     path = Path(args.out) / "hw_search.json"
     result = json.loads(path.read_text())
     model, _, train_ds, test_ds = load_inputs(args)
@@ -552,9 +565,17 @@ def add_controls(args) -> int:
                         and r["budget"] in args.budget_list})
         for b, seed in cells:
             rows = [r for r in case["rows"] if r["budget"] == b and r["seed"] == seed]
-            if any(r.get("arm") in CONTROLS.values() for r in rows):
+            extra = bench.equal_training_epochs(next((r for r in rows if r["arm"] == "knapsack"), {}))
+            done = [r for r in rows if r.get("arm") in CONTROLS.values()]
+            if done and all(r.get("extra_epochs", extra) >= extra - 1e-6 for r in done):
                 continue
-            log(f"{case['target']} {b}x seed {seed}: controls")
+            if done:  # trained less than the search's winner did inside the search: not equal training, redo
+                log(f"{case['target']} {b}x seed {seed}: controls had {min(r.get('extra_epochs', 0) for r in done):.3f} "
+                    f"extra epochs, the search's winner {extra:.3f}: redone")
+                case["rows"] = [r for r in case["rows"] if all(r is not d for d in done)]
+                rows = [r for r in rows if all(r is not d for d in done)]
+            else:
+                log(f"{case['target']} {b}x seed {seed}: controls")
             arms = {r["arm"]: bench.rebuild(r, case["multiple"]) for r in rows if r.get("arm") in CONTROLS}
             case["rows"] += bench.controls(arms, [r for r in rows if "top1" in r])
         path.write_text(json.dumps(result, indent=1, default=str))  # a stopped run keeps its finished targets
@@ -596,8 +617,8 @@ def main() -> int:
                     help="run nothing: write hw_search.md and .png again from hw_search.json in --out")
     ap.add_argument("--controls", action="store_true",
                     help="run no search: add the uniform+ / tp+ control rows (longer fine-tune, see CONTROLS) to "
-                         "the --targets / --budgets cells of hw_search.json in --out that lack them, rebuilding "
-                         "those arms' models")
+                         "the --targets / --budgets cells of hw_search.json in --out that lack them or whose controls "
+                         "trained less than the search's winner, rebuilding those arms' models")
     ap.add_argument("--pool", metavar="DIR,DIR,...",
                     help="run nothing: pool earlier runs' hw_search.json (their --out directories) into one report "
                          "in --out, mean ± std over all their seeds (runs of other seeds, same model and fine-tune)")
