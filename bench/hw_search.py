@@ -234,11 +234,9 @@ class Bench:
 
         return max(SearchSettings().progressive_images, winner_trained_images(search)) / len(self.train_ds)
 
-    def controls(self, models: dict, rows: list[dict]) -> list[dict]:
+    def controls(self, models: dict, rows: list[dict], extra: float) -> list[dict]:
         """The control rows of one cell: ``models`` maps an arm (uniform, tp) to its model; ``rows`` are the
-        cell's measured rows, whose latency the control shares, its knapsack row among them (its winner's
-        training sets the controls')."""
-        extra = self.equal_training_epochs(next(r for r in rows if r["arm"] == "knapsack"))
+        cell's measured rows, whose latency the control shares; ``extra``: the cell's ``equal_training_epochs``."""
         out = []
         for arm, model in models.items():
             row = next(r for r in rows if r["arm"] == arm)
@@ -248,11 +246,11 @@ class Bench:
             log(f"      {CONTROLS[arm]}: top-1 {acc['top1']:.4f} after {self.args.ft_epochs} + {extra:.3f} epochs")
         return out
 
-    def search_control(self, model, search: dict, rows: list[dict]) -> list[dict]:
+    def search_control(self, model, search: dict, rows: list[dict], extra: float) -> list[dict]:
         """``search+``: when the search's winner trained less inside the search than the controls' extra (a one-shot
         candidate: only the finalists' mini-batches), its model fine-tuned by the difference, so it meets uniform+ and tp+ at equal
         total training too. No row when the winner had all of it."""
-        short = self.equal_training_epochs(search) - winner_trained_images(search) / len(self.train_ds)
+        short = extra - winner_trained_images(search) / len(self.train_ds)
         if short <= 1e-9:
             return []
         row = next(r for r in rows if r["arm"] == "knapsack")
@@ -348,8 +346,9 @@ def run_target(bench: Bench, target: str) -> dict:
                 r["ratio_to_unpruned"] = bench.last_paired[r["name"]]["ratio"]
                 r["ratio_interval"] = bench.last_paired[r["name"]]["ratio_interval"]
                 r["baseline_ms_same_rounds"] = ms["base"]
-            cell_rows += bench.controls({arm: cell[arm][0] for arm in CONTROLS}, cell_rows)
-            cell_rows += bench.search_control(k_model, k_search, cell_rows)
+            extra = bench.equal_training_epochs(k_search)
+            cell_rows += bench.controls({arm: cell[arm][0] for arm in CONTROLS}, cell_rows, extra)
+            cell_rows += bench.search_control(k_model, k_search, cell_rows, extra)
             rows += cell_rows
             base_ms.append(ms["base"])
             log("      measured: " + ", ".join(f"{r['arm']} {r['measured_ms']:.3f}" for r in cell_rows)
@@ -572,12 +571,12 @@ def add_controls(args) -> int:
             if done:  # trained less than the search's winner did inside the search: not equal training, redo
                 log(f"{case['target']} {b}x seed {seed}: controls had {min(r.get('extra_epochs', 0) for r in done):.3f} "
                     f"extra epochs, the search's winner {extra:.3f}: redone")
-                case["rows"] = [r for r in case["rows"] if all(r is not d for d in done)]
-                rows = [r for r in rows if all(r is not d for d in done)]
+                gone = {id(r) for r in done}
+                case["rows"] = [r for r in case["rows"] if id(r) not in gone]
             else:
                 log(f"{case['target']} {b}x seed {seed}: controls")
             arms = {r["arm"]: bench.rebuild(r, case["multiple"]) for r in rows if r.get("arm") in CONTROLS}
-            case["rows"] += bench.controls(arms, [r for r in rows if "top1" in r])
+            case["rows"] += bench.controls(arms, [r for r in rows if "top1" in r and r not in done], extra)
         path.write_text(json.dumps(result, indent=1, default=str))  # a stopped run keeps its finished targets
     publish(result, Path(args.out), args)
     return 0

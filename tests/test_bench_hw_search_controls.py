@@ -40,28 +40,25 @@ def test_controls_train_as_long_as_the_winner_and_at_least_the_schedule(hw):
     assert equal({}) == pytest.approx(schedule / N)
 
 
-class _FakeBench:
-    """The real Bench's control logic over a fake fine-tune that records the epochs it was asked for."""
-    asked: list[float] = []
-
-    def __init__(self, args, model, train_ds, test_ds):
-        self.args, self.train_ds = args, train_ds
-
-    def rebuild(self, row, multiple):
-        return row["arm"]
-
-    def finetune(self, model, seed, extra_epochs=0.0):
-        _FakeBench.asked.append(extra_epochs)
-        return {"top1_after_prune": 0.5, "top1": 0.9}
-
-
 def test_controls_flag_redoes_controls_that_trained_less_than_the_winner(hw, tmp_path, monkeypatch):
     from edgeprune.search.allocate import SearchSettings
 
+    asked = []
+
+    class FakeBench(hw.Bench):
+        """The real Bench's control logic over a fake fine-tune that records the epochs it was asked for."""
+        def __init__(self, args, model, train_ds, test_ds):
+            self.args, self.train_ds = args, train_ds
+
+        def rebuild(self, row, multiple):
+            return row["arm"]
+
+        def finetune(self, model, seed, extra_epochs=0.0):
+            asked.append(extra_epochs)
+            return {"top1_after_prune": 0.5, "top1": 0.9}
+
     schedule = SearchSettings().progressive_images
-    for name in ("equal_training_epochs", "controls"):
-        setattr(_FakeBench, name, getattr(hw.Bench, name))
-    monkeypatch.setattr(hw, "Bench", _FakeBench)
+    monkeypatch.setattr(hw, "Bench", FakeBench)
     monkeypatch.setattr(hw, "load_inputs", lambda args: (None, None, range(N), None))
     monkeypatch.setattr(hw, "publish", lambda result, out, args: (out / "hw_search.json").write_text(json.dumps(result)))
 
@@ -79,7 +76,6 @@ def test_controls_flag_redoes_controls_that_trained_less_than_the_winner(hw, tmp
             + cell(2, schedule, None))               # no controls yet: added
     (tmp_path / "hw_search.json").write_text(json.dumps({"cases": [{"target": "x86", "multiple": 16, "rows": rows}]}))
     args = Namespace(out=str(tmp_path), targets="x86", budget_list=[0.35], ft_epochs=0.15)
-    _FakeBench.asked = []
     assert hw.add_controls(args) == 0
     out = json.loads((tmp_path / "hw_search.json").read_text())["cases"][0]["rows"]
     controls = {(r["seed"], r["arm"]): r for r in out if r["arm"] in ("uniform+", "tp+")}
@@ -88,4 +84,4 @@ def test_controls_flag_redoes_controls_that_trained_less_than_the_winner(hw, tmp
     assert controls[(0, "tp+")]["top1"] == 0.9  # the redone fine-tune's, not the stored 0.5
     assert controls[(1, "uniform+")]["top1"] == 0.5 and controls[(1, "tp+")]["extra_epochs"] == pytest.approx(schedule / N)
     assert controls[(2, "uniform+")]["extra_epochs"] == pytest.approx(schedule / N)
-    assert sorted(_FakeBench.asked) == pytest.approx(sorted([schedule / N] * 2 + [(schedule + 2560) / N] * 2))
+    assert sorted(asked) == pytest.approx(sorted([schedule / N] * 2 + [(schedule + 2560) / N] * 2))
