@@ -439,14 +439,18 @@ def refit(paths: str) -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--targets", default="x86,arm64")
-    ap.add_argument("--models", default="resnet20,mobilenet_v2")
-    ap.add_argument("--variants", type=int, default=30)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--table-limit-min", type=float, default=25.0)
+    ap.add_argument("--targets", default="x86,arm64",
+                    help="target profiles, comma-separated (x86: OpenVINO, arm64: ncnn, arm64-mnn: MNN)")
+    ap.add_argument("--models", default="resnet20,mobilenet_v2",
+                    help=f"models and input shapes, comma-separated (one of: {', '.join(CASES)})")
+    ap.add_argument("--variants", type=int, default=30, help="random pruned variants measured per model and target")
+    ap.add_argument("--rounds", type=int, default=3, help="paired measurement rounds per variant")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the variants' random channel counts")
+    ap.add_argument("--table-limit-min", type=float, default=25.0,
+                    help="give up on a latency table that takes longer than this many minutes")
     ap.add_argument("--cache", default=str(DEFAULT_CACHE), help="latency-table cache (EDGEPRUNE_CACHE)")
-    ap.add_argument("--out", default=str(REPO / "bench" / "results"))
+    ap.add_argument("--out", default=str(REPO / "bench" / "results"),
+                    help="folder for predictor_accuracy.json and predictor_accuracy-tables.md")
     ap.add_argument("--calibrations", default="halves,random,random-all",
                     help="mixed calibration sets to fit side by side on the variants' paired run (search.hardware."
                          "mixed_counts kinds; empty: none)")

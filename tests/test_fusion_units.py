@@ -147,3 +147,13 @@ def test_an_adaptively_grown_row_is_read_back_from_the_cache(tmp_path):
     store = RowCache(tmp_path)
     store.put("k", grown)
     assert store.get("k", sig, [8, 16], [8, 24, 32]).ms == grown.ms and not store.warned
+
+
+def test_only_runtimes_whose_rows_changed_meaning_get_new_cache_keys():
+    from edgeprune.measure import lut_build
+
+    assert lut_build.ENTRY_REVISIONS == {"mnn": 2}
+    profiles = {rt: {"name": f"t-{rt}", "runtime": rt, "options": {}} for rt in ("mnn", "ncnn", "openvino")}
+    contexts = {rt: lut_build.table_context(p, "fp32", 1) for rt, p in profiles.items()}
+    assert contexts["mnn"]["entry_revision"] == 2  # MNN rows cached before the revision (raw, not net) are misses
+    assert "entry_revision" not in contexts["ncnn"] and "entry_revision" not in contexts["openvino"]

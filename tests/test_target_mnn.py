@@ -258,3 +258,21 @@ def test_bad_requests_are_user_errors(tiny_onnx, tmp_path):
     with pytest.raises(UserInputError, match="quantize method"):
         mnn_target.compile(tiny_onnx, "int8", calib, {"options": {"feature_quantize_method": "BEST"}}, tmp_path / "a")
     assert _leftovers(tmp_path, "a") == []
+
+
+def test_identity_micro_model_converts_and_copies(tmp_path):
+    """The latency table's identity model (no weights) builds at fp32: a strided copy, channels zero-padded.
+
+    MNN used to refuse it ("stored {} weights for a fp32 request"), so MNN table rows kept the per-inference
+    overhead the identity subtraction removes on every other runtime."""
+    from edgeprune.measure.lut import LayerSig, micro_onnx
+
+    sig = LayerSig("identity", stride=(2, 2), in_hw=(8, 8), relu=False)
+    onnx_path = micro_onnx(sig, 4, 6, tmp_path / "identity.onnx")
+    art = mnn_target.compile(onnx_path, "fp32", None, PROFILE, tmp_path / "identity")
+    assert mnn_target.inspect(art)["weights"] == "none"
+    x = np.random.default_rng(0).standard_normal((1, 4, 8, 8)).astype(np.float32)
+    y = mnn_target.load(art, threads=1).run(x)[0]
+    assert y.shape == (1, 6, 4, 4)
+    np.testing.assert_array_equal(y[:, :4], x[:, :, ::2, ::2])
+    assert not y[:, 4:].any()

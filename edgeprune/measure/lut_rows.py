@@ -137,8 +137,8 @@ def measure_row(profile: dict[str, Any], precision: str, settings: MeasureSettin
     try:
         ident = _identity_table(args, sig, ins, outs)
     except LutError as exc:
-        # Some converters refuse a model without weights (MNN: "stored {} weights"): keep the raw figures, whose
-        # per-inference overhead the predictor's calibrated offset absorbs, as it did before identities existed.
+        # A converter that refuses the weightless identity (MNN did before lut_build.ENTRY_REVISIONS["mnn"] 2): keep
+        # the raw figures, whose per-inference overhead the predictor's calibrated offset absorbs.
         key = (profile.get("name"), profile.get("runtime"))
         if key not in _NO_IDENTITY:
             _NO_IDENTITY.add(key)

@@ -243,7 +243,8 @@ def _require_built(precision: str, report: dict[str, Any]) -> None:
     if precision == "int8" and report["compute_ops"]["int8"] == 0:
         raise CompileError("mnnquant produced a model with no int8 convolution/matmul kernels "
                            f"(compute ops: {report['compute_ops']})", "use --precision fp32")
-    if precision in ("fp32", "fp16") and report["weights"] != precision:
+    # "none": a model without weights (the latency table's identity micro-model) has nothing to store
+    if precision in ("fp32", "fp16") and report["weights"] not in (precision, "none"):
         raise CompileError(f"mnnconvert stored {report['weight_storage']} weights for a {precision} request",
                            "report this MNN version; use --precision fp32")
 
