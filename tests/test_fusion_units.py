@@ -149,11 +149,19 @@ def test_an_adaptively_grown_row_is_read_back_from_the_cache(tmp_path):
     assert store.get("k", sig, [8, 16], [8, 24, 32]).ms == grown.ms and not store.warned
 
 
-def test_only_runtimes_whose_rows_changed_meaning_get_new_cache_keys():
-    from edgeprune.measure import lut_build
 
-    assert lut_build.ENTRY_REVISIONS == {"mnn": 2}
-    profiles = {rt: {"name": f"t-{rt}", "runtime": rt, "options": {}} for rt in ("mnn", "ncnn", "openvino")}
-    contexts = {rt: lut_build.table_context(p, "fp32", 1) for rt, p in profiles.items()}
-    assert contexts["mnn"]["entry_revision"] == 2  # MNN rows cached before the revision (raw, not net) are misses
-    assert "entry_revision" not in contexts["ncnn"] and "entry_revision" not in contexts["openvino"]
+@pytest.mark.parametrize("runtime, net", [("openvino", True), ("ncnn", True), ("mnn", False)])
+def test_rows_are_net_of_the_identity_except_on_raw_row_runtimes(monkeypatch, runtime, net):
+    sig = LayerSig("conv", (3, 3), (1, 1), (1, 1), (8, 8))
+    kinds = []
+
+    def fake_points(profile, precision, settings, s, points, rounds, timeout_s):
+        kinds.append(s.kind)
+        return {(i, o): (0.5 if s.kind == "identity" else 2.0) for i, o in points}
+
+    monkeypatch.setattr(lut_rows, "run_points", fake_points)
+    monkeypatch.setattr(lut_rows, "_IDENTITY_MEMO", {})
+    row = lut_rows.measure_row({"name": "t", "runtime": runtime}, "fp32", MeasureSettings.for_table(1), sig,
+                               [8, 16], [8, 16], 1, 10, 8, adaptive=False)
+    assert row.lookup(8, 16) == pytest.approx(1.5 if net else 2.0)
+    assert ("identity" in kinds) is net  # a raw-row runtime does not even measure the identity

@@ -24,13 +24,10 @@ from edgeprune.measure.lut_rows import LutError, measure_row  # noqa: F401  (Lut
 from edgeprune.measure.settings import MeasureSettings
 from edgeprune.measure.timing import TIMING_LOOP
 
-# What a row's figures mean; part of every cache key, so rows measured under another rule are not reused.
+# What a row's figures mean; part of every cache key, so rows measured under another rule are not reused. Rows of
+# lut_rows.RAW_ROW_RUNTIMES (MNN) are raw, not net: what MNN rows have always been.
 ENTRY = ("net of an identity micro-model's time (max-pool/concat/slice); adaptive refinement where interpolation "
          "is off by >10%")
-# Runtimes whose rows changed meaning under the same ENTRY; the revision joins their cache keys only, so the other
-# runtimes' cached rows stay valid. mnn 2: its identity micro-model converts (mnn.py refused a model without weights
-# before, so MNN rows were raw, not net of the identity).
-ENTRY_REVISIONS = {"mnn": 2}
 
 MAX_OUT_POINTS = 16  # per layer: every channel multiple up to this many, strided beyond
 MAX_IN_POINTS = 6
@@ -62,8 +59,7 @@ def table_context(profile: dict[str, Any], precision: str, threads: int,
     return {"target": profile["name"], "runtime": profile["runtime"], "precision": precision, "threads": threads,
             "versions": get_runtime(profile["runtime"]).versions(), "cpu": cpu_model(), "host": platform.node(),
             "options": profile.get("options", {}), "timing": {"loop": TIMING_LOOP, **settings.timing()},
-            "entry": ENTRY, **({"entry_revision": ENTRY_REVISIONS[profile["runtime"]]}
-                               if profile["runtime"] in ENTRY_REVISIONS else {})}
+            "entry": ENTRY}
 
 
 def plan_points(sig: LayerSig, max_in: int, max_out: int, multiple: int, in_stride: int,
