@@ -149,7 +149,6 @@ def test_an_adaptively_grown_row_is_read_back_from_the_cache(tmp_path):
     assert store.get("k", sig, [8, 16], [8, 24, 32]).ms == grown.ms and not store.warned
 
 
-
 @pytest.mark.parametrize("runtime, net", [("openvino", True), ("ncnn", True), ("mnn", False)])
 def test_rows_are_net_of_the_identity_except_on_raw_row_runtimes(monkeypatch, runtime, net):
     sig = LayerSig("conv", (3, 3), (1, 1), (1, 1), (8, 8))

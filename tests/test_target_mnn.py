@@ -263,8 +263,8 @@ def test_bad_requests_are_user_errors(tiny_onnx, tmp_path):
 def test_identity_micro_model_converts_and_copies(tmp_path):
     """The latency table's identity model (no weights) builds at fp32: a strided copy, channels zero-padded.
 
-    MNN used to refuse it ("stored {} weights for a fp32 request"), so MNN table rows kept the per-inference
-    overhead the identity subtraction removes on every other runtime."""
+    MNN used to refuse it ("stored {} weights for a fp32 request"). Its table rows stay raw all the same, by
+    measurement (``lut_rows.RAW_ROW_RUNTIMES``), but a weightless model is no longer an error."""
     from edgeprune.measure.lut import LayerSig, micro_onnx
 
     sig = LayerSig("identity", stride=(2, 2), in_hw=(8, 8), relu=False)
