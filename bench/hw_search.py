@@ -576,7 +576,8 @@ def add_controls(args) -> int:
             else:
                 log(f"{case['target']} {b}x seed {seed}: controls")
             arms = {r["arm"]: bench.rebuild(r, case["multiple"]) for r in rows if r.get("arm") in CONTROLS}
-            case["rows"] += bench.controls(arms, [r for r in rows if "top1" in r and r not in done], extra)
+            measured = [r for r in rows if "top1" in r and r.get("arm") not in CONTROLS.values()]
+            case["rows"] += bench.controls(arms, measured, extra)
         path.write_text(json.dumps(result, indent=1, default=str))  # a stopped run keeps its finished targets
     publish(result, Path(args.out), args)
     return 0
