@@ -600,15 +600,25 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--weights", help="trained checkpoint (edgeprune train's model.pt, any zoo model: it holds its "
                                       "architecture); required unless --rewrite")
-    ap.add_argument("--data", default="fashion-mnist")
+    ap.add_argument("--data", default="fashion-mnist",
+                    help="dataset, as edgeprune train's --data (the checkpoint's own); default: fashion-mnist")
     ap.add_argument("--image-size", type=int, help="resize the images (as the checkpoint was trained, e.g. 96 for "
                                                    "mobilenet_v2); default: the data's own size")
-    ap.add_argument("--targets", default="x86")
-    ap.add_argument("--budgets", default="0.7,0.5,0.35")
-    ap.add_argument("--seeds", default="0,1")
-    ap.add_argument("--ft-epochs", type=float, default=0.15)
-    ap.add_argument("--ft-lr", type=float, default=0.01)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--targets", default="x86",
+                    help="comma-separated targets, each a cell of its own (x86: OpenVINO; arm64: ncnn under the arm64 "
+                         "profile); default: x86")
+    ap.add_argument("--budgets", default="0.7,0.5,0.35",
+                    help="comma-separated latency budgets as shares of the unpruned model's measured p50; "
+                         "default: 0.7,0.5,0.35")
+    ap.add_argument("--seeds", default="0,1",
+                    help="comma-separated seeds (the search's randomness and every arm's fine-tuning order); "
+                         "default: 0,1")
+    ap.add_argument("--ft-epochs", type=float, default=0.15,
+                    help="the common fine-tune every arm gets, in epochs of the training set; default: 0.15")
+    ap.add_argument("--ft-lr", type=float, default=0.01,
+                    help="the common fine-tune's SGD learning rate (cosine schedule); default: 0.01")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="fresh processes of the final paired latency check per cell; default: 3")
     ap.add_argument("--channel-block", choices=("on", "off"), default="on",
                     help="use the runtime's channel block read off the latency table, as a build without --round-to "
                          "does (every arm prunes on the same grid); off: the profile's multiple")
