@@ -380,10 +380,9 @@ class TableNotCached(RuntimeError):
     pass
 
 
-def refit_case(case: dict) -> dict:
-    """The current predictor refitted on a stored case's own measurements: the driver's calibration models
-    (``calibration.measured``) fit it, the stored random variants test it. The table is read from the cache the
-    run used and never measured (a missing row raises ``TableNotCached``), so the raw sums are the run's."""
+def cached_search(case: dict):
+    """The ``HardwareSearch`` of a stored case (its model, target and table), its table read from the cache the
+    run used and never measured: a missing row raises ``TableNotCached``, so the raw sums are the run's."""
     import edgeprune.measure.lut_build as lut_build
     from edgeprune.measure.protocol import MeasureSettings
     from edgeprune.profiles import load_profile
@@ -391,15 +390,22 @@ def refit_case(case: dict) -> dict:
 
     def cache_only(*_a, **_k):
         raise TableNotCached(f"{case['target']} {case['model']}: a table row is not in the cache "
-                             "(refit on the machine and --cache of the original run)")
+                             "(run on the machine and --cache of the original run)")
 
     measure_row, lut_build._measure_row = lut_build._measure_row, cache_only
     try:
         model, example = build_net(case["model"])
-        hs = HardwareSearch(model, example, load_profile(case["target"]), PRECISION, THREADS,
-                            MeasureSettings(threads=THREADS), progress=False)
+        return HardwareSearch(model, example, load_profile(case["target"]), PRECISION, THREADS,
+                              MeasureSettings(threads=THREADS), progress=False)
     finally:
         lut_build._measure_row = measure_row
+
+
+def refit_case(case: dict) -> dict:
+    """The current predictor refitted on a stored case's own measurements: the driver's calibration models
+    (``calibration.measured``) fit it, the stored random variants test it (the table from the cache:
+    ``cached_search``)."""
+    hs = cached_search(case)
     fit = hs.predictor.calibrate([(m["counts"], m["ms"]) for m in case["calibration"]["measured"]])
     variants = case["variants"]
     meas = [v["measured_ms"] for v in variants]

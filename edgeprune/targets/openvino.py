@@ -285,6 +285,12 @@ class OpenVINORunner:
         self._n_outputs = len(compiled.outputs)
         self.input_shape = tuple(int(d) for d in input_shape)
 
+    def op_ms(self) -> dict[str, float]:
+        """Per-node time of the last ``run`` (node name -> ms, executed nodes only), as the plugin measured it
+        inside the whole model; needs a runner loaded with ``perf_count=True``."""
+        return {p.node_name: p.real_time.total_seconds() * 1e3 for p in self._request.get_profiling_info()
+                if p.status == p.Status.EXECUTED}
+
     def run(self, x: np.ndarray) -> list[np.ndarray]:
         x = np.asarray(x)
         if x.shape != self.input_shape:
@@ -297,8 +303,9 @@ class OpenVINORunner:
         return [self._request.get_output_tensor(i).data.copy() for i in range(self._n_outputs)]
 
 
-def load(artifact: Artifact | str | os.PathLike, threads: int) -> OpenVINORunner:
-    """Compile the IR with ``threads`` inference threads, one stream, and the artifact's precision hint."""
+def load(artifact: Artifact | str | os.PathLike, threads: int, perf_count: bool = False) -> OpenVINORunner:
+    """Compile the IR with ``threads`` inference threads, one stream, and the artifact's precision hint;
+    ``perf_count``: also have the plugin time every node (``OpenVINORunner.op_ms``; it adds a little to each run)."""
     art = _open(artifact)
     if int(threads) < 0:
         raise UserInputError(f"threads must be >= 0 (0 = runtime default), got {threads}")
@@ -307,7 +314,8 @@ def load(artifact: Artifact | str | os.PathLike, threads: int) -> OpenVINORunner
     core = _core()
     device_capabilities(device, core)
     config = _compile_config(_inference_hint(art), {"INFERENCE_NUM_THREADS": int(threads),
-                                                    "PERFORMANCE_HINT": opts.get("performance_hint", "LATENCY")})
+                                                    "PERFORMANCE_HINT": opts.get("performance_hint", "LATENCY"),
+                                                    **({"PERF_COUNT": True} if perf_count else {})})
     try:
         compiled = core.compile_model(str(art.file("model")), device, config)
     except RuntimeError as exc:
