@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -41,10 +42,14 @@ import predictor_accuracy as pa  # noqa: E402  (bench/ sibling: the run's models
 
 
 def layer_of(op_name: str, layer_names: list[str]) -> str | None:
-    """The plan layer an MNN op belongs to, from the op's ONNX scope: ``/layer3/layer3.0/downsample/downsample.0/
-    Conv_output_0`` is ``layer3.0.downsample.0`` (every dot-segment of the layer's name appears in order in the
-    scope, and the scope starts at the layer's first segment); the most specific match wins."""
+    """The plan layer an op belongs to, from its ONNX scope: MNN's ``/layer3/layer3.0/downsample/downsample.0/
+    Conv_output_0`` and OpenVINO's ``/layer3/layer3.0/downsample/downsample.0/Conv/WithoutBiases`` are both
+    ``layer3.0.downsample.0`` (the last component and the ONNX op types before it, capitalised, are not scope; every
+    dot-segment of the layer's name appears in order in the scope, which starts at the layer's first segment); the
+    most specific match wins."""
     comps = [c for c in op_name.strip("/").split("/")[:-1] if c]
+    while comps and re.fullmatch(r"[A-Z][A-Za-z0-9]*", comps[-1]):
+        comps.pop()
     if not comps:
         return None
     segs = [s for c in comps for s in c.split(".")]
