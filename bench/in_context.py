@@ -150,6 +150,7 @@ def per_layer(hs, case: dict, names: list[str], args) -> list[str]:
     models = {k: v["counts"] for k, v in case["calibration"]["calibration"]["models"].items()}
     pred = hs.predictor
     layer_names = [layer.name for layer in pred.layers]
+    owner = {m: layer.name for layer in pred.layers for m in (layer.members or (layer.name,))}  # fused units' layers
     x = np.random.default_rng(0).standard_normal(case["input_shape"]).astype(np.float32)
     out = []
     for name in names:
@@ -166,11 +167,11 @@ def per_layer(hs, case: dict, names: list[str], args) -> list[str]:
         inside: dict[str, float] = {}
         other = 0.0
         for op, ms in ops.items():
-            layer = layer_of(op, layer_names)
+            layer = layer_of(op, list(owner))
             if layer is None:
                 other += ms
             else:
-                inside[layer] = inside.get(layer, 0.0) + ms
+                inside[owner[layer]] = inside.get(owner[layer], 0.0) + ms
         raw = sum(rows.values())
         out += [f"### {name} {counts}", "",
                 f"whole model {whole:.3f} ms (median of {args.runs}); its ops timed one by one {sum(ops.values()):.3f} "
@@ -205,7 +206,8 @@ def memory_table(hs, case: dict) -> list[str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", required=True, help="a predictor_accuracy.json whose first case is an MNN (arm64-mnn) or OpenVINO (x86) target")
+    ap.add_argument("--run", required=True,
+                    help="a predictor_accuracy.json whose first case is an MNN (arm64-mnn) or OpenVINO (x86) target")
     ap.add_argument("--cache", default=str(pa.DEFAULT_CACHE),
                     help="the latency-table cache of that run (EDGEPRUNE_CACHE); rows are read, never measured")
     ap.add_argument("--models", default="unpruned,uniform-0.25,uniform-0.5",
