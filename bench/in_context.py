@@ -75,69 +75,34 @@ def _median_ms(fn, warmup: int, runs: int) -> float:
     return 1e3 * statistics.median(times)
 
 
-class MNNSession:
-    """One MNN session of a compiled model with its input filled once; ops timed through MNN's callbacks."""
+class Session:
+    """A compiled artifact loaded as its runtime loads it (``targets.<runtime>.load``); OpenVINO a second time with
+    the plugin's per-node counters for the ops (they add a little to every run), MNN's ops timed by callbacks."""
 
-    def __init__(self, art: Path, x: np.ndarray):
-        import MNN
+    def __init__(self, runtime: str, art: Path, x: np.ndarray):
+        from edgeprune.targets import require_runtime
 
-        path = next(art.rglob("*.mnn")) if art.is_dir() else art
-        self.interp = MNN.Interpreter(str(path))
-        self.session = self.interp.createSession({"backend": "CPU", "precision": "normal", "numThread": pa.THREADS})
-        host = MNN.Tensor(tuple(x.shape), MNN.Halide_Type_Float, x, MNN.Tensor_DimensionType_Caffe)
-        self.interp.getSessionInput(self.session).copyFrom(host)
-
-    def memory_mb(self) -> float | None:
-        return float(self.interp.getSessionInfo(self.session, 0))  # MNN.Session_Memory: MB
-
-    def whole_ms(self, warmup: int, runs: int) -> float:
-        return _median_ms(lambda: self.interp.runSession(self.session), warmup, runs)
-
-    def op_ms(self, runs: int) -> dict[str, float]:
-        """Op name -> median ms over ``runs`` inferences (names in execution order)."""
-        acc: dict[str, list[float]] = {}
-        start = [0.0]
-
-        def before(_tensors, _info) -> bool:
-            start[0] = time.perf_counter()
-            return True
-
-        def after(_tensors, info) -> bool:
-            acc.setdefault(info.getName(), []).append(time.perf_counter() - start[0])
-            return True
-
-        for _ in range(runs):
-            self.interp.runSessionWithCallBackInfo(self.session, before, after)
-        return {name: 1e3 * statistics.median(v) for name, v in acc.items()}
-
-
-class OpenVINOSession:
-    """The artifact loaded as the runtime loads it (``targets.openvino.load``), twice: once plain for whole
-    inferences, once with the plugin's per-node counters for the ops (they add a little to every run)."""
-
-    def __init__(self, art: Path, x: np.ndarray):
-        from edgeprune.targets import openvino
-
+        mod = require_runtime(runtime)
         self.x = x
-        self.plain = openvino.load(art, pa.THREADS)
-        self.counted = openvino.load(art, pa.THREADS, perf_count=True)
+        self.plain = mod.load(art, pa.THREADS)
+        self.counted = mod.load(art, pa.THREADS, perf_count=True) if runtime == "openvino" else self.plain
 
     def memory_mb(self) -> float | None:
-        return None
+        return self.plain.memory_mb() if hasattr(self.plain, "memory_mb") else None
 
     def whole_ms(self, warmup: int, runs: int) -> float:
         return _median_ms(lambda: self.plain.run(self.x), warmup, runs)
 
     def op_ms(self, runs: int) -> dict[str, float]:
+        """Op name -> median ms over ``runs`` inferences (names in execution order)."""
         acc: dict[str, list[float]] = {}
         for _ in range(runs):
-            self.counted.run(self.x)
-            for name, ms in self.counted.op_ms().items():
+            for name, ms in self.counted.op_ms(self.x).items():
                 acc.setdefault(name, []).append(ms)
         return {name: statistics.median(v) for name, v in acc.items()}
 
 
-SESSIONS = {"mnn": MNNSession, "openvino": OpenVINOSession}
+RUNTIMES = ("mnn", "openvino")  # the runtimes that time ops inside a whole model
 
 
 def compiled(hs, counts: list[int], dest: Path) -> Path:
@@ -159,7 +124,7 @@ def per_layer(hs, case: dict, names: list[str], args) -> list[str]:
         counts = models[name]
         with tempfile.TemporaryDirectory(prefix="edgeprune-incontext-") as tmp:
             pa.log(f"{name}: compiling and timing")
-            sess = SESSIONS[case["runtime"]](compiled(hs, counts, Path(tmp)), x)
+            sess = Session(case["runtime"], compiled(hs, counts, Path(tmp)), x)
             whole = sess.whole_ms(args.warmup, args.runs)
             ops = sess.op_ms(args.op_runs)
             mem = sess.memory_mb()
@@ -194,7 +159,7 @@ def memory_table(hs, case: dict) -> list[str]:
     for i, (kind, counts, ms) in enumerate(items):
         pa.log(f"memory {i + 1}/{len(items)}")
         with tempfile.TemporaryDirectory(prefix="edgeprune-incontext-") as tmp:
-            mem = MNNSession(compiled(hs, counts, Path(tmp)), x).memory_mb()
+            mem = Session("mnn", compiled(hs, counts, Path(tmp)), x).memory_mb()
         raw = hs.predictor.raw_ms(counts)
         rows.append((mem, kind, hs.predictor.weights_m(counts), raw, ms))
     out = ["| session memory MB | model | million weights | raw table sum ms | measured ms | measured / raw |",
@@ -226,7 +191,7 @@ def main() -> int:
         print(f"in_context: cannot read a case from {args.run} ({exc}); pass a predictor_accuracy.json",
               file=sys.stderr)
         return 2
-    if case["runtime"] not in SESSIONS:
+    if case["runtime"] not in RUNTIMES:
         print(f"in_context: the run's runtime is {case['runtime']}; per-op times come from MNN's callbacks and "
               "OpenVINO's counters only (pass an arm64-mnn or x86 run)", file=sys.stderr)
         return 2

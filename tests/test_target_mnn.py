@@ -112,6 +112,16 @@ def test_runner_shapes_and_fresh_outputs(fp32_artifact, random_inputs):
         mnn_target.load(fp32_artifact, threads=-1)
 
 
+def test_op_times_and_session_memory_of_a_whole_model(fp32_artifact, random_inputs):
+    runner = mnn_target.load(fp32_artifact, threads=1)
+    x = random_inputs[:1]
+    ops = runner.op_ms(x)
+    assert ops and all(ms >= 0 for ms in ops.values()) and sum(ops.values()) > 0
+    assert any("conv" in name.lower() for name in ops), sorted(ops)   # the model's convolutions are timed
+    np.testing.assert_array_equal(runner.run(x)[0], runner.run(x)[0])   # the timed run left the session usable
+    assert runner.memory_mb() > 0
+
+
 def test_mnn_banners_stay_off_stdout(fp32_artifact):
     code = ("import sys, numpy as np, edgeprune.targets.mnn as t; "
             f"r = t.load({str(fp32_artifact.path)!r}, 1); r.run(np.zeros((1, 1, 28, 28), np.float32))")

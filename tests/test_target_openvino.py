@@ -104,11 +104,11 @@ def test_perf_count_times_the_executed_nodes_inside_the_model(fp32_artifact, ran
     counted = ov_target.load(fp32_artifact, threads=1, perf_count=True)
     x = random_inputs[:1]
     np.testing.assert_array_equal(counted.run(x)[0], plain.run(x)[0])   # counting changes no result
-    ops = counted.op_ms()
+    ops = counted.op_ms(x)
     assert ops and all(ms >= 0 for ms in ops.values())
     assert sum(ops.values()) > 0
     assert any("conv" in name.lower() for name in ops), sorted(ops)   # the model's convolutions are timed
-    assert plain.op_ms() == {}   # no counters unless asked for
+    assert plain.op_ms(x) == {}   # no counters unless asked for
 
 
 def test_int8_runs_quantized_kernels_and_agrees_with_fp32(tiny_onnx, tmp_path, fp32_artifact):

@@ -181,6 +181,31 @@ class MNNRunner:
         parts = [self._run_static(x[i:i + batch]) for i in range(0, len(x), batch)]
         return [np.concatenate(outs) for outs in zip(*parts)]
 
+    def op_ms(self, x: np.ndarray) -> dict[str, float]:
+        """Per-op time of one run of ``x`` inside the whole model (op name -> ms), timed between MNN's before and
+        after callbacks (each adds a few microseconds)."""
+        import time
+
+        times: dict[str, float] = {}
+        start = [0.0]
+
+        def before(tensors, info) -> bool:
+            start[0] = time.perf_counter()
+            return True
+
+        def after(tensors, info) -> bool:
+            name = info.getName()
+            times[name] = times.get(name, 0.0) + 1e3 * (time.perf_counter() - start[0])
+            return True
+
+        self._run_static(x, (before, after))
+        return times
+
+    def memory_mb(self) -> float:
+        """The session's memory in MB as MNN reports it (weights as the session holds them, after its own
+        transforms, plus activation buffers)."""
+        return float(self._interp.getSessionInfo(self._session, 0))  # 0: MNN's Session_Memory
+
     def op_types(self, x: np.ndarray) -> Counter[str]:
         """Executed op types of one run, e.g. ``{"FloatToInt8 [ DT_INT8 ]": 2, "Convolution [ DT_INT8 ]": 4}``."""
         seen: Counter[str] = Counter()

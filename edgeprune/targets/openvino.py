@@ -285,9 +285,10 @@ class OpenVINORunner:
         self._n_outputs = len(compiled.outputs)
         self.input_shape = tuple(int(d) for d in input_shape)
 
-    def op_ms(self) -> dict[str, float]:
-        """Per-node time of the last ``run`` (node name -> ms, executed nodes only), as the plugin measured it
-        inside the whole model; needs a runner loaded with ``perf_count=True``."""
+    def op_ms(self, x: np.ndarray) -> dict[str, float]:
+        """Per-node time of one run of ``x`` inside the whole model (node name -> ms, executed nodes only), as the
+        plugin measured it; empty unless the runner was loaded with ``perf_count=True``."""
+        self.run(x)
         return {p.node_name: p.real_time.total_seconds() * 1e3 for p in self._request.get_profiling_info()
                 if p.status == p.Status.EXECUTED}
 
