@@ -170,8 +170,21 @@ def _search_section(report: dict[str, Any]) -> list[str]:
            if fit.get("weight_ms_per_million") else "")
         + f", fitted on {fit['samples']} whole-model measurements. Table: {table['sampling']}; statistic: {table['statistic']}; "
         f"{table['rows_measured']} rows measured, {table['rows_from_cache']} from cache ({table['cache_dir']}).",
-        "", "![staircase](staircase.png)", "",
+        "", *_calibration_lines(search.get("calibration") or {}),
+        "![staircase](staircase.png)", "",
     ]
+
+
+def _calibration_lines(cal: dict[str, Any]) -> list[str]:
+    """The calibration's passes, where its check made it measure again (one line; nothing when one pass stood)."""
+    passes = cal.get("passes") or []
+    if len(passes) < 2:
+        return []
+    figures = "; ".join(f"pass {i + 1}: unpruned {p['unpruned_ms']:.3f} ms, check {p['check_ms']:.3f} ms"
+                        + (" (**kept**)" if p["kept"] else "") for i, p in enumerate(passes))
+    return [f"Calibration measured {len(passes)} times: the check right after a pass found the unpruned model more "
+            f"than {100 * cal['check']['margin']:.0f}% faster than the pass had (the machine was busier while it ran); "
+            f"the least disturbed pass is kept ({figures}).", ""]
 
 
 def _plot_staircase(search: dict[str, Any], path: Path) -> None:

@@ -102,6 +102,11 @@ def test_build_with_latency_budget(trained, tmp_path, monkeypatch, capsys, lut_c
     assert all(g["kept"] % 16 == 0 and 0 < g["kept"] <= g["width"] for g in search["groups"])  # --round-to 16
     assert search["table"]["rows_measured"] + search["table"]["rows_from_cache"] > 0
     assert search["calibration"]["models"].keys() >= {"unpruned", "mixed-1"}  # --search-calibration 2
+    # the calibration's check: the unpruned model measured again right after each pass, the least disturbed pass kept
+    passes = search["calibration"]["passes"]
+    assert passes and all(p["unpruned_ms"] > 0 and p["check_ms"] > 0 for p in passes)
+    assert [p["kept"] for p in passes].count(True) == 1
+    assert search["baseline_measured_ms"] == min(p["unpruned_ms"] for p in passes)
     # --search-progressive-steps 2 with no step batches: a 2-step schedule on the original weights (not listed when
     # it kept the same channels as another candidate: duplicates are dropped)
     assert report["config"]["search_progressive_steps"] == 2

@@ -138,7 +138,8 @@ def test_calibration_and_later_measurements_are_paired_against_the_unpruned_mode
                                  MeasureSettings(threads=1), progress=False, multiple=8)
     fit = hs.calibrate()
     names = ["unpruned", "uniform-0.25", "uniform-0.5", "uniform-0.75"]
-    assert len(calls) == 1 and calls[0][0][:4] == names and calls[0][1:] == (hardware.CALIBRATION_ROUNDS, None)
+    assert len(calls) == 2 and calls[0][0][:4] == names and calls[0][1:] == (hardware.CALIBRATION_ROUNDS, None)
+    assert calls[1] == ([hardware.REFERENCE], 1, None)  # the check: the unpruned model alone, one process
     mixed = calls[0][0][4:]
     assert 1 <= len(mixed) <= hardware.CALIBRATION_MIXED and all(n.startswith("mixed-") for n in mixed)
     drawn = hardware.mixed_counts(hs.widths, hs.multiples, hardware.CALIBRATION_MIXED)
@@ -156,6 +157,85 @@ def test_calibration_and_later_measurements_are_paired_against_the_unpruned_mode
     got = hs.measure_models({"half": half})
     assert calls[-1][0] == [hardware.REFERENCE, "half"] and calls[-1][2] == hardware.REFERENCE
     assert got["half"] == pytest.approx(2 * (_fake_measure(hs, half) + 0.05))
+
+
+def _busy_calibration(monkeypatch, tmp_path, busy_passes: int):
+    """A ``HardwareSearch`` whose paired measurements follow the cost model, except in the first ``busy_passes``
+    calibration passes: there a neighbour slows the unpruned model by 1.3x and the pruned ones by 1.04x (what a
+    memory-streaming neighbour did to ResNet-18 @96 on OpenVINO, session 36). Checks (the reference alone) and
+    later passes run on the quiet machine. Returns the search and the list of measured name lists."""
+    from edgeprune.measure.paired import summarize
+
+    monkeypatch.setenv("EDGEPRUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(lut_build, "_measure_row", _fake_row)
+    calls = []
+
+    def fake_paired(artifacts, settings, rounds=2, reference=None, reference_ms=None, **kw):
+        calls.append(list(artifacts))
+        passes = sum(len(c) > 1 for c in calls)  # calibration passes so far, this one included
+        busy = len(artifacts) > 1 and passes <= busy_passes
+        bursts = {}
+        for name, art in artifacts.items():
+            ms = float((Path(art) / "ms").read_text())
+            slow = (1.3 if name == "unpruned" else 1.04) if busy else 1.0
+            bursts[name] = [ms * slow] * 8
+        return summarize(bursts, reference or list(artifacts)[0], reference_ms)
+
+    def fake_compile(self, model, folder):
+        folder.mkdir(parents=True)
+        (folder / "ms").write_text(repr(_fake_measure(self, model) + 0.05))
+        return folder
+
+    monkeypatch.setattr(hardware, "measure_paired", fake_paired)
+    monkeypatch.setattr(hardware.HardwareSearch, "_compile", fake_compile)
+    torch.manual_seed(0)
+    model = build_model("resnet20", num_classes=10, in_channels=1).eval()
+    hs = hardware.HardwareSearch(model, EXAMPLE, {**load_profile("onnxruntime"), "precision": "fp32"}, "fp32", 1,
+                                 MeasureSettings(threads=1), progress=False, multiple=8)
+    return hs, calls
+
+
+def test_a_calibration_measured_in_a_busy_phase_is_measured_again(monkeypatch, tmp_path, capsys):
+    """The check after the calibration finds the unpruned model 23% faster than the calibration did: the pass is
+    measured again, the quiet pass is kept (its ratios, not the busy pass's), and the report records both."""
+    hs, calls = _busy_calibration(monkeypatch, tmp_path, busy_passes=1)
+    fit = hs.calibrate(mixed=0)
+    assert [len(c) > 1 for c in calls] == [True, False, True, False]  # pass, check, pass, check
+    quiet_base = _fake_measure(hs, hs.model) + 0.05
+    passes = fit["calibration"]["passes"]
+    assert [p["kept"] for p in passes] == [False, True]
+    assert passes[0]["unpruned_ms"] == pytest.approx(1.3 * quiet_base)
+    assert passes[0]["check_ms"] == pytest.approx(quiet_base) == passes[1]["check_ms"]
+    assert hs.baseline_ms == pytest.approx(quiet_base)
+    half = hs.prune_counts(hs.samples[2][0], [np.ones(w) for w in hs.widths])
+    assert hs.samples[2][1] == pytest.approx(_fake_measure(hs, half) + 0.05)  # the quiet ratio, on the quiet scale
+    assert "calibration measured again" in capsys.readouterr().err
+    from edgeprune.report import _calibration_lines
+
+    line = _calibration_lines(hs.calibration)[0]  # the build's report.md says so, with the figures
+    assert "measured 2 times" in line and f"check {quiet_base:.3f} ms (**kept**)" in line
+    assert _calibration_lines({**hs.calibration, "passes": passes[:1]}) == []  # one pass: nothing to say
+
+
+def test_a_calibration_that_stays_busy_keeps_its_least_disturbed_pass_and_says_so(monkeypatch, tmp_path, capsys):
+    hs, calls = _busy_calibration(monkeypatch, tmp_path, busy_passes=10)
+    fit = hs.calibrate(mixed=0, repeats=1)
+    assert sum(len(c) > 1 for c in calls) == 2  # the first pass and one repeat, no more
+    passes = fit["calibration"]["passes"]
+    assert len(passes) == 2 and passes[0]["kept"] and not passes[1]["kept"]  # equal figures: the first stands
+    assert "least disturbed pass is kept" in capsys.readouterr().err
+
+
+def test_a_quiet_calibration_is_measured_once_and_the_check_can_be_turned_off(monkeypatch, tmp_path):
+    hs, calls = _busy_calibration(monkeypatch, tmp_path, busy_passes=0)
+    fit = hs.calibrate(mixed=0)
+    assert len(calls) == 2 and len(fit["calibration"]["passes"]) == 1 and fit["calibration"]["passes"][0]["kept"]
+    hs2, calls2 = _busy_calibration(monkeypatch, tmp_path / "off", busy_passes=1)
+    fit2 = hs2.calibrate(mixed=0, repeats=0)
+    assert len(calls2) == 1 and fit2["calibration"]["passes"] == [
+        {"unpruned_ms": hs2.baseline_ms, "check_ms": None, "kept": True}]
+    with pytest.raises(ValueError):
+        hs2.calibrate()  # once, before any other measurement
 
 
 def test_mixed_calibration_models_cut_some_groups_to_the_kinds_depths():
