@@ -164,3 +164,35 @@ def test_rows_are_net_of_the_identity_except_on_raw_row_runtimes(monkeypatch, ru
                                [8, 16], [8, 16], 1, 10, 8, adaptive=False)
     assert row.lookup(8, 16) == pytest.approx(1.5 if net else 2.0)
     assert ("identity" in kinds) is net  # a raw-row runtime does not even measure the identity
+
+
+def test_a_sink_ends_every_micro_model_alike_and_only_on_the_sink_runtimes(tmp_path):
+    """With the sink, a conv, a fused unit and their identities all end in a global average pool of the map they
+    would have returned (the pool's cost is netted out like the rest of the I/O); a linear layer keeps its output.
+    The table worker uses it on ``SINK_RUNTIMES`` (OpenVINO) and their rows get their own cache keys."""
+    import onnx
+    import onnxruntime as ort
+
+    from edgeprune.measure import lut_build
+    from edgeprune.measure.lut import SINK_RUNTIMES
+    from edgeprune.profiles import load_profile
+
+    conv = LayerSig("conv", (7, 7), (2, 2), (3, 3), (16, 16))
+    unit = LayerSig("unit", in_hw=(9, 9), relu=False, steps=("conv-k1-s1-b-relu", "dw-k3-s2-relu"))
+    cases = [(conv, 1, 24, (1, 24, 8, 8)), (unit, 8, 24, (1, 24, 5, 5)),
+             (lut_rows.identity_sig(conv), 1, 24, (1, 24, 8, 8)), (lut_rows.identity_sig(unit), 8, 24, (1, 24, 5, 5))]
+    for i, (sig, a, b, plain_shape) in enumerate(cases):
+        x = np.random.default_rng(i).standard_normal((1, a, *sig.in_hw)).astype(np.float32)
+        plain = ort.InferenceSession(str(micro_onnx(sig, a, b, tmp_path / f"p{i}.onnx"))).run(None, {"x": x})[0]
+        path = micro_onnx(sig, a, b, tmp_path / f"s{i}.onnx", with_sink=True)
+        sunk = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+        assert plain.shape == plain_shape and sunk.shape == (1, b, 1, 1), sig.kind
+        assert np.allclose(sunk[0, :, 0, 0], plain[0].mean(axis=(1, 2)), atol=1e-5)  # the same map, pooled
+        assert onnx.load(str(path)).graph.node[-1].op_type == "GlobalAveragePool"
+    fc = LayerSig("linear", (1, 1), (1, 1), (0, 0), (1, 1))
+    fc_nodes = onnx.load(str(micro_onnx(fc, 16, 10, tmp_path / "fc.onnx", with_sink=True))).graph.node
+    assert "GlobalAveragePool" not in [n.op_type for n in fc_nodes]
+    assert SINK_RUNTIMES == {"openvino"}
+    ov, ncnn = load_profile("x86"), load_profile("arm64")
+    assert lut_build.table_context(ov, "fp32", 1)["entry"].endswith(lut_build.SINK_ENTRY)
+    assert lut_build.table_context(ncnn, "fp32", 1)["entry"] == lut_build.ENTRY  # ncnn's cached rows stay valid

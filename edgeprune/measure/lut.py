@@ -83,16 +83,36 @@ def thin(grid: list[int], max_points: int) -> list[int]:
     return sampled_inputs(grid, stride)
 
 
-def micro_onnx(sig: LayerSig, in_c: int, out_c: int, path: Path) -> Path:
+# Runtimes whose micro-models end in a *sink*: a global average pool that consumes the layer's output in the
+# runtime's own layout, so the model's output is [1, C, 1, 1] instead of the whole feature map (the identity gets
+# the same sink, so the pool's own cost is netted out). Without it a micro-model pays for handing a large feature map
+# back in the plain layout the caller reads, which a layer inside a model never does, and a runtime may even choose
+# another kernel for it: OpenVINO's ResNet-18 @96 stem convolution (7x7/2, 1 -> C, 48x48 out) on an Intel Xeon took
+# 0.21 ms at 48 channels and 0.53 ms at 56 as a model's output, 0.11 and 0.15 ms followed by a global pool, 0.126 ms
+# at 64 inside the whole model (session 36, bench/RESULTS.md §4). Measured on OpenVINO only; ncnn's and MNN's rows
+# are as they were (their converters and cache keys unchanged).
+SINK_RUNTIMES = frozenset({"openvino"})
+
+
+def sink(nodes: list, cur: str) -> str:
+    """Append the sink (a GlobalAveragePool of ``cur``) to ``nodes``; the new output's name."""
+    from onnx import helper
+
+    nodes.append(helper.make_node("GlobalAveragePool", [cur], ["sink"]))
+    return "sink"
+
+
+def micro_onnx(sig: LayerSig, in_c: int, out_c: int, path: Path, with_sink: bool = False) -> Path:
     """Write a one-layer ONNX model (batch 1, static shape) for ``sig`` at (in_c, out_c).
 
-    Fused units and identities (``sig.kind`` "unit" / "identity") are built by ``micro_units``.
+    Fused units and identities (``sig.kind`` "unit" / "identity") are built by ``micro_units``. ``with_sink``: the
+    output feature map goes through ``sink`` (see ``SINK_RUNTIMES``; a linear layer's output is small already).
     """
     if sig.kind in ("unit", "identity"):
         from edgeprune.measure import micro_units
 
         build = micro_units.unit_onnx if sig.kind == "unit" else micro_units.identity_onnx
-        return build(sig, in_c, out_c, path)
+        return build(sig, in_c, out_c, path, with_sink=with_sink)
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -115,6 +135,8 @@ def micro_onnx(sig: LayerSig, in_c: int, out_c: int, path: Path) -> Path:
     if sig.relu:
         nodes.append(helper.make_node("Relu", ["y"], ["z"]))
         out_name = "z"
+    if with_sink and sig.kind != "linear":
+        out_name = sink(nodes, out_name)
     graph = helper.make_graph(nodes, "lut", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
                               [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, None)], [w, b])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from edgeprune.errors import UserInputError
-from edgeprune.measure.lut import LayerSig, RowCache, SigTable, cache_key, channel_grid, sampled_inputs, thin
+from edgeprune.measure.lut import (SINK_RUNTIMES, LayerSig, RowCache, SigTable, cache_key, channel_grid,
+                                   sampled_inputs, thin)
 from edgeprune.measure.lut_rows import LutError, measure_row  # noqa: F401  (LutError: re-exported)
 from edgeprune.measure.settings import MeasureSettings
 from edgeprune.measure.timing import TIMING_LOOP
@@ -28,6 +29,9 @@ from edgeprune.measure.timing import TIMING_LOOP
 # lut_rows.RAW_ROW_RUNTIMES (MNN) are raw, not net: what MNN rows have always been.
 ENTRY = ("net of an identity micro-model's time (max-pool/concat/slice); adaptive refinement where interpolation "
          "is off by >10%")
+
+# Added to ``ENTRY`` for ``lut.SINK_RUNTIMES``: their rows were measured with the sink (new cache keys for them only)
+SINK_ENTRY = "; output consumed by a global average pool (micro-model and identity alike)"
 
 MAX_OUT_POINTS = 16  # per layer: every channel multiple up to this many, strided beyond
 MAX_IN_POINTS = 6
@@ -59,7 +63,7 @@ def table_context(profile: dict[str, Any], precision: str, threads: int,
     return {"target": profile["name"], "runtime": profile["runtime"], "precision": precision, "threads": threads,
             "versions": get_runtime(profile["runtime"]).versions(), "cpu": cpu_model(), "host": platform.node(),
             "options": profile.get("options", {}), "timing": {"loop": TIMING_LOOP, **settings.timing()},
-            "entry": ENTRY}
+            "entry": ENTRY + (SINK_ENTRY if profile["runtime"] in SINK_RUNTIMES else "")}
 
 
 def plan_points(sig: LayerSig, max_in: int, max_out: int, multiple: int, in_stride: int,

@@ -63,8 +63,9 @@ def _save(nodes, inits, in_shape, out_name, path: Path) -> Path:
     return path
 
 
-def unit_onnx(sig: Any, a: int, b: int, path: Path) -> Path:
-    """Write the unit's chain at axes (a, b): Conv [+ Relu] per step, then [Add x] [+ Relu]."""
+def unit_onnx(sig: Any, a: int, b: int, path: Path, with_sink: bool = False) -> Path:
+    """Write the unit's chain at axes (a, b): Conv [+ Relu] per step, then [Add x] [+ Relu] [+ the sink:
+    ``lut.sink``]."""
     from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -87,11 +88,16 @@ def unit_onnx(sig: Any, a: int, b: int, path: Path) -> Path:
     if sig.relu:
         nodes.append(helper.make_node("Relu", [cur], ["out"]))
         cur = "out"
+    if with_sink:
+        from edgeprune.measure.lut import sink
+
+        cur = sink(nodes, cur)
     return _save(nodes, inits, [1, a, *sig.in_hw], cur, path)
 
 
-def identity_onnx(sig: Any, in_c: int, out_c: int, path: Path) -> Path:
-    """Write the no-arithmetic model with input [1, in_c, H, W] and output [1, out_c, H/s, W/s].
+def identity_onnx(sig: Any, in_c: int, out_c: int, path: Path, with_sink: bool = False) -> Path:
+    """Write the no-arithmetic model with input [1, in_c, H, W] and output [1, out_c, H/s, W/s] (with
+    ``with_sink``: that map through ``lut.sink``, as the micro-models it nets are).
 
     Built from ops every target converts (pnnx for ncnn refuses a strided Slice): a 1x1 max-pool with
     stride s (a strided copy; also the whole model when nothing else changes), then a zero Pad of the
@@ -114,4 +120,8 @@ def identity_onnx(sig: Any, in_c: int, out_c: int, path: Path) -> Path:
     if not nodes:  # same shape in and out: a stride-1 1x1 max-pool, one copy (a graph of Identity alone
         nodes.append(helper.make_node("MaxPool", [cur], ["y"], kernel_shape=[1, 1], strides=[1, 1]))  # fails pnnx)
         cur = "y"
+    if with_sink:
+        from edgeprune.measure.lut import sink
+
+        cur = sink(nodes, cur)
     return _save(nodes, inits, [1, in_c, h, w], cur, path)
