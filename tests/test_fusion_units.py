@@ -68,10 +68,11 @@ def test_fused_unit_is_used_only_when_the_runtime_fuses(block_plan, unit_ms, use
 
 def test_identity_subtraction(monkeypatch):
     sig = LayerSig("conv", (3, 3), (2, 2), (1, 1), (8, 8))
-    seen = []
+    seen, sunk = [], []
 
-    def fake_points(profile, precision, settings, s, points, rounds, timeout_s):
+    def fake_points(profile, precision, settings, s, points, rounds, timeout_s, sink=False):
         seen.append(s)
+        sunk.append(sink)
         if s.kind == "identity":  # I/O cost grows with both widths
             return {(i, o): 0.01 * i + 0.02 * o for i, o in points}
         return {(i, o): 1.0 + 0.01 * i + 0.02 * o + 0.001 * i * o for i, o in points}
@@ -82,6 +83,11 @@ def test_identity_subtraction(monkeypatch):
     assert seen[-1] == LayerSig("identity", stride=(2, 2), in_hw=(8, 8), relu=False)
     assert row.lookup(16, 24) == pytest.approx(1.0 + 0.001 * 16 * 24)
     assert lut_rows.net_of(1.0, 2.0) == pytest.approx(lut_rows.NET_FLOOR)  # never below the floor
+    assert not any(sunk)  # no runtime named: no sink
+    sunk.clear()
+    monkeypatch.setattr(lut_rows, "_IDENTITY_MEMO", {})
+    lut_rows.measure_row({"runtime": "openvino"}, "fp32", MeasureSettings.for_table(1), sig, [8, 16], [8, 16], 1, 10, 8)
+    assert sunk and all(sunk)  # on OpenVINO a 3x3 row and its identity are both measured with the sink
 
 
 def test_identity_model_has_the_micro_models_shapes(tmp_path):
@@ -154,7 +160,7 @@ def test_rows_are_net_of_the_identity_except_on_raw_row_runtimes(monkeypatch, ru
     sig = LayerSig("conv", (3, 3), (1, 1), (1, 1), (8, 8))
     kinds = []
 
-    def fake_points(profile, precision, settings, s, points, rounds, timeout_s):
+    def fake_points(profile, precision, settings, s, points, rounds, timeout_s, sink=False):
         kinds.append(s.kind)
         return {(i, o): (0.5 if s.kind == "identity" else 2.0) for i, o in points}
 
@@ -169,7 +175,8 @@ def test_rows_are_net_of_the_identity_except_on_raw_row_runtimes(monkeypatch, ru
 def test_a_sink_ends_every_micro_model_alike_and_only_on_the_sink_runtimes(tmp_path):
     """With the sink, a conv, a fused unit and their identities all end in a global average pool of the map they
     would have returned (the pool's cost is netted out like the rest of the I/O); a linear layer keeps its output.
-    The table worker uses it on ``SINK_RUNTIMES`` (OpenVINO) and their rows get their own cache keys."""
+    The table uses it on ``SINK_RUNTIMES`` (OpenVINO) for dense convolutions with kernels over 1x1 only, and their
+    rows get their own cache keys."""
     import onnx
     import onnxruntime as ort
 
@@ -193,6 +200,12 @@ def test_a_sink_ends_every_micro_model_alike_and_only_on_the_sink_runtimes(tmp_p
     fc_nodes = onnx.load(str(micro_onnx(fc, 16, 10, tmp_path / "fc.onnx", with_sink=True))).graph.node
     assert "GlobalAveragePool" not in [n.op_type for n in fc_nodes]
     assert SINK_RUNTIMES == {"openvino"}
+    from edgeprune.measure.lut import sinks
+
+    assert sinks("openvino", conv) and not sinks("ncnn", conv) and not sinks("mnn", conv)
+    one_by_one = LayerSig("conv", (1, 1), (1, 1), (0, 0), (16, 16))
+    dw = LayerSig("depthwise", (3, 3), (1, 1), (1, 1), (16, 16))
+    assert not any(sinks("openvino", s) for s in (one_by_one, dw, unit, fc))  # they keep the output's handling
     ov, ncnn = load_profile("x86"), load_profile("arm64")
     assert lut_build.table_context(ov, "fp32", 1)["entry"].endswith(lut_build.SINK_ENTRY)
     assert lut_build.table_context(ncnn, "fp32", 1)["entry"] == lut_build.ENTRY  # ncnn's cached rows stay valid

@@ -83,15 +83,22 @@ def thin(grid: list[int], max_points: int) -> list[int]:
     return sampled_inputs(grid, stride)
 
 
-# Runtimes whose micro-models end in a *sink*: a global average pool that consumes the layer's output in the
-# runtime's own layout, so the model's output is [1, C, 1, 1] instead of the whole feature map (the identity gets
-# the same sink, so the pool's own cost is netted out). Without it a micro-model pays for handing a large feature map
-# back in the plain layout the caller reads, which a layer inside a model never does, and a runtime may even choose
-# another kernel for it: OpenVINO's ResNet-18 @96 stem convolution (7x7/2, 1 -> C, 48x48 out) on an Intel Xeon took
-# 0.21 ms at 48 channels and 0.53 ms at 56 as a model's output, 0.11 and 0.15 ms followed by a global pool, 0.126 ms
-# at 64 inside the whole model (session 36, bench/RESULTS.md §4). Measured on OpenVINO only; ncnn's and MNN's rows
-# are as they were (their converters and cache keys unchanged).
+# Runtimes whose dense convolutions with a kernel over 1x1 are measured with a *sink*: a global average pool that
+# consumes the layer's output in the runtime's own layout, so the micro-model's output is [1, C, 1, 1] instead of the
+# whole feature map (the row's identity gets the same sink, so the pool's own cost is netted out). Without it such a
+# micro-model pays for handing its feature map back in the plain layout the caller reads, which a layer inside a
+# model never does, and the runtime may even pick another kernel for it: OpenVINO's ResNet-18 @96 stem convolution
+# (7x7/2, 1 -> C, a 48x48 output) on an Intel Xeon took 0.21 ms at 48 channels and 0.53 ms at 56 as a model's
+# output, 0.11 and 0.15 ms followed by a global pool, 0.126 ms at 64 inside the whole model. Not on 1x1, depthwise
+# and fused-unit rows: sinking those too took MobileNetV2 @96 from 53% to 40% of 30 random variants within ±10% on
+# the same measurements, since there the output's handling stands in for the memory traffic between layers that a
+# model does pay (session 36, bench/RESULTS.md §4). Measured on OpenVINO only; ncnn's and MNN's rows are as they were.
 SINK_RUNTIMES = frozenset({"openvino"})
+
+
+def sinks(runtime: str, sig: LayerSig) -> bool:
+    """Whether ``sig``'s micro-models (and its identity's) end in the sink on ``runtime`` (see ``SINK_RUNTIMES``)."""
+    return runtime in SINK_RUNTIMES and sig.kind == "conv" and max(sig.kernel) > 1
 
 
 def sink(nodes: list, cur: str) -> str:

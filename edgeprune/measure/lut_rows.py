@@ -25,7 +25,7 @@ from typing import Any
 from edgeprune.errors import EdgepruneError
 from edgeprune.interrupt import run_child
 from edgeprune.measure.adaptive import propose
-from edgeprune.measure.lut import LayerSig, SigTable, channel_grid, thin
+from edgeprune.measure.lut import LayerSig, SigTable, channel_grid, sinks, thin
 from edgeprune.measure.micro_units import unit_io
 from edgeprune.measure.settings import MeasureSettings
 
@@ -50,11 +50,12 @@ class LutError(EdgepruneError):
 
 
 def run_points(profile, precision, settings: MeasureSettings, sig: LayerSig, points: list[list[int]], rounds: int,
-               timeout_s: float) -> dict[tuple[int, int], float]:
+               timeout_s: float, sink: bool = False) -> dict[tuple[int, int], float]:
     """(in, out) -> ms for every point, measured interleaved in one fresh ``lut_worker`` process
-    (its own process group, killed if we stop waiting), timed by ``settings`` (``timing.time_runs``)."""
+    (its own process group, killed if we stop waiting), timed by ``settings`` (``timing.time_runs``); ``sink``: the
+    micro-models end in ``lut.sink``."""
     job = {"profile": profile, "precision": precision, "threads": settings.threads, "sig": asdict(sig),
-           "points": points, "rounds": rounds, "settings": settings.to_dict()}
+           "points": points, "rounds": rounds, "settings": settings.to_dict(), "sink": bool(sink)}
     with tempfile.TemporaryDirectory(prefix="edgeprune-lutjob-") as tmp:
         jpath, rpath = Path(tmp) / "job.json", Path(tmp) / "result.json"
         jpath.write_text(json.dumps(job))
@@ -94,7 +95,7 @@ def _assemble(sig: LayerSig, ins: list[int], outs: list[int], ms: dict) -> SigTa
     return SigTable(sig, ins, outs, [[ms[(i, o)] for o in outs] for i in ins])
 
 
-def _refine(args: tuple, sig: LayerSig, ins: list[int], outs: list[int], ms: dict, multiple: int):
+def _refine(args: tuple, sig: LayerSig, ins: list[int], outs: list[int], ms: dict, multiple: int, sink: bool = False):
     """Propose and measure adaptive points; returns the grown (ins, outs) and fills ``ms``."""
     row = _assemble(sig, ins, outs, ms)
     grid_ins = sorted(set(channel_grid(ins[-1], multiple)) | set(ins))
@@ -106,7 +107,7 @@ def _refine(args: tuple, sig: LayerSig, ins: list[int], outs: list[int], ms: dic
     todo = [p for p in _points(sig, all_ins, all_outs) if tuple(p) not in ms]
     if todo:
         profile, precision, settings, rounds, timeout_s = args
-        ms.update(run_points(profile, precision, settings, sig, todo, rounds, timeout_s))
+        ms.update(run_points(profile, precision, settings, sig, todo, rounds, timeout_s, sink))
     return all_ins, all_outs
 
 
@@ -117,17 +118,17 @@ def warn(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def _identity_table(args: tuple, sig: LayerSig, ins: list[int], outs: list[int]) -> SigTable:
+def _identity_table(args: tuple, sig: LayerSig, ins: list[int], outs: list[int], sink: bool = False) -> SigTable:
     pairs = [io_widths(sig, p[0], p[1]) for p in _points(sig, ins, outs)]
     id_ins = thin(sorted({a for a, _ in pairs}), IDENTITY_POINTS)
     id_outs = thin(sorted({b for _, b in pairs}), IDENTITY_POINTS)
     isig = identity_sig(sig)
     profile, precision, settings, rounds, timeout_s = args
     scope = (json.dumps(profile, sort_keys=True, default=str), precision, json.dumps(settings.to_dict(), sort_keys=True),
-             rounds, isig.key())
+             rounds, isig.key(), sink)
     todo = [[i, o] for i in id_ins for o in id_outs if (*scope, i, o) not in _IDENTITY_MEMO]
     if todo:
-        got = run_points(profile, precision, settings, isig, todo, rounds, timeout_s)
+        got = run_points(profile, precision, settings, isig, todo, rounds, timeout_s, sink)
         _IDENTITY_MEMO.update({(*scope, i, o): ms for (i, o), ms in got.items()})
     return SigTable(isig, id_ins, id_outs, [[_IDENTITY_MEMO[(*scope, i, o)] for o in id_outs] for i in id_ins])
 
@@ -136,13 +137,14 @@ def measure_row(profile: dict[str, Any], precision: str, settings: MeasureSettin
                 outs: list[int], rounds: int, timeout_s: float, multiple: int, adaptive: bool = True) -> SigTable:
     """The net row of ``sig`` over at least ins x outs (depthwise: the diagonal); raw on ``RAW_ROW_RUNTIMES``."""
     args = (profile, precision, settings, rounds, timeout_s)
-    ms = run_points(profile, precision, settings, sig, _points(sig, ins, outs), rounds, timeout_s)
+    sink = sinks(str(profile.get("runtime")), sig)  # the row and its identity alike
+    ms = run_points(profile, precision, settings, sig, _points(sig, ins, outs), rounds, timeout_s, sink)
     if adaptive:
-        ins, outs = _refine(args, sig, ins, outs, ms, multiple)
+        ins, outs = _refine(args, sig, ins, outs, ms, multiple, sink)
     if profile.get("runtime") in RAW_ROW_RUNTIMES:
         return _assemble(sig, ins, outs, dict(ms))
     try:
-        ident = _identity_table(args, sig, ins, outs)
+        ident = _identity_table(args, sig, ins, outs, sink)
     except LutError as exc:
         # A converter that refuses the weightless identity (MNN did before session 34): keep the raw figures, whose
         # per-inference overhead the predictor's calibrated offset absorbs.

@@ -33,7 +33,7 @@ def job_settings(job: dict[str, Any]) -> MeasureSettings:
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
 
-    from edgeprune.measure.lut import SINK_RUNTIMES, LayerSig, micro_onnx
+    from edgeprune.measure.lut import LayerSig, micro_onnx
     from edgeprune.measure.timing import time_runs
     from edgeprune.targets import require_runtime
 
@@ -45,8 +45,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     loops: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="edgeprune-lut-") as tmp:
         for i, (cin, cout) in enumerate(job["points"]):
-            onnx_path = micro_onnx(sig, cin, cout, Path(tmp) / f"p{i}.onnx",
-                                   with_sink=job["profile"]["runtime"] in SINK_RUNTIMES)
+            onnx_path = micro_onnx(sig, cin, cout, Path(tmp) / f"p{i}.onnx", with_sink=bool(job.get("sink")))
             shape = [1, cin] if sig.kind == "linear" else [1, cin, *sig.in_hw]
             calib = np.random.default_rng(i).standard_normal((64, *shape[1:])).astype(np.float32) \
                 if job["precision"] == "int8" else None
