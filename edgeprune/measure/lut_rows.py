@@ -8,7 +8,9 @@ worker is used as it is: a job is one signature and its (in, out) points), then
 2. *identity subtraction*: an identity micro-model (``micro_units.identity_onnx``) with the
    same input and output shapes is measured the same way, on a coarse grid (at most
    ``IDENTITY_POINTS`` per axis, interpolated between; each identity point once per process), and
-   subtracted from every point.
+   subtracted from every point;
+3. *the sink* (``lut.sinks``): on OpenVINO a convolution with a kernel over 1x1 and its identity are both measured
+   ending in a global average pool, so neither hands a whole feature map back in the plain layout.
 Invariant: the returned row is *net* — ms = max(raw - identity, NET_FLOOR * raw) at every point
 it lists — and covers at least the requested grid; nothing here imports torch.
 """
