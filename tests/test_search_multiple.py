@@ -107,6 +107,25 @@ def test_budget_search_keeps_kept_layers_whole(fake_runtime):
     assert sum(after.values()) < sum(before.values())
 
 
+def _paired_search(monkeypatch, tmp_path, fake_paired) -> hardware.HardwareSearch:
+    """A ResNet-20 ``HardwareSearch`` on the cost model's table, whose artifacts hold their cost-model latency (plus
+    a fixed per-call overhead of 0.05 ms) and whose paired measurements go to ``fake_paired``."""
+    monkeypatch.setenv("EDGEPRUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(lut_build, "_measure_row", _fake_row)
+
+    def fake_compile(self, model, folder):
+        folder.mkdir(parents=True)
+        (folder / "ms").write_text(repr(_fake_measure(self, model) + 0.05))
+        return folder
+
+    monkeypatch.setattr(hardware, "measure_paired", fake_paired)
+    monkeypatch.setattr(hardware.HardwareSearch, "_compile", fake_compile)
+    torch.manual_seed(0)
+    model = build_model("resnet20", num_classes=10, in_channels=1).eval()
+    return hardware.HardwareSearch(model, EXAMPLE, {**load_profile("onnxruntime"), "precision": "fp32"}, "fp32", 1,
+                                   MeasureSettings(threads=1), progress=False, multiple=8)
+
+
 def test_calibration_and_later_measurements_are_paired_against_the_unpruned_model(monkeypatch, tmp_path):
     """``calibrate`` measures the unpruned model, three uniform variants and mixed ones (a random half of the
     groups halved) in ONE paired measurement (bursts
@@ -115,8 +134,6 @@ def test_calibration_and_later_measurements_are_paired_against_the_unpruned_mode
     on the calibration's scale, so a budget and the candidates measured against it agree."""
     from edgeprune.measure.paired import summarize
 
-    monkeypatch.setenv("EDGEPRUNE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(lut_build, "_measure_row", _fake_row)
     calls = []
     phases = [1.0, 3.0, 1.0, 1.0, 2.0, 1.0, 1.0, 1.5]  # the machine's slowdown in each cycle
 
@@ -125,21 +142,12 @@ def test_calibration_and_later_measurements_are_paired_against_the_unpruned_mode
         bursts = {name: [float((Path(art) / "ms").read_text()) * p for p in phases] for name, art in artifacts.items()}
         return summarize(bursts, reference or list(artifacts)[0], reference_ms)
 
-    def fake_compile(self, model, folder):
-        folder.mkdir(parents=True)
-        (folder / "ms").write_text(repr(_fake_measure(self, model) + 0.05))  # plus a fixed per-call overhead
-        return folder
-
-    monkeypatch.setattr(hardware, "measure_paired", fake_paired)
-    monkeypatch.setattr(hardware.HardwareSearch, "_compile", fake_compile)
-    torch.manual_seed(0)
-    model = build_model("resnet20", num_classes=10, in_channels=1).eval()
-    hs = hardware.HardwareSearch(model, EXAMPLE, {**load_profile("onnxruntime"), "precision": "fp32"}, "fp32", 1,
-                                 MeasureSettings(threads=1), progress=False, multiple=8)
+    hs = _paired_search(monkeypatch, tmp_path, fake_paired)
+    model = hs.model
     fit = hs.calibrate()
     names = ["unpruned", "uniform-0.25", "uniform-0.5", "uniform-0.75"]
     assert len(calls) == 2 and calls[0][0][:4] == names and calls[0][1:] == (hardware.CALIBRATION_ROUNDS, None)
-    assert calls[1] == ([hardware.REFERENCE], 1, None)  # the check: the unpruned model alone, one process
+    assert calls[1] == (["unpruned"], 1, None)  # the check: the unpruned model alone, one process
     mixed = calls[0][0][4:]
     assert 1 <= len(mixed) <= hardware.CALIBRATION_MIXED and all(n.startswith("mixed-") for n in mixed)
     drawn = hardware.mixed_counts(hs.widths, hs.multiples, hardware.CALIBRATION_MIXED)
@@ -166,8 +174,6 @@ def _busy_calibration(monkeypatch, tmp_path, busy_passes: int):
     later passes run on the quiet machine. Returns the search and the list of measured name lists."""
     from edgeprune.measure.paired import summarize
 
-    monkeypatch.setenv("EDGEPRUNE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(lut_build, "_measure_row", _fake_row)
     calls = []
 
     def fake_paired(artifacts, settings, rounds=2, reference=None, reference_ms=None, **kw):
@@ -181,18 +187,7 @@ def _busy_calibration(monkeypatch, tmp_path, busy_passes: int):
             bursts[name] = [ms * slow] * 8
         return summarize(bursts, reference or list(artifacts)[0], reference_ms)
 
-    def fake_compile(self, model, folder):
-        folder.mkdir(parents=True)
-        (folder / "ms").write_text(repr(_fake_measure(self, model) + 0.05))
-        return folder
-
-    monkeypatch.setattr(hardware, "measure_paired", fake_paired)
-    monkeypatch.setattr(hardware.HardwareSearch, "_compile", fake_compile)
-    torch.manual_seed(0)
-    model = build_model("resnet20", num_classes=10, in_channels=1).eval()
-    hs = hardware.HardwareSearch(model, EXAMPLE, {**load_profile("onnxruntime"), "precision": "fp32"}, "fp32", 1,
-                                 MeasureSettings(threads=1), progress=False, multiple=8)
-    return hs, calls
+    return _paired_search(monkeypatch, tmp_path, fake_paired), calls
 
 
 def test_a_calibration_measured_in_a_busy_phase_is_measured_again(monkeypatch, tmp_path, capsys):

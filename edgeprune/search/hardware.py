@@ -165,12 +165,15 @@ class HardwareSearch:
         compares with its budget is thus on one scale. On a device: compiled there, measured interleaved
         (A B C, A B C, ...), one fresh process per measurement, each model's fastest round."""
         with tempfile.TemporaryDirectory(prefix="edgeprune-variant-") as tmp:
-            arts = {name: self._compile(m, Path(tmp) / name) for name, m in models.items()}
             if self.device is not None:
                 from edgeprune.remote.remote_target import remote_measure_interleaved
 
+                arts = {name: self._compile(m, Path(tmp) / name) for name, m in models.items()}
                 res = remote_measure_interleaved(self.device, arts, self.settings, rounds)
                 return {name: float(r["p50_ms_min"]) for name, r in res.items()}
+            # the unpruned model is compiled once: the reference artifact every paired measurement uses
+            arts = {name: self._reference_artifact() if m is self.model else self._compile(m, Path(tmp) / name)
+                    for name, m in models.items()}
             if self.samples:  # a baseline exists: every model against the unpruned one, on its scale
                 paired = measure_paired({REFERENCE: self._reference_artifact(), **arts}, self.settings, rounds,
                                         reference=REFERENCE, reference_ms=self.baseline_ms)
@@ -186,12 +189,8 @@ class HardwareSearch:
         return self._reference
 
     def _check_ms(self) -> float:
-        """The unpruned model alone, one fresh process (the calibration's check): here its compiled reference
-        artifact (reused by every later measurement), on a device compiled and measured there."""
-        if self.device is not None:
-            return self.measure_models({"unpruned": self.model}, 1)["unpruned"]
-        res = measure_paired({REFERENCE: self._reference_artifact()}, self.settings, 1)
-        return float(res[REFERENCE]["p50_ms"])
+        """The unpruned model alone, one fresh process (the calibration's check), measured as every model is."""
+        return self.measure_models({"unpruned": self.model}, 1)["unpruned"]
 
     def measure_model(self, model: nn.Module, repeats: int = 2) -> float:
         """p50 (ms) of ``model`` on the target, measured as ``measure_models`` does (``repeats`` processes)."""
