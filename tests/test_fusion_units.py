@@ -206,6 +206,8 @@ def test_a_sink_ends_every_micro_model_alike_and_only_on_the_sink_runtimes(tmp_p
     one_by_one = LayerSig("conv", (1, 1), (1, 1), (0, 0), (16, 16))
     dw = LayerSig("depthwise", (3, 3), (1, 1), (1, 1), (16, 16))
     assert not any(sinks("openvino", s) for s in (one_by_one, dw, unit, fc))  # they keep the output's handling
+    block = LayerSig("unit", in_hw=(9, 9), relu=True, residual=True, steps=("conv-k3-s1-b-relu", "conv-k3-s1-a"))
+    assert sinks("openvino", block)  # a ResNet basic block is measured as its 3x3 parts are: their fusion test compares
     ov, ncnn = load_profile("x86"), load_profile("arm64")
     assert lut_build.table_context(ov, "fp32", 1)["entry"].endswith(lut_build.SINK_ENTRY)
     assert lut_build.table_context(ncnn, "fp32", 1)["entry"] == lut_build.ENTRY  # ncnn's cached rows stay valid

@@ -89,16 +89,24 @@ def thin(grid: list[int], max_points: int) -> list[int]:
 # micro-model pays for handing its feature map back in the plain layout the caller reads, which a layer inside a
 # model never does, and the runtime may even pick another kernel for it: OpenVINO's ResNet-18 @96 stem convolution
 # (7x7/2, 1 -> C, a 48x48 output) on an Intel Xeon took 0.21 ms at 48 channels and 0.53 ms at 56 as a model's
-# output, 0.11 and 0.15 ms followed by a global pool, 0.126 ms at 64 inside the whole model. Not on 1x1, depthwise
-# and fused-unit rows: sinking those too took MobileNetV2 @96 from 53% to 40% of 30 random variants within ±10% on
-# the same measurements, since there the output's handling stands in for the memory traffic between layers that a
-# model does pay (session 36, bench/RESULTS.md §4). Measured on OpenVINO only; ncnn's and MNN's rows are as they were.
+# output, 0.11 and 0.15 ms followed by a global pool, 0.126 ms at 64 inside the whole model. Not on 1x1 and
+# depthwise rows, nor on units made of them (MobileNetV2's): sinking those too took MobileNetV2 @96 from 53% to 40%
+# of 30 random variants within ±10% on the same measurements, since there the output's handling stands in for the
+# memory traffic between layers that a model does pay (session 36, bench/RESULTS.md §4). Measured on OpenVINO only; ncnn's and MNN's rows are as they were.
 SINK_RUNTIMES = frozenset({"openvino"})
 
 
 def sinks(runtime: str, sig: LayerSig) -> bool:
-    """Whether ``sig``'s micro-models (and its identity's) end in the sink on ``runtime`` (see ``SINK_RUNTIMES``)."""
-    return runtime in SINK_RUNTIMES and sig.kind == "conv" and max(sig.kernel) > 1
+    """Whether ``sig``'s micro-models (and its identity's) end in the sink on ``runtime`` (see ``SINK_RUNTIMES``):
+    a dense convolution with a kernel over 1x1, or a fused unit holding one (a ResNet basic block), so a unit and its
+    parts, whose times decide whether the runtime fuses them, are measured alike."""
+    if runtime not in SINK_RUNTIMES:
+        return False
+    if sig.kind == "unit":
+        from edgeprune.measure.micro_units import parse_step
+
+        return any(step["op"] == "conv" and step["k"] > 1 for step in map(parse_step, sig.steps))
+    return sig.kind == "conv" and max(sig.kernel) > 1
 
 
 def sink(nodes: list, cur: str) -> str:

@@ -31,7 +31,8 @@ ENTRY = ("net of an identity micro-model's time (max-pool/concat/slice); adaptiv
          "is off by >10%")
 
 # Added to ``ENTRY`` for ``lut.SINK_RUNTIMES``: their rows were measured with the sink (new cache keys for them only)
-SINK_ENTRY = "; convolutions with kernels over 1x1 end in a global average pool (micro-model and identity alike)"
+SINK_ENTRY = ("; convolutions with kernels over 1x1, and fused units holding one, end in a global average pool "
+              "(micro-model and identity alike)")
 
 MAX_OUT_POINTS = 16  # per layer: every channel multiple up to this many, strided beyond
 MAX_IN_POINTS = 6
