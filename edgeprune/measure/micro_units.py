@@ -52,9 +52,14 @@ def unit_io(sig: Any, a: int, b: int) -> tuple[int, int, int]:
     return a, width, stride
 
 
-def _save(nodes, inits, in_shape, out_name, path: Path) -> Path:
+def _save(nodes, inits, in_shape, out_name, path: Path, with_sink: bool = False) -> Path:
     import onnx
     from onnx import TensorProto, helper
+
+    if with_sink:
+        from edgeprune.measure.lut import sink
+
+        out_name = sink(nodes, out_name)
 
     graph = helper.make_graph(nodes, "lut", [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
                               [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, None)], inits)
@@ -88,11 +93,7 @@ def unit_onnx(sig: Any, a: int, b: int, path: Path, with_sink: bool = False) -> 
     if sig.relu:
         nodes.append(helper.make_node("Relu", [cur], ["out"]))
         cur = "out"
-    if with_sink:
-        from edgeprune.measure.lut import sink
-
-        cur = sink(nodes, cur)
-    return _save(nodes, inits, [1, a, *sig.in_hw], cur, path)
+    return _save(nodes, inits, [1, a, *sig.in_hw], cur, path, with_sink)
 
 
 def identity_onnx(sig: Any, in_c: int, out_c: int, path: Path, with_sink: bool = False) -> Path:
@@ -120,8 +121,4 @@ def identity_onnx(sig: Any, in_c: int, out_c: int, path: Path, with_sink: bool =
     if not nodes:  # same shape in and out: a stride-1 1x1 max-pool, one copy (a graph of Identity alone
         nodes.append(helper.make_node("MaxPool", [cur], ["y"], kernel_shape=[1, 1], strides=[1, 1]))  # fails pnnx)
         cur = "y"
-    if with_sink:
-        from edgeprune.measure.lut import sink
-
-        cur = sink(nodes, cur)
-    return _save(nodes, inits, [1, in_c, h, w], cur, path)
+    return _save(nodes, inits, [1, in_c, h, w], cur, path, with_sink)

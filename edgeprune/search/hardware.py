@@ -188,10 +188,6 @@ class HardwareSearch:
             self._reference = self._compile(self.model, Path(self._reference_tmp.name) / REFERENCE)
         return self._reference
 
-    def _check_ms(self) -> float:
-        """The unpruned model alone, one fresh process (the calibration's check), measured as every model is."""
-        return self.measure_models({"unpruned": self.model}, 1)["unpruned"]
-
     def measure_model(self, model: nn.Module, repeats: int = 2) -> float:
         """p50 (ms) of ``model`` on the target, measured as ``measure_models`` does (``repeats`` processes)."""
         return self.measure_models({"model": model}, repeats)["model"]
@@ -235,7 +231,8 @@ class HardwareSearch:
             passes.append(record)
             if repeats <= 0:
                 break
-            record["check_ms"] = check = self._check_ms()
+            # the check: the unpruned model alone, one fresh process, measured as every model is
+            record["check_ms"] = check = self.measure_models({"unpruned": self.model}, 1)["unpruned"]
             if check >= measured["unpruned"] * (1 - CALIBRATION_CHECK):
                 break
             if n < repeats:
