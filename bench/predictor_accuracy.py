@@ -30,7 +30,9 @@ not depend on its weights).
 
 ``--refit RUN.json[,...]`` measures nothing: it refits the current predictor on each stored case's own calibration
 measurements (the table read from the cache the run used) and scores it on the stored variants, so a change to the
-predictor's fitting is judged on the same measurements as the figures it replaces.
+predictor's fitting is judged on the same measurements as the figures it replaces. With ``--ablate`` it also refits
+with parts of the fit switched off (``ABLATIONS``: the cuts correction, every correction, the weight term too), one
+column each, to show which part helps or costs a case.
 
 Usage: python bench/predictor_accuracy.py [--targets x86,arm64,arm64-mnn] [--models resnet20,mobilenet_v2]
            [--variants 30] [--rounds 3] [--table-limit-min 25] [--cache DIR] [--out bench/results]
@@ -401,24 +403,56 @@ def cached_search(case: dict):
         lut_build._measure_row = measure_row
 
 
-def refit_case(case: dict) -> dict:
+# ``--ablate``: parts of the predictor's fit switched off, by the module constants that gate them
+# (``edgeprune.measure.predictor``): name -> the module -> {constant: value while refitting}.
+ABLATIONS = {
+    "no cuts correction": lambda m: {"CORRECTIONS": {k: v for k, v in m.CORRECTIONS.items() if k != "cuts"}},
+    "no correction": lambda m: {"RESIDUAL_MIN_SAMPLES": 10 ** 9},
+    "no correction, no weight term": lambda m: {"RESIDUAL_MIN_SAMPLES": 10 ** 9, "WEIGHT_MIN_SAMPLES": 10 ** 9},
+}
+
+
+def refit_case(case: dict, ablate: bool = False) -> dict:
     """The current predictor refitted on a stored case's own measurements: the driver's calibration models
     (``calibration.measured``) fit it, the stored random variants test it (the table from the cache:
-    ``cached_search``)."""
+    ``cached_search``). ``ablate``: also refitted under each of ``ABLATIONS`` (``ablations``: name -> figures)."""
+    import edgeprune.measure.predictor as predictor_module
+
     hs = cached_search(case)
-    fit = hs.predictor.calibrate([(m["counts"], m["ms"]) for m in case["calibration"]["measured"]])
+    samples = [(m["counts"], m["ms"]) for m in case["calibration"]["measured"]]
     variants = case["variants"]
     meas = [v["measured_ms"] for v in variants]
+    ablations = {}
+    for name, switch in (ABLATIONS if ablate else {}).items():
+        constants = switch(predictor_module)
+        saved = {k: getattr(predictor_module, k) for k in constants}
+        try:
+            for k, v in constants.items():
+                setattr(predictor_module, k, v)
+            fit = hs.predictor.calibrate(samples)
+            ablations[name] = {**error_stats([hs.predictor.predict(v["counts"]) for v in variants], meas),
+                               "weight_ms_per_million": fit["weight_ms_per_million"],
+                               "correction": fit["correction"]}
+        finally:
+            for k, v in saved.items():
+                setattr(predictor_module, k, v)
+    fit = hs.predictor.calibrate(samples)
     return {"target": case["target"], "runtime": case["runtime"], "model": case["model"],
             "stored": case["calibrated"], "refit": error_stats([hs.predictor.predict(v["counts"]) for v in variants], meas),
-            "correction": fit["correction"], "weight_ms_per_million": fit["weight_ms_per_million"]}
+            "correction": fit["correction"], "weight_ms_per_million": fit["weight_ms_per_million"],
+            "ablations": ablations}
 
 
-def refit(paths: str) -> int:
-    """``--refit``: print the stored and the refitted predictor's figures side by side, one row per case."""
+def refit(paths: str, ablate: bool = False) -> int:
+    """``--refit``: print the stored and the refitted predictor's figures side by side, one row per case (with
+    ``ablate``, one more column per ``ABLATIONS`` entry)."""
     share = lambda st: f"{100 * st['within_10pct']:.0f}% / {st['median_abs_pct']:.1f}%"
+    fit_of = lambda r: ((f"{r['correction']['features']}, alpha {r['correction']['alpha']:g}" if r["correction"]
+                         else "none") + (", weight term" if r["weight_ms_per_million"] else ""))
+    extra = list(ABLATIONS) if ablate else []
     lines = ["| target (runtime) | model | run | stored: within ±10% / median | refitted: within ±10% / median | "
-             "refitted correction |", "|---|---|---|---|---|---|"]
+             "refitted correction |" + "".join(f" {name} |" for name in extra),
+             "|---|---|---|---|---|---|" + "---|" * len(extra)]
     for path in [p for p in paths.split(",") if p]:
         try:
             data = json.loads(Path(path).read_text())
@@ -429,16 +463,15 @@ def refit(paths: str) -> int:
             if not case["table"]["ok"]:
                 continue
             try:
-                r = refit_case(case)
+                r = refit_case(case, ablate)
             except TableNotCached as exc:
                 log(f"skipped: {exc}")
                 lines.append(f"| {case['target']} ({case['runtime']}) | {case['model']} | {path} | "
-                             f"{share(case['calibrated'])} | — (table not in this cache) | |")
+                             f"{share(case['calibrated'])} | — (table not in this cache) | |" + " |" * len(extra))
                 continue
-            corr = r["correction"]
             lines.append(f"| {r['target']} ({r['runtime']}) | {r['model']} | {path} | "
-                         f"{share(r['stored'])} | {share(r['refit'])} | "
-                         + (f"{corr['features']}, alpha {corr['alpha']:g}" if corr else "none") + " |")
+                         f"{share(r['stored'])} | {share(r['refit'])} | {fit_of(r)} |"
+                         + "".join(f" {share(r['ablations'][n])} ({fit_of(r['ablations'][n])}) |" for n in extra))
     print("\n".join(lines))
     return 0
 
@@ -467,11 +500,14 @@ def main() -> int:
     ap.add_argument("--refit", default=None, metavar="JSON[,JSON]",
                     help="measure nothing: refit the current predictor on stored runs' own calibration measurements "
                          "(their tables read from --cache) and print their variants' figures, stored and refitted")
+    ap.add_argument("--ablate", action="store_true",
+                    help="with --refit: also refit with the cuts correction, every correction, and the weight term "
+                         "too switched off, one column each")
     ap.add_argument("--table-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     os.environ["EDGEPRUNE_CACHE"] = args.cache
     if args.refit:
-        return refit(args.refit)
+        return refit(args.refit, args.ablate)
     if args.table_only:
         return table_only(args.targets, args.models)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so a table child's session is ended too
