@@ -506,6 +506,8 @@ def main() -> int:
     ap.add_argument("--table-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     os.environ["EDGEPRUNE_CACHE"] = args.cache
+    if args.ablate and not args.refit:
+        ap.error("--ablate goes with --refit RUN.json (it refits stored runs and measures nothing)")
     if args.refit:
         return refit(args.refit, args.ablate)
     if args.table_only:
