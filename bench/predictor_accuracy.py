@@ -52,6 +52,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
@@ -424,18 +425,11 @@ def refit_case(case: dict, ablate: bool = False) -> dict:
     meas = [v["measured_ms"] for v in variants]
     ablations = {}
     for name, switch in (ABLATIONS if ablate else {}).items():
-        constants = switch(predictor_module)
-        saved = {k: getattr(predictor_module, k) for k in constants}
-        try:
-            for k, v in constants.items():
-                setattr(predictor_module, k, v)
+        with mock.patch.multiple(predictor_module, **switch(predictor_module)):
             fit = hs.predictor.calibrate(samples)
             ablations[name] = {**error_stats([hs.predictor.predict(v["counts"]) for v in variants], meas),
                                "weight_ms_per_million": fit["weight_ms_per_million"],
                                "correction": fit["correction"]}
-        finally:
-            for k, v in saved.items():
-                setattr(predictor_module, k, v)
     fit = hs.predictor.calibrate(samples)
     return {"target": case["target"], "runtime": case["runtime"], "model": case["model"],
             "stored": case["calibrated"], "refit": error_stats([hs.predictor.predict(v["counts"]) for v in variants], meas),

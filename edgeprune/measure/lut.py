@@ -92,7 +92,8 @@ def thin(grid: list[int], max_points: int) -> list[int]:
 # output, 0.11 and 0.15 ms followed by a global pool, 0.126 ms at 64 inside the whole model. Not on 1x1 and
 # depthwise rows, nor on units made of them (MobileNetV2's): sinking those too took MobileNetV2 @96 from 53% to 40%
 # of 30 random variants within ±10% on the same measurements, since there the output's handling stands in for the
-# memory traffic between layers that a model does pay (session 36, bench/RESULTS.md §4). Measured on OpenVINO only; ncnn's and MNN's rows are as they were.
+# memory traffic between layers that a model does pay (session 36, bench/RESULTS.md §4). Measured on OpenVINO only;
+# ncnn's and MNN's rows are as they were.
 SINK_RUNTIMES = frozenset({"openvino"})
 
 
