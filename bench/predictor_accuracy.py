@@ -30,13 +30,16 @@ not depend on its weights).
 
 ``--refit RUN.json[,...]`` measures nothing: it refits the current predictor on each stored case's own calibration
 measurements (the table read from the cache the run used) and scores it on the stored variants, so a change to the
-predictor's fitting is judged on the same measurements as the figures it replaces. With ``--ablate`` it also refits
+predictor's fitting is judged on the same measurements as the figures it replaces; where the run measured them in the
+variants' paired run (``--calibrations``), it also fits the calibration's mixed models of before session 38
+("random") and of now (``hardware.CALIBRATION_MIXED_KIND``) on those figures, one column each (which models the
+calibration measures, judged on one measurement). With ``--ablate`` it also refits
 with parts of the fit switched off (``ABLATIONS``: the cuts correction, every correction, the weight term too), one
 column each, to show which part helps or costs a case.
 
 Usage: python bench/predictor_accuracy.py [--targets x86,arm64,arm64-mnn] [--models resnet20,mobilenet_v2]
            [--variants 30] [--rounds 3] [--table-limit-min 25] [--cache DIR] [--out bench/results]
-           [--calibrations halves,random,random-all] [--candidates bench/results/.../hw_search.json]
+           [--calibrations halves,random,random-all,random+random-all] [--candidates bench/results/.../hw_search.json]
 """
 from __future__ import annotations
 
@@ -404,6 +407,8 @@ def cached_search(case: dict):
         lut_build._measure_row = measure_row
 
 
+PREVIOUS_MIXED_KIND = "random"  # the calibration's mixed models before session 38 (``--refit``'s paired columns)
+
 # ``--ablate``: parts of the predictor's fit switched off, by the module constants that gate them
 # (``edgeprune.measure.predictor``): name -> the module -> {constant: value while refitting}.
 ABLATIONS = {
@@ -430,11 +435,25 @@ def refit_case(case: dict, ablate: bool = False) -> dict:
             ablations[name] = {**error_stats([hs.predictor.predict(v["counts"]) for v in variants], meas),
                                "weight_ms_per_million": fit["weight_ms_per_million"],
                                "correction": fit["correction"]}
+    # the calibration kinds before session 38 and now, fitted on the models of each that the run measured in the
+    # variants' paired run (``calibration_sets``): which models to measure, judged on one measurement
+    from edgeprune.search.hardware import CALIBRATION_MIXED_KIND
+    paired = {}
+    for name in dict.fromkeys([PREVIOUS_MIXED_KIND, CALIBRATION_MIXED_KIND]):
+        parts = name.split("+")
+        if not all(part in case.get("calibration_sets", {}) for part in parts):
+            continue
+        drawn = {tuple(m["counts"]): (m["counts"], m["ms"]) for part in parts
+                 for m in case["calibration_sets"][part]["measured"]}
+        fit = hs.predictor.calibrate(list(drawn.values()))
+        paired[name] = {**error_stats([hs.predictor.predict(v["counts"]) for v in variants], meas),
+                        "models": len(drawn), "correction": fit["correction"],
+                        "weight_ms_per_million": fit["weight_ms_per_million"]}
     fit = hs.predictor.calibrate(samples)
     return {"target": case["target"], "runtime": case["runtime"], "model": case["model"],
             "stored": case["calibrated"], "refit": error_stats([hs.predictor.predict(v["counts"]) for v in variants], meas),
             "correction": fit["correction"], "weight_ms_per_million": fit["weight_ms_per_million"],
-            "ablations": ablations}
+            "ablations": ablations, "paired": paired}
 
 
 def refit(paths: str, ablate: bool = False) -> int:
@@ -443,10 +462,16 @@ def refit(paths: str, ablate: bool = False) -> int:
     share = lambda st: f"{100 * st['within_10pct']:.0f}% / {st['median_abs_pct']:.1f}%"
     fit_of = lambda r: ((f"{r['correction']['features']}, alpha {r['correction']['alpha']:g}" if r["correction"]
                          else "none") + (", weight term" if r["weight_ms_per_million"] else ""))
+    from edgeprune.search.hardware import CALIBRATION_MIXED_KIND
+
     extra = list(ABLATIONS) if ablate else []
+    kinds = list(dict.fromkeys([PREVIOUS_MIXED_KIND, CALIBRATION_MIXED_KIND]))
     lines = ["| target (runtime) | model | run | stored: within ±10% / median | refitted: within ±10% / median | "
-             "refitted correction |" + "".join(f" {name} |" for name in extra),
-             "|---|---|---|---|---|---|" + "---|" * len(extra)]
+             "refitted correction |" + "".join(f" {name} |" for name in extra)
+             + "".join(f" paired run, '{k}' models |" for k in kinds),
+             "|---|---|---|---|---|---|" + "---|" * (len(extra) + len(kinds))]
+    paired_cell = lambda r, k: (f" {r['paired'][k]['models']}: {share(r['paired'][k])} ({fit_of(r['paired'][k])}) |"
+                                if k in r["paired"] else " — (not measured in this run) |")
     for path in [p for p in paths.split(",") if p]:
         try:
             data = json.loads(Path(path).read_text())
@@ -461,11 +486,12 @@ def refit(paths: str, ablate: bool = False) -> int:
             except TableNotCached as exc:
                 log(f"skipped: {exc}")
                 lines.append(f"| {case['target']} ({case['runtime']}) | {case['model']} | {path} | "
-                             f"{share(case['calibrated'])} | — (table not in this cache) | |" + " |" * len(extra))
+                             f"{share(case['calibrated'])} | — (table not in this cache) | |" + " |" * (len(extra) + len(kinds)))
                 continue
             lines.append(f"| {r['target']} ({r['runtime']}) | {r['model']} | {path} | "
                          f"{share(r['stored'])} | {share(r['refit'])} | {fit_of(r)} |"
-                         + "".join(f" {share(r['ablations'][n])} ({fit_of(r['ablations'][n])}) |" for n in extra))
+                         + "".join(f" {share(r['ablations'][n])} ({fit_of(r['ablations'][n])}) |" for n in extra)
+                         + "".join(paired_cell(r, k) for k in kinds))
     print("\n".join(lines))
     return 0
 
@@ -484,7 +510,7 @@ def main() -> int:
     ap.add_argument("--cache", default=str(DEFAULT_CACHE), help="latency-table cache (EDGEPRUNE_CACHE)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"),
                     help="folder for predictor_accuracy.json and predictor_accuracy-tables.md")
-    ap.add_argument("--calibrations", default="halves,random,random-all",
+    ap.add_argument("--calibrations", default="halves,random,random-all,random+random-all",
                     help="mixed calibration sets to fit side by side on the variants' paired run (search.hardware."
                          "mixed_counts kinds; empty: none)")
     ap.add_argument("--candidates", default=None,

@@ -149,11 +149,16 @@ def test_calibration_and_later_measurements_are_paired_against_the_unpruned_mode
     assert len(calls) == 2 and calls[0][0][:4] == names and calls[0][1:] == (hardware.CALIBRATION_ROUNDS, None)
     assert calls[1] == (["unpruned"], 1, None)  # the check: the unpruned model alone, one process
     mixed = calls[0][0][4:]
-    assert 1 <= len(mixed) <= hardware.CALIBRATION_MIXED and all(n.startswith("mixed-") for n in mixed)
+    assert 1 <= len(mixed) <= 2 * hardware.CALIBRATION_MIXED and all(n.startswith("mixed-") for n in mixed)
     drawn = hardware.mixed_counts(hs.widths, hs.multiples, hardware.CALIBRATION_MIXED)
-    for counts, _ in hs.samples[4:]:  # the default kind's mixed variants: some groups cut, to their own depths
+    half = hardware.mixed_counts(hs.widths, hs.multiples, hardware.CALIBRATION_MIXED, "random")
+    every = hardware.mixed_counts(hs.widths, hs.multiples, hardware.CALIBRATION_MIXED, "random-all")
+    assert drawn == half + every  # the default kind: 8 models that cut some groups, then 8 that cut every group
+    for counts, _ in hs.samples[4:]:
         assert counts in drawn and counts != hs.widths
-        assert all(c == w or 0.25 * w - 8 <= c <= 0.75 * w + 8 for c, w in zip(counts, hs.widths))
+    some = [c for c, _ in hs.samples[4:] if c in half]
+    assert some and all(all(c == w or 0.25 * w - 8 <= c <= 0.75 * w + 8 for c, w in zip(counts, hs.widths))
+                        for counts in some)  # some groups cut, to their own depths
     assert fit["samples"] == 4 + len(mixed) and hs.samples[0][0] == hs.widths
     true_base = _fake_measure(hs, model) + 0.05
     assert hs.baseline_ms == pytest.approx(true_base)  # the quiet phase's figure, not a loaded one
@@ -249,6 +254,8 @@ def test_mixed_calibration_models_cut_some_groups_to_the_kinds_depths():
     assert sum(c < w for counts in random for c, w in zip(counts, widths)) < 0.7 * 20 * len(widths)
     # random-all: nearly every group is cut, some deep (below a quarter)
     assert sum(c < w // 4 for counts in every for c, w in zip(counts, widths) if w == 512) >= 2
+    # kinds joined by '+': n of each, each drawn as it is alone
+    assert hardware.mixed_counts(widths, mults, 20, "random+random-all") == random + every
     with pytest.raises(ValueError, match="unknown mixed calibration kind"):
         hardware.mixed_counts(widths, mults, 1, "thirds")
 

@@ -201,8 +201,9 @@ def add_search(p: argparse.ArgumentParser) -> None:
     g.add_argument("--search-finalist-batches", type=ranged(int, 0, 100000), default=40, metavar="N",
                    help="mini-batches of the finalists' fine-tune (0: none). Default: %(default)s")
     g.add_argument("--search-calibration", type=ranged(int, 0, 100), default=8, metavar="N",
-                   help="models with a random half of the layer groups each cut to its own random depth (keeping "
-                        "25-75%% of its channels), measured on the target together with "
+                   help="calibration models of each of two kinds: N with a random half of the layer groups each "
+                        "cut to its own random depth (keeping 25-75%% of its channels), and N with every group cut "
+                        "(keeping 10-100%%), measured on the target together with "
                         "the unpruned model and three uniform cuts to calibrate the latency predictor before the "
                         "search (the one-off cost of a search, with the latency table). Fewer is quicker and "
                         "steers less surely; 0 calibrates on the uniform cuts alone. Default: %(default)s")

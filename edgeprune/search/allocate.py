@@ -88,7 +88,7 @@ class SearchSettings:
     near: float = 0.06             # a schedule whose candidate lands more than this share under the budget aims back up
     finalists: int = 6             # candidates given a short fine-tune before the choice (0: BN re-estimation alone)
     finalist_batches: int = 40     # mini-batches of that fine-tune
-    calibration_mixed: int = 8     # measured models cutting a random half of the groups to random depths (evidence)
+    calibration_mixed: int = 8     # measured models of each mixed kind (``hardware.CALIBRATION_MIXED_KIND``)
     progressive_steps: int = 8     # steps of the progressive candidate (pruned while fine-tuning); 0: none
     settle: float = 0.5            # share of those steps that train the final network after its last cut
     fill: bool = True              # the progressive uniform schedule's last cut is topped up to its aim (``_fill``)

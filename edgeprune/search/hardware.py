@@ -67,14 +67,18 @@ from edgeprune.targets import require_runtime
 # removed, measured paired against the unpruned model in this many fresh processes (``measure.paired``).
 CALIBRATION_RATIOS = (0.25, 0.5, 0.75)  # the line spans the search's range, deep cuts included
 CALIBRATION_ROUNDS = 3
-CALIBRATION_MIXED = 8  # mixed variants (``mixed_counts``): the weight term's and the measured correction's evidence
+CALIBRATION_MIXED = 8  # mixed variants of each kind (``mixed_counts``): the weight term's and the correction's evidence
 # How the mixed variants cut (``mixed_counts``): "random" (a random half of the groups, each cut to its own depth,
-# 25-75% kept: every group seen at several widths) since session 27; "halves" (a random half of the groups halved)
-# before.
-# Fitted side by side on one paired run of ResNet-18 at 96 px on OpenVINO, random depths priced 30 random variants
-# 80% within ±10% (halves 73%) and 30 of the search's own candidates 100% (halves 83%): bench/RESULTS.md §4.
+# 25-75% kept: every group seen at several widths) since session 27, "halves" (a random half of the groups halved)
+# before. Fitted side by side on one paired run of ResNet-18 at 96 px on OpenVINO, random depths priced 30 random
+# variants 80% within ±10% (halves 73%) and 30 of the search's own candidates 100% (halves 83%).
+# Since session 38 "random+random-all": those 8 plus 8 that cut *every* group (10-100% kept), as the search's
+# candidates do. Models that leave half the groups whole taught MobileNetV2 @96's per-group correction prices that
+# did not carry to models cutting all of them; refitted on the figures of stored paired runs (bench/RESULTS.md §4,
+# session 38), the 20 models priced 30 random variants within ±10% at 97% / 87% (MobileNetV2 @96, two runs; 67% /
+# 83% with the 12), 100% (ResNet-20), 90% / 100% (ResNet-18 @96; 93% / 93%), for 8 more models to measure.
 MIXED_KINDS = ("halves", "random", "random-all")
-CALIBRATION_MIXED_KIND = "random"
+CALIBRATION_MIXED_KIND = "random+random-all"
 MIXED_SEED = 20261201
 # The calibration's check: right after the calibration, the unpruned model is measured once more on its own (one
 # fresh process). A check more than this share faster than the calibration's figure for it means the calibration
@@ -200,8 +204,8 @@ class HardwareSearch:
                   mixed: int = CALIBRATION_MIXED, mixed_kind: str = CALIBRATION_MIXED_KIND,
                   repeats: int = CALIBRATION_REPEATS) -> dict[str, Any]:
         """Fit the predictor on the unpruned model, uniformly pruned variants (``uniform_ratios``: shares of
-        channels removed) and ``mixed`` variants that cut a seeded random half of the groups (``mixed_counts`` of
-        ``mixed_kind``), all measured together (``measure_models``); the unpruned model is the first sample
+        channels removed) and ``mixed`` seeded variants of each of ``mixed_kind``'s kinds that cut some or all groups
+        (``mixed_counts``), all measured together (``measure_models``); the unpruned model is the first sample
         (``baseline_ms``). The mixed variants tell the weight term and the measured correction
         (``Predictor.calibrate``) which groups the table misprices, before the search leans on it. Variants that
         round to the same counts are measured once. After each pass the unpruned model is measured once more
@@ -305,10 +309,15 @@ def mixed_counts(widths: list[int], group_multiples: list[int], n: int, kind: st
 
     ``halves``: each group, with probability 1/2, keeps half its channels, else all. ``random``: each group, with
     probability 1/2, keeps a share drawn uniformly from [0.25, 0.75], else all. ``random-all``: every group keeps a
-    share drawn uniformly from [0.1, 1]. Counts are on each group's multiple, at least ``min_keep(.., 0.1)``;
-    duplicates and the unpruned allocation may occur (the caller measures each distinct one once)."""
+    share drawn uniformly from [0.1, 1]. Kinds joined by ``+`` give ``n`` of each, in that order (each part drawn
+    as it would be alone). Counts are on each group's multiple, at least ``min_keep(.., 0.1)``; duplicates and the
+    unpruned allocation may occur (the caller measures each distinct one once)."""
+    parts = kind.split("+")
+    if len(parts) > 1:
+        return [c for part in parts for c in mixed_counts(widths, group_multiples, n, part, seed)]
     if kind not in MIXED_KINDS:
-        raise ValueError(f"unknown mixed calibration kind {kind!r} (one of {', '.join(MIXED_KINDS)})")
+        raise ValueError(f"unknown mixed calibration kind {kind!r} (one of {', '.join(MIXED_KINDS)}, or several "
+                         "joined by '+')")
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
