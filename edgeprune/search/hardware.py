@@ -74,9 +74,9 @@ CALIBRATION_MIXED = 8  # mixed variants of each kind (``mixed_counts``): the wei
 # variants 80% within ±10% (halves 73%) and 30 of the search's own candidates 100% (halves 83%).
 # Since session 38 "random+random-all": those 8 plus 8 that cut *every* group (10-100% kept), as the search's
 # candidates do. Models that leave half the groups whole taught MobileNetV2 @96's per-group correction prices that
-# did not carry to models cutting all of them; refitted on the figures of stored paired runs (bench/RESULTS.md §4,
-# session 38), the 20 models priced 30 random variants within ±10% at 97% / 87% (MobileNetV2 @96, two runs; 67% /
-# 83% with the 12), 100% (ResNet-20), 90% / 100% (ResNet-18 @96; 93% / 93%), for 8 more models to measure.
+# did not carry to models cutting all of them. Fitted on the figures of 13 stored runs' paired measurements
+# (bench/RESULTS.md §4, session 38), the 20 models priced 30 random variants within ±10% better in 8, level in 4,
+# one variant worse in one (MobileNetV2 @96 on OpenVINO 67-83% -> 87-97%), for 8 more models to measure.
 MIXED_KINDS = ("halves", "random", "random-all")
 CALIBRATION_MIXED_KIND = "random+random-all"
 MIXED_SEED = 20261201
