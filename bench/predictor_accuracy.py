@@ -409,6 +409,13 @@ def cached_search(case: dict):
 
 PREVIOUS_MIXED_KIND = "random"  # the calibration's mixed models before session 38 (``--refit``'s paired columns)
 
+
+def paired_kinds() -> list[str]:
+    """``--refit``'s paired columns: the calibration's mixed kind before session 38 and the current one."""
+    from edgeprune.search.hardware import CALIBRATION_MIXED_KIND
+
+    return list(dict.fromkeys([PREVIOUS_MIXED_KIND, CALIBRATION_MIXED_KIND]))
+
 # ``--ablate``: parts of the predictor's fit switched off, by the module constants that gate them
 # (``edgeprune.measure.predictor``): name -> the module -> {constant: value while refitting}.
 ABLATIONS = {
@@ -437,9 +444,8 @@ def refit_case(case: dict, ablate: bool = False) -> dict:
                                "correction": fit["correction"]}
     # the calibration kinds before session 38 and now, fitted on the models of each that the run measured in the
     # variants' paired run (``calibration_sets``): which models to measure, judged on one measurement
-    from edgeprune.search.hardware import CALIBRATION_MIXED_KIND
     paired = {}
-    for name in dict.fromkeys([PREVIOUS_MIXED_KIND, CALIBRATION_MIXED_KIND]):
+    for name in paired_kinds():
         parts = name.split("+")
         if not all(part in case.get("calibration_sets", {}) for part in parts):
             continue
@@ -462,10 +468,8 @@ def refit(paths: str, ablate: bool = False) -> int:
     share = lambda st: f"{100 * st['within_10pct']:.0f}% / {st['median_abs_pct']:.1f}%"
     fit_of = lambda r: ((f"{r['correction']['features']}, alpha {r['correction']['alpha']:g}" if r["correction"]
                          else "none") + (", weight term" if r["weight_ms_per_million"] else ""))
-    from edgeprune.search.hardware import CALIBRATION_MIXED_KIND
-
     extra = list(ABLATIONS) if ablate else []
-    kinds = list(dict.fromkeys([PREVIOUS_MIXED_KIND, CALIBRATION_MIXED_KIND]))
+    kinds = paired_kinds()
     lines = ["| target (runtime) | model | run | stored: within ±10% / median | refitted: within ±10% / median | "
              "refitted correction |" + "".join(f" {name} |" for name in extra)
              + "".join(f" paired run, '{k}' models |" for k in kinds),
