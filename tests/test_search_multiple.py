@@ -382,3 +382,42 @@ def test_no_aim_back_up_without_a_miss_or_without_attempts_left(monkeypatch, tmp
     assert len(search["attempts"]) == 1 and search["chosen_attempt"] == 1
     search = _attempts_run(monkeypatch, tmp_path, [1.3], attempts=2)
     assert len(search["attempts"]) == 2 and search["chosen_attempt"] == 2
+
+
+def test_with_an_aim_later_models_are_measured_against_the_calibration_model_nearest_it(monkeypatch, tmp_path):
+    """A busy phase slows a model by its size (a memory-streaming neighbour: the unpruned model 1.3x, a 0.3x cut
+    about 1.1x). Measured against the unpruned model a 0.3x allocation then reads fast; against the calibration model
+    nearest the search's aim (``near_ms``), on that model's calibrated figure, it reads its quiet figure."""
+    from edgeprune.measure.paired import summarize
+
+    calls, busy = [], [False]
+
+    def fake_paired(artifacts, settings, rounds=2, reference=None, reference_ms=None, **kw):
+        calls.append((list(artifacts), reference, reference_ms))
+        ms = {n: float((Path(a) / "ms").read_text()) for n, a in artifacts.items()}
+        top = _fake_measure(hs, hs.model) + 0.05
+        bursts = {n: [m * (1 + 0.3 * m / top if busy[0] else 1.0)] * 8 for n, m in ms.items()}
+        return summarize(bursts, reference or list(artifacts)[0], reference_ms)
+
+    hs = _paired_search(monkeypatch, tmp_path, fake_paired)
+    hs.calibrate(mixed=0)
+    ones = [np.ones(w) for w in hs.widths]
+    counts = [max(8, int(0.6 * w) // 8 * 8) for w in hs.widths]  # not a calibration model
+    model = hs.prune_counts(counts, ones)
+    quiet = _fake_measure(hs, model) + 0.05
+    busy[0] = True
+    against_unpruned = hs.measure_model(model)
+    assert calls[-1][1] == hardware.REFERENCE and against_unpruned < 0.93 * quiet  # reads fast in the busy phase
+    hs.near_ms = quiet
+    compiled = len(list(Path(hs._reference_tmp.name).iterdir()))
+    got = hs.measure_model(model)
+    near = hs.calibration["near_reference"]
+    assert calls[-1][1] == hardware.NEAR and calls[-1][0][0] == hardware.NEAR
+    assert near["name"] == "uniform-0.5" and near["aim_ms"] == quiet  # the calibration model nearest the aim
+    assert calls[-1][2] == pytest.approx(hs.calibration["models"]["uniform-0.5"]["ms"])
+    assert got == pytest.approx(quiet, rel=0.02)
+    hs.measure_model(model)
+    assert len(list(Path(hs._reference_tmp.name).iterdir())) == compiled + 1  # compiled once, then reused
+    hs.near_ms = 0.8 * (_fake_measure(hs, hs.model) + 0.05)
+    hs.measure_model(model)
+    assert hs.calibration["near_reference"]["name"] == "uniform-0.25"  # a new aim picks again

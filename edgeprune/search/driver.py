@@ -129,6 +129,7 @@ def prune_to_budget(model: nn.Module, example: torch.Tensor, profile: dict[str, 
         fit = hs.calibrate(mixed=search.calibration_mixed)
         state["hs"] = hs
     budget_ms = value * hs.baseline_ms if relative else value
+    hs.near_ms = budget_ms  # candidates are measured against the calibration model nearest the budget
     info(f"      baseline measured {hs.baseline_ms:.3f} ms; budget {budget_ms:.3f} ms; "
          f"predictor fit on {fit['samples']} models (scale {fit['scale']:.2f}, offset {fit['offset_ms']:+.3f} ms"
          + (f", {fit['weight_ms_per_million']:.3f} ms per million weights"

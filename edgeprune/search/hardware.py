@@ -9,8 +9,11 @@ variant on the target, so the caller can check the budget by measurement and fee
 result back (``add_measurement``) before searching again. ``calibrate`` measures its models
 (unpruned and uniformly pruned variants) paired against the unpruned model (``measure.paired``: alternating
 short bursts in fresh processes, so the load phases of a shared machine cancel out of each ratio) and fits on
-them; every later measurement is a ratio to the unpruned model on the calibration's scale. A calibration that ran
-while the machine was busier than it is a moment later is measured again (``CALIBRATION_CHECK``, below).
+them; every later measurement is a ratio to a reference on the calibration's scale: to the unpruned model, or, once
+the search has an aim (``near_ms``, the budget), to the calibration model nearest it (``NEAR``, below: a busy phase
+slows models by their size, so a reference of the candidates' size cancels it where the unpruned one does not). A
+calibration that ran while the machine was busier than it is a moment later is measured again
+(``CALIBRATION_CHECK``, below).
 With ``device`` (a connected ``RemoteDevice``) the table is measured on that board
 (``model_table.table_builder``) and every model is compiled and measured there, exactly as a
 build's final measurement with ``--device`` does (``remote_compile_and_measure`` without
@@ -92,6 +95,15 @@ MIXED_SEED = 20261201
 CALIBRATION_CHECK = 0.12
 CALIBRATION_REPEATS = 2
 REFERENCE = "__unpruned__"  # the paired measurement's reference: the unpruned model
+# After the calibration, once the search has an aim (``near_ms``: the budget), models are measured paired against a
+# *near reference* instead: the calibration model whose figure is closest to the aim, and put on the scale by its
+# calibrated figure. A busy phase of memory traffic slows a model by its size: a neighbour streaming 256 MB on the
+# other core slowed ResNet-18 @96 on OpenVINO by 13% and its 0.33x cuts less, so 8 random ~0.3x allocations
+# measured against the unpruned model read 9.9% (worst 11.1%) off their quiet figures, and 0.6% (worst 1.2%)
+# against a uniform model of their latency (bench/near_reference.py, bench/RESULTS.md §5, session 39). In a search,
+# candidates measured in such a phase read fast and the next batch slow (session 39, seed 1: 1.05-1.16 ms, then
+# 1.37-1.41 ms for allocations of the same predicted latency), and the retry after a miss aimed 11% low.
+NEAR = "__near__"
 
 
 @dataclass
@@ -111,7 +123,11 @@ class HardwareSearch:
     channel_block: bool = False            # read the runtime's channel block off the table; wide groups use it
     calibration: dict[str, Any] | None = field(default=None, init=False)  # what ``calibrate`` measured
     block: BlockEvidence | None = field(default=None, init=False)       # the channel block found (``channel_block``)
+    near_ms: float | None = None            # the search's aim (ms): later models are measured against the
+    # calibration model nearest it (``NEAR``); None: against the unpruned model
     _reference: Path | None = field(default=None, init=False, repr=False)
+    _near: dict[str, Any] | None = field(default=None, init=False, repr=False)  # the near reference chosen
+    _near_arts: dict[str, Path] = field(default_factory=dict, init=False, repr=False)  # compiled, by name
     _reference_tmp: Any = field(default=None, init=False, repr=False)  # its TemporaryDirectory
 
     def __post_init__(self) -> None:
@@ -163,10 +179,12 @@ class HardwareSearch:
         """name -> p50 (ms) of each model on the target.
 
         Here (no device): paired measurement (``measure.paired``) — ``rounds`` fresh processes, each timing
-        every model in alternating short bursts against the unpruned model, so a phase of a shared machine's
-        load cancels out of each ratio; each figure is that ratio times ``baseline_ms`` (the first call, the
-        calibration, sets ``baseline_ms`` from its reference's quiet-phase latency). Every figure this search
-        compares with its budget is thus on one scale. On a device: compiled there, measured interleaved
+        every model in alternating short bursts against a reference, so a phase of a shared machine's
+        load cancels out of each ratio. The calibration's reference is the unpruned model, and its figures are
+        ratios times the unpruned model's quiet-phase latency (``baseline_ms``). Later, the reference is the
+        calibration model nearest ``near_ms`` when the search has set it (``NEAR``, ``near_reference``), else the
+        unpruned model, and each figure is the ratio times the reference's calibrated figure. Every figure this
+        search compares with its budget is thus on one scale. On a device: compiled there, measured interleaved
         (A B C, A B C, ...), one fresh process per measurement, each model's fastest round."""
         with tempfile.TemporaryDirectory(prefix="edgeprune-variant-") as tmp:
             if self.device is not None:
@@ -178,7 +196,11 @@ class HardwareSearch:
             # the unpruned model is compiled once: the reference artifact every paired measurement uses
             arts = {name: self._reference_artifact() if m is self.model else self._compile(m, Path(tmp) / name)
                     for name, m in models.items()}
-            if self.samples:  # a baseline exists: every model against the unpruned one, on its scale
+            near = self.near_reference()
+            if near is not None:  # against a calibration model of about the aim's latency, on its calibrated figure
+                paired = measure_paired({NEAR: near["artifact"], **arts}, self.settings, rounds,
+                                        reference=NEAR, reference_ms=near["ms"])
+            elif self.samples:  # a baseline exists: every model against the unpruned one, on its scale
                 paired = measure_paired({REFERENCE: self._reference_artifact(), **arts}, self.settings, rounds,
                                         reference=REFERENCE, reference_ms=self.baseline_ms)
             else:  # the calibration: the first model (the unpruned one) is the reference
@@ -191,6 +213,30 @@ class HardwareSearch:
             self._reference_tmp = tempfile.TemporaryDirectory(prefix="edgeprune-reference-")
             self._reference = self._compile(self.model, Path(self._reference_tmp.name) / REFERENCE)
         return self._reference
+
+    def near_reference(self) -> dict[str, Any] | None:
+        """The calibration model whose calibrated figure is nearest ``near_ms`` (by ratio; the unpruned model
+        excluded), compiled once: {"name", "counts", "ms", "artifact"}; None before the calibration, without an
+        aim, or on a device. A new aim picks again. Recorded in ``calibration["near_reference"]``."""
+        if self.device is not None or not self.near_ms or not self.calibration:
+            return None
+        chosen = [m for n, m in self.calibration["models"].items() if n != "unpruned"]
+        if not chosen:
+            return None
+        best = min(chosen, key=lambda m: abs(math.log(m["ms"] / self.near_ms)))
+        if self._near is None or self._near["counts"] != best["counts"]:
+            name = next(n for n, m in self.calibration["models"].items() if m is best)
+            if self._reference_tmp is None:
+                self._reference_artifact()  # the folder the compiled references live in
+            art = self._near_arts.get(name)
+            if art is None:
+                ones = [np.ones(w) for w in self.widths]
+                art = self._near_arts[name] = self._compile(self.prune_counts(list(best["counts"]), ones),
+                                                            Path(self._reference_tmp.name) / f"near-{name}")
+            self._near = {"name": name, "counts": list(best["counts"]), "ms": float(best["ms"]), "artifact": art}
+            self.calibration["near_reference"] = {k: v for k, v in self._near.items() if k != "artifact"} | {
+                "aim_ms": self.near_ms}
+        return self._near
 
     def measure_model(self, model: nn.Module, repeats: int = 2) -> float:
         """p50 (ms) of ``model`` on the target, measured as ``measure_models`` does (``repeats`` processes)."""
