@@ -170,7 +170,7 @@ def _search_section(report: dict[str, Any]) -> list[str]:
            if fit.get("weight_ms_per_million") else "")
         + f", fitted on {fit['samples']} whole-model measurements. Table: {table['sampling']}; statistic: {table['statistic']}; "
         f"{table['rows_measured']} rows measured, {table['rows_from_cache']} from cache ({table['cache_dir']}).",
-        "", *_calibration_lines(search.get("calibration") or {}),
+        "", *_calibration_lines(search.get("calibration") or {}), *_near_reference_lines(search.get("calibration") or {}),
         "![staircase](staircase.png)", "",
     ]
 
@@ -185,6 +185,17 @@ def _calibration_lines(cal: dict[str, Any]) -> list[str]:
     return [f"Calibration measured {len(passes)} times: the check right after a pass found the unpruned model more "
             f"than {100 * cal['check']['margin']:.0f}% faster than the pass had (the machine was busier while it ran); "
             f"the least disturbed pass is kept ({figures}).", ""]
+
+
+def _near_reference_lines(cal: dict[str, Any]) -> list[str]:
+    """Which calibration model the search's candidates were measured against (one line; nothing without one)."""
+    near = cal.get("near_reference")
+    if not near:
+        return []
+    return [f"Candidates and attempts were measured paired against the calibration model `{near['name']}` "
+            f"({near['ms']:.3f} ms calibrated), the one nearest the {near['aim_ms']:.3f}-ms aim: a busy phase slows "
+            "a model by its size, so a reference of the candidates' size cancels it where the unpruned model "
+            "would not.", ""]
 
 
 def _plot_staircase(search: dict[str, Any], path: Path) -> None:

@@ -414,6 +414,10 @@ def test_with_an_aim_later_models_are_measured_against_the_calibration_model_nea
     near = hs.calibration["near_reference"]
     assert calls[-1][1] == hardware.NEAR and calls[-1][0][0] == hardware.NEAR
     assert near["name"] == "uniform-0.5" and near["aim_ms"] == quiet  # the calibration model nearest the aim
+    from edgeprune.report import _near_reference_lines
+
+    assert "`uniform-0.5`" in _near_reference_lines(hs.calibration)[0]  # report.md names it
+    assert _near_reference_lines({}) == []
     assert calls[-1][2] == pytest.approx(hs.calibration["models"]["uniform-0.5"]["ms"])
     assert got == pytest.approx(quiet, rel=0.02)
     hs.measure_model(model)
