@@ -172,14 +172,18 @@ def main() -> int:
                            for p in r["passes"])
         lines.append(f"| {r['arm']} | {passes} | {r['baseline_ms']:.3f} | {r['seconds']:.0f} | "
                      f"{share(r['own_scale'])} | {share(r['quiet_ms_scale'])} |")
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        folder = Path(args.out)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "calibration_check.json").write_text(json.dumps(out, indent=1))
-        (folder / "calibration_check.md").write_text(text + "\n")
+    write_results(args.out, "calibration_check", out, "\n".join(lines))
     return 0
+
+
+def write_results(folder: str | None, stem: str, data: dict, text: str) -> None:
+    """Print the table ``text``; with a ``folder``, also write ``stem``.json (``data``) and ``stem``.md there."""
+    print(text)
+    if folder:
+        path = Path(folder)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / f"{stem}.json").write_text(json.dumps(data, indent=1))
+        (path / f"{stem}.md").write_text(text + "\n")
 
 
 if __name__ == "__main__":

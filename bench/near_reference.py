@@ -185,16 +185,10 @@ def main() -> int:
         for r in search_rows:
             lines.append(f"| {r['reference']} | {r['aim']} | {r['near'] or '—'} | {r['drift'][0]:.1f}% / "
                          f"{r['drift'][1]:.1f}% |")
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        folder = Path(args.out)
-        folder.mkdir(parents=True, exist_ok=True)
-        out = {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": " ".join(sys.argv), "args": vars(args),
-               "variants": variants, "anchor": anchor, "phases": records, "search_path": search_rows,
-               "total_s": time.perf_counter() - start}
-        (folder / "near_reference.json").write_text(json.dumps(out, indent=1))
-        (folder / "near_reference.md").write_text(text + "\n")
+    out = {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": " ".join(sys.argv), "args": vars(args),
+           "variants": variants, "anchor": anchor, "phases": records, "search_path": search_rows,
+           "total_s": time.perf_counter() - start}
+    cc.write_results(args.out, "near_reference", out, "\n".join(lines))
     return 0
 
 

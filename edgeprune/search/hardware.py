@@ -126,9 +126,8 @@ class HardwareSearch:
     near_ms: float | None = None            # the search's aim (ms): later models are measured against the
     # calibration model nearest it (``NEAR``); None: against the unpruned model
     _reference: Path | None = field(default=None, init=False, repr=False)
-    _near: dict[str, Any] | None = field(default=None, init=False, repr=False)  # the near reference chosen
-    _near_arts: dict[str, Path] = field(default_factory=dict, init=False, repr=False)  # compiled, by name
-    _reference_tmp: Any = field(default=None, init=False, repr=False)  # its TemporaryDirectory
+    _near_arts: dict[str, Path] = field(default_factory=dict, init=False, repr=False)  # near references, by name
+    _reference_tmp: Any = field(default=None, init=False, repr=False)  # their TemporaryDirectory
 
     def __post_init__(self) -> None:
         if self.multiple is None:
@@ -207,36 +206,34 @@ class HardwareSearch:
                 paired = measure_paired(arts, self.settings, rounds)
         return {name: float(paired[name]["p50_ms"]) for name in models}
 
-    def _reference_artifact(self) -> Path:
-        """The unpruned model compiled once for this search (kept until the search is garbage-collected)."""
-        if self._reference is None:
+    def _reference_dir(self) -> Path:
+        """The folder the compiled references live in (kept until the search is garbage-collected)."""
+        if self._reference_tmp is None:
             self._reference_tmp = tempfile.TemporaryDirectory(prefix="edgeprune-reference-")
-            self._reference = self._compile(self.model, Path(self._reference_tmp.name) / REFERENCE)
+        return Path(self._reference_tmp.name)
+
+    def _reference_artifact(self) -> Path:
+        """The unpruned model compiled once for this search."""
+        if self._reference is None:
+            self._reference = self._compile(self.model, self._reference_dir() / REFERENCE)
         return self._reference
 
     def near_reference(self) -> dict[str, Any] | None:
         """The calibration model whose calibrated figure is nearest ``near_ms`` (by ratio; the unpruned model
-        excluded), compiled once: {"name", "counts", "ms", "artifact"}; None before the calibration, without an
-        aim, or on a device. A new aim picks again. Recorded in ``calibration["near_reference"]``."""
+        excluded), each compiled once: {"name", "counts", "ms", "artifact"}; None before the calibration, without an
+        aim, or on a device. Recorded, with the aim, in ``calibration["near_reference"]``."""
         if self.device is not None or not self.near_ms or not self.calibration:
             return None
-        chosen = [m for n, m in self.calibration["models"].items() if n != "unpruned"]
-        if not chosen:
+        models = [(n, m) for n, m in self.calibration["models"].items() if n != "unpruned"]
+        if not models:
             return None
-        best = min(chosen, key=lambda m: abs(math.log(m["ms"] / self.near_ms)))
-        if self._near is None or self._near["counts"] != best["counts"]:
-            name = next(n for n, m in self.calibration["models"].items() if m is best)
-            if self._reference_tmp is None:
-                self._reference_artifact()  # the folder the compiled references live in
-            art = self._near_arts.get(name)
-            if art is None:
-                ones = [np.ones(w) for w in self.widths]
-                art = self._near_arts[name] = self._compile(self.prune_counts(list(best["counts"]), ones),
-                                                            Path(self._reference_tmp.name) / f"near-{name}")
-            self._near = {"name": name, "counts": list(best["counts"]), "ms": float(best["ms"]), "artifact": art}
-            self.calibration["near_reference"] = {k: v for k, v in self._near.items() if k != "artifact"} | {
-                "aim_ms": self.near_ms}
-        return self._near
+        name, best = min(models, key=lambda nm: abs(math.log(nm[1]["ms"] / self.near_ms)))
+        if name not in self._near_arts:
+            model = self.prune_counts(list(best["counts"]), [np.ones(w) for w in self.widths])
+            self._near_arts[name] = self._compile(model, self._reference_dir() / f"near-{name}")
+        record = {"name": name, "counts": list(best["counts"]), "ms": float(best["ms"])}
+        self.calibration["near_reference"] = {**record, "aim_ms": self.near_ms}
+        return {**record, "artifact": self._near_arts[name]}
 
     def measure_model(self, model: nn.Module, repeats: int = 2) -> float:
         """p50 (ms) of ``model`` on the target, measured as ``measure_models`` does (``repeats`` processes)."""
