@@ -143,6 +143,7 @@ def _block_lines(search: dict[str, Any]) -> list[str]:
 
 def _search_section(report: dict[str, Any]) -> list[str]:
     search = report["search"]
+    calibration = search.get("calibration") or {}
     chosen = search.get("chosen_attempt", len(search["attempts"]))
     attempts = markdown_table(["attempt", "aimed at ms", "predicted ms", "measured ms (before fine-tune)",
                                "retained importance", "kept"],
@@ -170,7 +171,7 @@ def _search_section(report: dict[str, Any]) -> list[str]:
            if fit.get("weight_ms_per_million") else "")
         + f", fitted on {fit['samples']} whole-model measurements. Table: {table['sampling']}; statistic: {table['statistic']}; "
         f"{table['rows_measured']} rows measured, {table['rows_from_cache']} from cache ({table['cache_dir']}).",
-        "", *_calibration_lines(search.get("calibration") or {}), *_near_reference_lines(search.get("calibration") or {}),
+        "", *_calibration_lines(calibration), *_near_reference_lines(calibration),
         "![staircase](staircase.png)", "",
     ]
 

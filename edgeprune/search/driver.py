@@ -51,7 +51,7 @@ def _check_reach(hs: HardwareSearch, pctx: PruneContext, method: str, budget_ms:
     does meet the budget, the predictor learns that point and the search runs again; otherwise the budget
     really is out of reach (bad input), and the error says what was measured."""
     counts = hs.fastest_counts(pctx.min_ratio)
-    measured = hs.measure_model(hs.prune_counts(counts, [np.ones(w) for w in hs.widths]))
+    measured = hs.measure_model(hs.prune_counts(counts))
     info(f"      the prediction says {budget_ms:.3f} ms is out of reach; the fastest model the search may return "
          f"measured {measured:.3f} ms")
     if measured > budget_ms:

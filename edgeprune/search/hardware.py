@@ -229,8 +229,8 @@ class HardwareSearch:
             return None
         name, best = min(models, key=lambda nm: abs(math.log(nm[1]["ms"] / self.near_ms)))
         if name not in self._near_arts:
-            model = self.prune_counts(list(best["counts"]), [np.ones(w) for w in self.widths])
-            self._near_arts[name] = self._compile(model, self._reference_dir() / f"near-{name}")
+            self._near_arts[name] = self._compile(self.prune_counts(list(best["counts"])),
+                                                  self._reference_dir() / f"near-{name}")
         record = {"name": name, "counts": list(best["counts"]), "ms": float(best["ms"])}
         self.calibration["near_reference"] = {**record, "aim_ms": self.near_ms}
         return {**record, "artifact": self._near_arts[name]}
@@ -258,7 +258,6 @@ class HardwareSearch:
         if self.samples:
             raise ValueError("calibrate() runs once, before any other measurement")
         points = {"unpruned": list(self.widths)}
-        ones = [np.ones(w) for w in self.widths]
         for ratio in uniform_ratios:
             counts = uniform_counts(self.widths, ratio, multiples=self.multiples)
             if counts not in points.values():
@@ -267,7 +266,7 @@ class HardwareSearch:
                                                 mixed_kind)):
             if counts not in points.values():
                 points[f"mixed-{i + 1}"] = counts
-        models = {name: self.model if name == "unpruned" else self.prune_counts(c, ones) for name, c in points.items()}
+        models = {name: self.model if name == "unpruned" else self.prune_counts(c) for name, c in points.items()}
         passes: list[dict[str, Any]] = []
         kept: dict[str, float] | None = None
         for n in range(1 + max(0, repeats)):
@@ -313,10 +312,12 @@ class HardwareSearch:
     def baseline_ms(self) -> float:
         return self.samples[0][1]
 
-    def prune_counts(self, counts: list[int], scores: list[np.ndarray]) -> nn.Module:
-        """A copy of the model with ``counts[i]`` channels (highest scores) kept in group i."""
+    def prune_counts(self, counts: list[int], scores: list[np.ndarray] | None = None) -> nn.Module:
+        """A copy of the model with ``counts[i]`` channels (highest scores) kept in group i; without ``scores``,
+        every channel scores alike (a model to time, whose weights do not matter: the calibration's, the near
+        reference's)."""
         graph = self._graph()
-        apply_counts(graph, scores, counts)
+        apply_counts(graph, [np.ones(w) for w in self.widths] if scores is None else scores, counts)
         return graph.model
 
     def search(self, ctx: PruneContext, method: str, budget_ms: float,
