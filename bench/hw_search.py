@@ -42,7 +42,9 @@ Control arms ``uniform+`` and ``tp+``: the uniform and Torch-Pruning arms' own m
 schedule's (8 steps x 30 mini-batches of 64, about 0.26 epoch; a progressive winner that also had the finalists'
 40 mini-batches had 0.30), so the search's lead is not just more training. And ``search+``: when the search's
 winner trained less than that inside the search (a one-shot candidate: only the finalists' 40 mini-batches), its
-model fine-tuned by the difference, so that comparison is at equal total training both ways.
+model fine-tuned by the difference, so that comparison is at equal total training both ways. Since the search tops
+such a winner up itself (``SearchSettings.top_up``, the default), ``search+`` appears only in runs from before that
+change.
 """
 from __future__ import annotations
 

@@ -77,6 +77,7 @@ class BuildConfig:
     search_calibration: int = SearchSettings.calibration_mixed
     search_progressive_steps: int = SearchSettings.progressive_steps
     search_settle: float = SearchSettings.settle
+    search_top_up: bool = SearchSettings.top_up
     precision: str | None = None
     round_to: int | None = None
     finetune_epochs: float = 1.0
@@ -171,7 +172,7 @@ def search_settings(cfg: BuildConfig) -> SearchSettings:
                           holdout_images=cfg.search_holdout, refits=cfg.search_refits, near=cfg.search_near,
                           finalists=cfg.search_finalists, finalist_batches=cfg.search_finalist_batches,
                           calibration_mixed=cfg.search_calibration, progressive_steps=cfg.search_progressive_steps,
-                          settle=cfg.search_settle,
+                          settle=cfg.search_settle, top_up=cfg.search_top_up,
                           batch_size=min(cfg.batch_size, 128), seed=cfg.seed, channel_block=cfg.round_to is None)
 
 

@@ -189,6 +189,75 @@ def test_a_trained_candidate_wins_with_its_own_weights(fake_runtime, data, monke
     assert row["measured_ms"] <= search["budget_ms"]
 
 
+def test_a_one_shot_winner_is_topped_up_to_the_schedules_training(fake_runtime, data, monkeypatch):  # noqa: F811
+    """Constructed: the held-out score penalises every network the search trained (the schedules' candidates,
+    tagged as they leave them), so a one-shot candidate wins with only the finalists' fine-tune. The search then
+    fine-tunes it for the difference to the progressive candidates' training (real mini-batches, in the returned
+    weights) and says so."""
+    real_progressive, real_iterative = allocate.Allocator.progressive, allocate.Allocator.iterative
+
+    def progressive(self, aim, uniform=False):
+        cand = real_progressive(self, aim, uniform=uniform)
+        if cand is not None and cand.model is not None:
+            cand.model._grown = True
+        return cand
+
+    def iterative(self, budget_ms):
+        cands, trace = real_iterative(self, budget_ms)
+        for c in cands:
+            if c.model is not None:
+                c.model._grown = True
+        return cands, trace
+
+    from edgeprune import train as train_mod
+    real_train, calls = train_mod.train, []
+
+    def recording_train(model, *a, **kw):
+        calls.append((kw.get("desc"), kw.get("max_steps"), id(model)))
+        return real_train(model, *a, **kw)
+
+    monkeypatch.setattr(allocate.Allocator, "progressive", progressive)
+    monkeypatch.setattr(allocate.Allocator, "iterative", iterative)
+    monkeypatch.setattr(allocate, "_evaluate", lambda model, ds: 0.5 if getattr(model, "_grown", False) else 0.9)
+    monkeypatch.setattr(train_mod, "train", recording_train)
+    _, result, search = _knapsack_budget(data[0], {**load_profile("onnxruntime"), "precision": "fp32"}, 8)
+    winner = next(c for c in search["candidates"] if c["name"] == search["winner"])
+    assert not winner["trained"], search["winner"]  # a one-shot candidate won
+    finalist = QUICK.finalist_batches * QUICK.batch_size
+    goal = QUICK.training_images(finalists=True)
+    assert goal == (QUICK.progressive_steps * QUICK.step_batches + QUICK.finalist_batches) * QUICK.batch_size > finalist
+    assert winner["trained_images"] == goal
+    top_ups = [c for c in calls if c[0] == "search top-up"]
+    assert top_ups == [("search top-up", (goal - finalist) // QUICK.batch_size, id(result.model))]
+    assert "topped up by" in winner["note"]
+    assert f"trained on {goal} images inside the search" in search["why"]
+
+
+def test_top_up_leaves_a_winner_alone_when_off_or_already_trained(data, monkeypatch):
+    """``Allocator.top_up`` trains nothing with ``top_up`` off, nor for a winner that already has the most trained
+    candidates' training; it trains the shortfall (rounded up to whole mini-batches) otherwise."""
+    from edgeprune import train as train_mod
+
+    calls = []
+    monkeypatch.setattr(train_mod, "train", lambda model, ds, **kw: calls.append(kw["max_steps"]))
+    alloc = object.__new__(allocate.Allocator)
+    alloc.fit_ds, alloc.ctx = data[0], PruneContext(example_inputs=EXAMPLE, progress=False)
+    model = make_tiny_cnn()
+    goal = QUICK.training_images(finalists=True)
+    for settings, had, want in [(replace(QUICK, top_up=False), 64, []), (QUICK, goal, []), (QUICK, goal + 5, []),
+                                (QUICK, goal - 1, [1]), (QUICK, 64, [-(-(goal - 64) // QUICK.batch_size)])]:
+        calls.clear()
+        alloc.s = settings
+        cand = allocate.Candidate("greedy", [1], {}, 1.0, trained_images=had)
+        alloc.top_up(cand, model, finalists=True)
+        assert calls == want, (settings.top_up, had)
+        assert cand.trained_images == had + sum(want) * QUICK.batch_size
+    calls.clear()
+    alloc.s = replace(QUICK, progressive_steps=0)  # nothing trains in the search: no goal to top up to
+    alloc.top_up(allocate.Candidate("greedy", [1], {}, 1.0, trained_images=0), model, finalists=False)
+    assert calls == []
+
+
 def test_the_progressive_schedule_trains_between_its_steps_and_spends_the_budget(fake_runtime, data, monkeypatch):  # noqa: F811
     """It takes ``progressive_steps`` knapsack steps, fine-tunes after each (the last too), keeps those weights,
     and lands within the budget by prediction, not far under it, on the build's multiple."""
@@ -607,7 +676,7 @@ def test_build_flags_default_to_the_search_settings():
              "max_cut": s.max_cut, "search_holdout": s.holdout_images, "search_refits": s.refits,
              "search_near": s.near,
              "search_finalists": s.finalists, "search_finalist_batches": s.finalist_batches, "search_calibration": s.calibration_mixed,
-             "search_progressive_steps": s.progressive_steps, "search_settle": s.settle,
+             "search_progressive_steps": s.progressive_steps, "search_settle": s.settle, "search_top_up": s.top_up,
              "search": s.strategy}
     for name, want in pairs.items():
         assert getattr(args, name) == want, name

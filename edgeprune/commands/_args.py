@@ -217,6 +217,11 @@ def add_search(p: argparse.ArgumentParser) -> None:
                    help="share of the progressive steps that train the final network after its last cut (the "
                         "cuts come first, so little training is spent on channels a later cut removes); 0 spreads "
                         "the cuts over every step. Default: %(default)s")
+    g.add_argument("--search-top-up", action=argparse.BooleanOptionalAction, default=True,
+                   help="fine-tune the search's winner inside the search until it has trained as long as the "
+                        "progressive candidates did (a one-shot winner, e.g. the greedy or a random allocation, "
+                        "otherwise reaches the build's fine-tune less trained than a progressive one); "
+                        "--no-search-top-up returns it as chosen. Default: on")
     g.add_argument("--search-refits", type=ranged(int, 0, 10), default=2, metavar="N",
                    help="extra rounds of candidates while one of the three schedules (the knapsack's, the "
                         "progressive knapsack's, the progressive uniform one's) misses the budget by measurement or "
