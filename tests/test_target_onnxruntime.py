@@ -138,13 +138,33 @@ def test_int8_is_symmetric_per_channel_qdq_and_agrees_with_fp32(tiny_onnx, tmp_p
         assert dq.op_type == "DequantizeLinear" and weight.dtype == np.int8
         assert scale.shape == (weight.shape[0],) and len(set(scale.tolist())) > 1  # one scale per out channel
 
-    out_int8 = _run_all(ort_target.load(art, 1), held_out)
+    # What the artifact computes (its Q/DQ as written, run op by op: TensorRT's int8 accumulates in int32) is held
+    # to tight bounds. ONNX Runtime's fused int8 kernels are held to top-1 agreement alone: on an x86 CPU without
+    # VNNI they multiply u8 x s8 pairs into int16 (VPMADDUBSW), which may saturate (ONNX Runtime's quantization
+    # guide); on a 2-core AMD EPYC with AVX2 only their largest logit error was 22% of the logits' range.
     out_fp32 = _run_all(ort_target.load(fp32_artifact, 1), held_out)
-    assert (out_int8.argmax(1) == out_fp32.argmax(1)).mean() >= 0.8
+    out_qdq = _run_unfused(art.file("model"), held_out)
     logit_range = out_fp32.max() - out_fp32.min()
-    assert np.abs(out_int8 - out_fp32).max() <= 0.1 * logit_range
-    assert np.abs(out_int8 - out_fp32).mean() <= 0.02 * logit_range
+    assert (out_qdq.argmax(1) == out_fp32.argmax(1)).mean() >= 0.8
+    assert np.abs(out_qdq - out_fp32).max() <= 0.1 * logit_range
+    assert np.abs(out_qdq - out_fp32).mean() <= 0.02 * logit_range
+    assert not np.array_equal(out_qdq, out_fp32)
+    out_int8 = _run_all(ort_target.load(art, 1), held_out)
+    assert (out_int8.argmax(1) == out_fp32.argmax(1)).mean() >= 0.8
     assert not np.array_equal(out_int8, out_fp32)
+
+
+def _run_unfused(path, x: np.ndarray) -> np.ndarray:
+    """``path``'s outputs for ``x`` from ONNX Runtime with every graph optimisation off: each Q/DQ node runs as
+    written, in float, with no int8 kernel fused in."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))])
 
 
 def test_default_int8_is_the_cpu_form_with_every_conv_fused(tiny_onnx, tmp_path, fp32_artifact):
