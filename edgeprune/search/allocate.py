@@ -535,9 +535,9 @@ class Allocator:
         """Fine-tune ``model`` (the winner's, in place) until it has seen as many training images inside the
         search as the most trained candidates did (``SearchSettings.training_images``), when ``top_up`` is on.
 
-        Which kind of candidate wins decides today how much the search trained it: a progressive winner has the
-        schedule's 8 x 30 mini-batches and the finalists' 40, a one-shot winner (greedy, random, a knapsack on the
-        original weights) the finalists' 40 alone. The build then fine-tunes either for the same epochs, so a
+        Without it, which kind of candidate wins decides how much the search trained it: a progressive winner has
+        the schedule's 8 x 30 mini-batches and the finalists' 40, a one-shot winner (greedy, random, a knapsack on
+        the original weights) the finalists' 40 alone. The build then fine-tunes either for the same epochs, so a
         one-shot winner reached the user less trained than a progressive one for no reason of its own: on ResNet-18
         at 96 px (OpenVINO, 0.35x) two one-shot winners given the difference scored 0.30 and 0.60 points higher
         (bench/RESULTS.md §5, the ``search+`` rows). The difference is the same step lr and mini-batches as the
