@@ -190,6 +190,47 @@ def test_default_int8_is_the_cpu_form_with_every_conv_fused(tiny_onnx, tmp_path,
         ort_target.compile(tiny_onnx, "int8", calib, {"options": {"int8_form": "fast"}}, tmp_path / "x")
 
 
+def test_reduce_range_follows_the_cpu_and_the_profile():
+    """7-bit weights on x86 without VNNI (ONNX Runtime's u8 x s8 kernels saturate there), 8 bits with VNNI or AMX
+    and off x86; the profile's int8_reduce_range overrides the detection."""
+    decide = ort_target.int8_reduce_range
+    assert decide(PROFILE, "x86_64", frozenset({"avx2", "fma"}))[0] is True
+    assert "without VNNI" in decide(PROFILE, "x86_64", frozenset({"avx2", "fma"}))[1]
+    assert decide(PROFILE, "x86_64", frozenset({"avx2", "avx512f", "avx512_vnni"}))[0] is False
+    assert decide(PROFILE, "AMD64", frozenset({"avx2", "avx_vnni"}))[0] is False
+    assert decide(PROFILE, "aarch64", frozenset({"asimd"}))[0] is False
+    forced = {"options": {"int8_reduce_range": False}}
+    assert decide(forced, "x86_64", frozenset({"avx2"})) == (False, "set by the target profile (int8_reduce_range: false)")
+    assert decide({"options": {"int8_reduce_range": True}}, "aarch64", frozenset())[0] is True
+    with pytest.raises(UserInputError, match="int8_reduce_range"):
+        decide({"options": {"int8_reduce_range": "maybe"}}, "x86_64", frozenset())
+    flags = ort_target._cpu_flags()  # this host's, read for real where /proc/cpuinfo exists
+    assert flags is None or len(flags) > 0
+
+
+@pytest.mark.parametrize("reduce", [True, False])
+def test_reduce_range_puts_the_cpu_forms_weights_on_7_bits(tiny_onnx, tmp_path, fp32_artifact, reduce):
+    """The profile's choice reaches the quantizer: every weight within [-64, 64] with reduce_range, the full int8
+    range without; recorded in the manifest, and the model still agrees with fp32 either way."""
+    import onnx
+    from onnx import numpy_helper
+
+    calib, held_out = _calibration_and_held_out()
+    profile = {**PROFILE, "options": {**PROFILE["options"], "int8_reduce_range": reduce}}
+    art = ort_target.compile(tiny_onnx, "int8", calib, profile, tmp_path / "int8")
+    assert art.manifest["options"]["int8_reduce_range"]["on"] is reduce
+    assert ("7-bit" in art.manifest["options"]["qdq"]["weights"]) is reduce
+    graph = onnx.load(str(art.file("model"))).graph
+    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    weights = [consts[n.input[0]] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in consts
+               and consts[n.input[0]].dtype == np.int8 and consts[n.input[0]].ndim > 1]
+    peak = max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
+    assert (peak <= 64) if reduce else (peak == 127)
+    out_int8 = _run_all(ort_target.load(art, 1), held_out)
+    out_fp32 = _run_all(ort_target.load(fp32_artifact, 1), held_out)
+    assert (out_int8.argmax(1) == out_fp32.argmax(1)).mean() >= 0.8
+
+
 def test_int8_request_that_leaves_float_ops_is_refused(tiny_onnx, tmp_path, monkeypatch):
     from edgeprune.targets import qdq
 

@@ -126,7 +126,8 @@ def _extra_options(method: str, percentile: float, n_batches: int, symmetric: bo
 
 
 def _run_quantizer(pre: Path, onnx_out: Path, reader: _BatchReader, *, per_channel: bool, method: str,
-                   percentile: float, op_types: tuple[str, ...], symmetric: bool = True) -> None:
+                   percentile: float, op_types: tuple[str, ...], symmetric: bool = True,
+                   reduce_range: bool = False) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     calibrate = {"percentile": CalibrationMethod.Percentile, "minmax": CalibrationMethod.MinMax,
@@ -134,7 +135,7 @@ def _run_quantizer(pre: Path, onnx_out: Path, reader: _BatchReader, *, per_chann
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # ORT's histogram calibrators print to stdout
             quantize_static(str(pre), str(onnx_out), reader, quant_format=QuantFormat.QDQ,
-                            op_types_to_quantize=list(op_types), per_channel=per_channel, reduce_range=False,
+                            op_types_to_quantize=list(op_types), per_channel=per_channel, reduce_range=reduce_range,
                             activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                             weight_type=QuantType.QInt8, calibrate_method=calibrate,
                             extra_options=_extra_options(method, percentile, len(reader), symmetric))
@@ -155,8 +156,11 @@ def _require_activations_kept(before, onnx_out: str | os.PathLike) -> None:
 def quantize_qdq(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike, calib_data: np.ndarray, *,
                  per_channel: bool = True, method: str = "minmax", percentile: float = DEFAULT_PERCENTILE,
                  op_types: tuple[str, ...] = QUANTIZED_OP_TYPES, progress: bool = False,
-                 symmetric_activations: bool = True) -> dict[str, Any]:
+                 symmetric_activations: bool = True, reduce_range: bool = False) -> dict[str, Any]:
     """Write an int8 Q/DQ model of ``onnx_in`` to ``onnx_out``, calibrated on ``calib_data``; return stats.
+
+    ``reduce_range``: weights on 7 bits (ONNX Runtime's remedy for its u8 x s8 kernels on x86 CPUs without VNNI,
+    whose int16 pair sums saturate; ``onnxruntime.int8_reduce_range`` decides when).
 
     ``symmetric_activations=False`` is the CPU form (uint8 activations with a zero point, ReLUs folded
     into their ranges): ONNX Runtime's CPU provider fuses every Conv of it into QLinearConv, while the
@@ -185,12 +189,14 @@ def quantize_qdq(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike, calib_
                 raise UserInputError(f"{len(calib)} calibration samples make no full batch of {batch}",
                                      "pass more calibration data")
             _run_quantizer(pre, Path(onnx_out), reader, per_channel=per_channel, method=method,
-                           percentile=percentile, op_types=op_types, symmetric=symmetric_activations)
+                           percentile=percentile, op_types=op_types, symmetric=symmetric_activations,
+                           reduce_range=reduce_range)
         if symmetric_activations:
             _require_activations_kept(model, onnx_out)
     summary = summarize_graph(onnx_out)
     return {"format": "QDQ", "activations": "int8 symmetric" if symmetric_activations else "uint8 asymmetric",
-            "weights": f"int8 symmetric {'per-channel' if per_channel else 'per-tensor'}", "calibration": method,
+            "weights": f"int8 symmetric {'per-channel' if per_channel else 'per-tensor'}"
+                       f"{', 7-bit range (reduce_range)' if reduce_range else ''}", "calibration": method,
             "percentile": percentile if method == "percentile" else None, "samples": len(reader) * batch,
             "batches": len(reader), "op_types": list(op_types), "opset": summary["opset"],
             "qdq_nodes": summary["qdq_nodes"], "quantized_ops": summary["quantized_ops"],
