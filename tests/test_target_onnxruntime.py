@@ -202,6 +202,7 @@ def test_reduce_range_follows_the_cpu_and_the_profile():
     forced = {"options": {"int8_reduce_range": False}}
     assert decide(forced, "x86_64", frozenset({"avx2"})) == (False, "set by the target profile (int8_reduce_range: false)")
     assert decide({"options": {"int8_reduce_range": True}}, "aarch64", frozenset())[0] is True
+    assert decide({"options": {"int8_reduce_range": "False"}}, "x86_64", frozenset())[0] is False  # quoted in TOML
     with pytest.raises(UserInputError, match="int8_reduce_range"):
         decide({"options": {"int8_reduce_range": "maybe"}}, "x86_64", frozenset())
     flags = ort_target._cpu_flags()  # this host's, read for real where /proc/cpuinfo exists

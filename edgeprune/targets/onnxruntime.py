@@ -180,6 +180,7 @@ def int8_reduce_range(profile: dict[str, Any] | None, machine: str | None = None
     import platform
 
     setting = ((profile or {}).get("options") or {}).get("int8_reduce_range", "auto")
+    setting = {"true": True, "false": False}.get(str(setting).lower(), setting) if isinstance(setting, str) else setting
     if isinstance(setting, bool):
         return setting, f"set by the target profile (int8_reduce_range: {str(setting).lower()})"
     if str(setting).lower() != "auto":
