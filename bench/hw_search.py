@@ -677,7 +677,9 @@ def main() -> int:
     bench = Bench(args, model, train_ds, test_ds)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    from edgeprune.measure.env import cpu_model
+
+    cpu = cpu_model() or "?"
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     cases: list[dict] = []
     command = "python bench/hw_search.py " + " ".join(sys.argv[1:])

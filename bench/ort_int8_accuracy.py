@@ -13,7 +13,6 @@ Usage: python bench/ort_int8_accuracy.py --weights CKPT [--image-size 96] [--lim
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -25,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edgeprune.data import load_dataset  # noqa: E402
 from edgeprune.export import export_onnx  # noqa: E402
+from edgeprune.measure.env import cpu_flags, cpu_model  # noqa: E402
 from edgeprune.models.checkpoint import load_checkpoint  # noqa: E402
 from edgeprune.profiles import load_profile  # noqa: E402
 from edgeprune.targets import onnxruntime as ortt  # noqa: E402
@@ -33,16 +33,6 @@ from edgeprune.targets import onnxruntime as ortt  # noqa: E402
 def _arrays(ds) -> tuple[np.ndarray, np.ndarray]:
     xs, ys = zip(*(ds[i] for i in range(len(ds))))
     return torch.stack(xs).numpy(), np.array([int(y) for y in ys])
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _run(path: Path, x: np.ndarray, fused: bool) -> np.ndarray:
@@ -69,8 +59,8 @@ def main() -> None:
     test = load_dataset("fashion-mnist", "test", image_size=args.image_size, limit=args.limit)
     x, y = _arrays(test)
     calib, _ = _arrays(load_dataset("fashion-mnist", "train", image_size=args.image_size, limit=args.calib))
-    flags = ortt._cpu_flags() or frozenset()
-    print(f"CPU: {_cpu_name()}; int8 flags: "
+    flags = cpu_flags() or frozenset()
+    print(f"CPU: {cpu_model()}; int8 flags: "
           f"{', '.join(sorted(ortt.VNNI_FLAGS & flags)) or 'no VNNI'}; auto reduce_range: "
           f"{ortt.int8_reduce_range(load_profile('onnxruntime'))[0]}; {len(x)} test images, {len(calib)} calibration")
     with tempfile.TemporaryDirectory(prefix="edgeprune-int8acc-") as tmp:

@@ -94,6 +94,12 @@ def test_environment_fields():
     json.dumps(e)
 
 
+def test_cpu_flags_read_x86_and_arm_blocks():
+    assert env.cpu_flags([{"processor": "0", "flags": "fpu avx2 avx512_vnni"}]) == {"fpu", "avx2", "avx512_vnni"}
+    assert env.cpu_flags([{"processor": "0", "Features": "fp asimd asimdhp"}]) == {"fp", "asimd", "asimdhp"}
+    assert env.cpu_flags([{"processor": "0"}]) is None and env.cpu_flags([]) is None
+
+
 # ---- worker ----------------------------------------------------------------------------------
 
 def test_worker_result_fields_and_sane_values(ort_artifact, tmp_path):

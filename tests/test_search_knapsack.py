@@ -248,13 +248,13 @@ def test_top_up_leaves_a_winner_alone_when_off_or_already_trained(data, monkeypa
                                 (QUICK, goal - 1, [1]), (QUICK, 64, [-(-(goal - 64) // QUICK.batch_size)])]:
         calls.clear()
         alloc.s = settings
-        cand = allocate.Candidate("greedy", [1], {}, 1.0, trained_images=had)
-        alloc.top_up(cand, model, finalists=True)
+        cand = allocate.Candidate("greedy", [1], {}, 1.0, trained_images=had, probe_top1=0.5)  # a finalist
+        alloc.top_up(cand, model)
         assert calls == want, (settings.top_up, had)
         assert cand.trained_images == had + sum(want) * QUICK.batch_size
     calls.clear()
     alloc.s = replace(QUICK, progressive_steps=0)  # nothing trains in the search: no goal to top up to
-    alloc.top_up(allocate.Candidate("greedy", [1], {}, 1.0, trained_images=0), model, finalists=False)
+    alloc.top_up(allocate.Candidate("greedy", [1], {}, 1.0, trained_images=0), model)  # not probed
     assert calls == []
 
 

@@ -55,6 +55,16 @@ def cpu_model(blocks: list[dict[str, str]] | None = None) -> str | None:
     return platform.processor() or None
 
 
+def cpu_flags(blocks: list[dict[str, str]] | None = None) -> frozenset[str] | None:
+    """The CPU's feature flags (x86 "flags", ARM "Features"), None where /proc/cpuinfo lists none."""
+    blocks = _cpuinfo_blocks() if blocks is None else blocks
+    for block in blocks:
+        for key in ("flags", "Features"):
+            if block.get(key):
+                return frozenset(block[key].split())
+    return None
+
+
 def physical_cores(blocks: list[dict[str, str]] | None = None) -> int | None:
     """Distinct (physical id, core id) pairs in /proc/cpuinfo, or None where they are not listed (ARM)."""
     blocks = _cpuinfo_blocks() if blocks is None else blocks

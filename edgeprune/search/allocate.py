@@ -531,9 +531,10 @@ class Allocator:
         best.add_note(f"returned with the weights of its {self.s.finalist_batches}-mini-batch finalist fine-tune")
         return best, trained
 
-    def top_up(self, winner: Candidate, model: nn.Module, finalists: bool) -> None:
+    def top_up(self, winner: Candidate, model: nn.Module) -> None:
         """Fine-tune ``model`` (the winner's, in place) until it has seen as many training images inside the
-        search as the most trained candidates did (``SearchSettings.training_images``), when ``top_up`` is on.
+        search as the most trained candidates did (``SearchSettings.training_images``; the finalists' fine-tune
+        counts when the winner was one of them), when ``top_up`` is on.
 
         Without it, which kind of candidate wins decides how much the search trained it: a progressive winner has
         the schedule's 8 x 30 mini-batches and the finalists' 40, a one-shot winner (greedy, random, a knapsack on
@@ -545,7 +546,7 @@ class Allocator:
         from edgeprune.train import train
 
         s = self.s
-        short = s.training_images(finalists) - winner.trained_images
+        short = s.training_images(finalists=winner.probe_top1 is not None) - winner.trained_images
         batches = -(-short // s.batch_size) if s.top_up and s.batch_size > 0 else 0
         if batches <= 0:
             return
@@ -656,7 +657,7 @@ class Allocator:
             cands, trace, models = self._measured_candidates(budget_ms)
             fits = [c for c in cands if c.measured_ms <= budget_ms]
             winner, model = self.arbitrate(fits or cands, models)
-            self.top_up(winner, model, finalists=any(c.probe_top1 is not None for c in cands))
+            self.top_up(winner, model)
             for c in cands:
                 if c not in fits and fits:
                     c.add_note("over the budget by measurement: not compared")

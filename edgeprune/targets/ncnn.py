@@ -136,15 +136,9 @@ def cpu_features() -> dict[str, Any]:
 
     queries = {name[len("cpu_support_"):]: bool(getattr(ncnn, name)())
                for name in dir(ncnn) if name.startswith("cpu_support_")}
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("flags", "Features"):
-                flags.update(value.split())
-    except OSError:
-        pass
-    return {"ncnn": queries, "cpuinfo": sorted(flags & _CPU_FLAGS_OF_INTEREST)}
+    from edgeprune.measure.env import cpu_flags
+
+    return {"ncnn": queries, "cpuinfo": sorted((cpu_flags() or frozenset()) & _CPU_FLAGS_OF_INTEREST)}
 
 
 # ----------------------------------------------------------------------------- running

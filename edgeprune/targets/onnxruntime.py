@@ -155,18 +155,6 @@ def _int8_form(profile: dict[str, Any] | None) -> str:
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})  # /proc/cpuinfo names of int8 dot-product units
 
 
-def _cpu_flags() -> frozenset[str] | None:
-    """This host's CPU flags from /proc/cpuinfo (None where it cannot be read)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.split(":")[0].strip() in ("flags", "Features"):
-            return frozenset(line.split(":", 1)[1].split())
-    return None
-
-
 def int8_reduce_range(profile: dict[str, Any] | None, machine: str | None = None,
                       flags: frozenset[str] | None = None) -> tuple[bool, str]:
     """(quantize the CPU form's weights to 7 bits?, why) for the host that runs it.
@@ -179,6 +167,8 @@ def int8_reduce_range(profile: dict[str, Any] | None, machine: str | None = None
     ``options.int8_reduce_range`` (``auto``, the default, or true/false) overrides the detection."""
     import platform
 
+    from edgeprune.measure.env import cpu_flags
+
     setting = ((profile or {}).get("options") or {}).get("int8_reduce_range", "auto")
     setting = {"true": True, "false": False}.get(str(setting).lower(), setting) if isinstance(setting, str) else setting
     if isinstance(setting, bool):
@@ -189,7 +179,7 @@ def int8_reduce_range(profile: dict[str, Any] | None, machine: str | None = None
     machine = (machine or platform.machine()).lower()
     if machine not in ("x86_64", "amd64", "i386", "i686", "x86"):
         return False, f"{machine} CPU: int8 kernels accumulate without int16 saturation"
-    flags = _cpu_flags() if flags is None else flags
+    flags = cpu_flags() if flags is None else flags
     if flags is None:
         return True, "x86 CPU whose flags could not be read: 7-bit weights, in case it has no VNNI"
     have = sorted(VNNI_FLAGS & flags)
