@@ -6,7 +6,8 @@ each a p50 over ``--iters`` single-image runs at 1 intra-op thread, graph optimi
 "all"), and reads from ORT's session profiler which kernels ran and where the time went.
 Variants: the exported fp32 graph; QDQ with int8 symmetric activations + per-channel
 int8 weights (what TensorRT takes, ``targets.qdq``); QDQ with uint8 asymmetric
-activations (per-channel and per-tensor weights); QOperator (QLinearConv) u8/s8.
+activations (per-channel and per-tensor weights), and the per-channel one with 7-bit weights (ORT's
+``reduce_range``, which the ONNX Runtime target uses on x86 CPUs without VNNI); QOperator (QLinearConv) u8/s8.
 Usage: PYTHONPATH=$PWD python bench/ort_int8.py MODEL.onnx [--rounds 7] [--out FILE]
 """
 from __future__ import annotations
@@ -29,13 +30,14 @@ from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, 
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 MINI = Path(__file__).resolve().parent.parent / "tests" / "data" / "fashion-mnist-mini"
-# name -> (format, activation type, symmetric activations, per-channel weights)
+# name -> (format, activation type, symmetric activations, per-channel weights, 7-bit weights)
 VARIANTS = {
-    "qdq s8s8 sym per-channel (TensorRT-shaped)": (QuantFormat.QDQ, QuantType.QInt8, True, True),
-    "qdq s8s8 sym per-tensor": (QuantFormat.QDQ, QuantType.QInt8, True, False),
-    "qdq u8s8 asym per-channel": (QuantFormat.QDQ, QuantType.QUInt8, False, True),
-    "qdq u8s8 asym per-tensor": (QuantFormat.QDQ, QuantType.QUInt8, False, False),
-    "qoperator u8s8 asym per-channel": (QuantFormat.QOperator, QuantType.QUInt8, False, True),
+    "qdq s8s8 sym per-channel (TensorRT-shaped)": (QuantFormat.QDQ, QuantType.QInt8, True, True, False),
+    "qdq s8s8 sym per-tensor": (QuantFormat.QDQ, QuantType.QInt8, True, False, False),
+    "qdq u8s8 asym per-channel": (QuantFormat.QDQ, QuantType.QUInt8, False, True, False),
+    "qdq u8s8 asym per-channel, 7-bit weights (reduce_range)": (QuantFormat.QDQ, QuantType.QUInt8, False, True, True),
+    "qdq u8s8 asym per-tensor": (QuantFormat.QDQ, QuantType.QUInt8, False, False, False),
+    "qoperator u8s8 asym per-channel": (QuantFormat.QOperator, QuantType.QUInt8, False, True, False),
 }
 
 
@@ -57,8 +59,9 @@ def _images(shape: list[int], n: int) -> np.ndarray:
 
 
 def _quantize(pre: Path, out: Path, calib: np.ndarray, name: str, variant: tuple) -> None:
-    fmt, act, sym, per_channel = variant
+    fmt, act, sym, per_channel, reduce_range = variant
     quantize_static(str(pre), str(out), _Reader(name, calib), quant_format=fmt, per_channel=per_channel,
+                    reduce_range=reduce_range,
                     activation_type=act, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
                     op_types_to_quantize=["Conv", "Gemm", "MatMul", "Add"],
                     extra_options={"ActivationSymmetric": sym, "WeightSymmetric": True,
