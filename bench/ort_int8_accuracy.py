@@ -35,16 +35,10 @@ def _arrays(ds) -> tuple[np.ndarray, np.ndarray]:
     return torch.stack(xs).numpy(), np.array([int(y) for y in ys])
 
 
-def _run(path: Path, x: np.ndarray, fused: bool) -> np.ndarray:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    if not fused:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    return np.concatenate([sess.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))])
+def _run(art, x: np.ndarray, fused: bool) -> np.ndarray:
+    """The artifact's outputs at 1 thread: as ONNX Runtime runs it, or op by op (graph optimisations off)."""
+    runner = ortt.load(art, 1, level=None if fused else "disable")
+    return np.concatenate([runner.run(x[i:i + 1])[0] for i in range(len(x))])
 
 
 def main() -> None:
@@ -66,12 +60,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="edgeprune-int8acc-") as tmp:
         onnx_path = Path(tmp) / "model.onnx"
         export_onnx(model, (1, *x.shape[1:]), onnx_path, x[:4])
-        fp32 = _run(onnx_path, x, fused=True)
+        base = load_profile("onnxruntime")
+        fp32 = _run(ortt.compile(onnx_path, "fp32", None, base, Path(tmp) / "fp32"), x, fused=True)
         span = float(fp32.max() - fp32.min())
         print(f"\nfp32: top-1 {100 * (fp32.argmax(1) == y).mean():.2f}%\n")
         print("| form | weights | run | top-1 % | agreement with fp32 % | max logit error / range | mean |")
         print("|---|---|---|---|---|---|---|")
-        base = load_profile("onnxruntime")
         for form in ("cpu", "tensorrt"):
             for reduce in (False, True):
                 if form == "tensorrt" and reduce:
@@ -80,7 +74,7 @@ def main() -> None:
                                                "int8_reduce_range": reduce}}
                 art = ortt.compile(onnx_path, "int8", calib, profile, Path(tmp) / f"{form}-{reduce}")
                 for fused in (True, False):
-                    out = _run(art.file("model"), x, fused)
+                    out = _run(art, x, fused)
                     err = np.abs(out - fp32)
                     print(f"| {form} | {'7-bit' if reduce else '8-bit'} | {'fused (as ORT runs it)' if fused else 'op by op'} "
                           f"| {100 * (out.argmax(1) == y).mean():.2f} | {100 * (out.argmax(1) == fp32.argmax(1)).mean():.2f} "

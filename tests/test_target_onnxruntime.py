@@ -96,6 +96,11 @@ def test_load_applies_threads_and_the_profiles_optimization_level(tiny_onnx, tmp
     assert default.session.get_session_options().graph_optimization_level == \
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     np.testing.assert_allclose(runner.run(random_inputs[:1])[0], default.run(random_inputs[:1])[0], atol=1e-5)
+    unfused = ort_target.load(art.path, threads=1, level="disable")  # the caller's level over the artifact's
+    assert unfused.session.get_session_options().graph_optimization_level == \
+        ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    with pytest.raises(UserInputError, match="optimisation level"):
+        ort_target.load(art.path, threads=1, level="fast")
 
 
 def test_runner_rejects_wrong_batch(fp32_artifact, random_inputs):
@@ -143,7 +148,7 @@ def test_int8_is_symmetric_per_channel_qdq_and_agrees_with_fp32(tiny_onnx, tmp_p
     # VNNI they multiply u8 x s8 pairs into int16 (VPMADDUBSW), which may saturate (ONNX Runtime's quantization
     # guide); on a 2-core AMD EPYC with AVX2 only their largest logit error was 22% of the logits' range.
     out_fp32 = _run_all(ort_target.load(fp32_artifact, 1), held_out)
-    out_qdq = _run_unfused(art.file("model"), held_out)
+    out_qdq = _run_all(ort_target.load(art, 1, level="disable"), held_out)
     logit_range = out_fp32.max() - out_fp32.min()
     assert (out_qdq.argmax(1) == out_fp32.argmax(1)).mean() >= 0.8
     assert np.abs(out_qdq - out_fp32).max() <= 0.1 * logit_range
@@ -152,19 +157,6 @@ def test_int8_is_symmetric_per_channel_qdq_and_agrees_with_fp32(tiny_onnx, tmp_p
     out_int8 = _run_all(ort_target.load(art, 1), held_out)
     assert (out_int8.argmax(1) == out_fp32.argmax(1)).mean() >= 0.8
     assert not np.array_equal(out_int8, out_fp32)
-
-
-def _run_unfused(path, x: np.ndarray) -> np.ndarray:
-    """``path``'s outputs for ``x`` from ONNX Runtime with every graph optimisation off: each Q/DQ node runs as
-    written, in float, with no int8 kernel fused in."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    return np.concatenate([sess.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))])
 
 
 def test_default_int8_is_the_cpu_form_with_every_conv_fused(tiny_onnx, tmp_path, fp32_artifact):

@@ -276,9 +276,15 @@ class ORTRunner:
         return self.session.run(None, {self._input_name: x})
 
 
-def load(artifact: Artifact | str | os.PathLike, threads: int) -> ORTRunner:
-    """An InferenceSession with ``threads`` intra-op threads (0 = ORT default), 1 inter-op, sequential."""
+def load(artifact: Artifact | str | os.PathLike, threads: int, level: str | None = None) -> ORTRunner:
+    """An InferenceSession with ``threads`` intra-op threads (0 = ORT default), 1 inter-op, sequential.
+
+    ``level``: the graph optimisation level, the artifact's own by default; ``"disable"`` runs an int8 artifact op
+    by op, each Q/DQ node in float as written (what the artifact means, without ONNX Runtime's fused kernels)."""
     art = _open(artifact)
     if int(threads) < 0:
         raise UserInputError(f"threads must be >= 0 (0 = runtime default), got {threads}")
-    return ORTRunner(_session(art.file("model"), _artifact_level(art), int(threads)), art.input_shape)
+    if level is not None and level not in OPT_LEVELS:
+        raise UserInputError(f"unknown ONNX Runtime graph optimisation level {level!r}",
+                             f"choose one of: {', '.join(OPT_LEVELS)}")
+    return ORTRunner(_session(art.file("model"), level or _artifact_level(art), int(threads)), art.input_shape)
