@@ -458,6 +458,8 @@ def plot(summary: list[dict], cases: list[dict], path: Path) -> None:
     for ax, target in zip(axes[0], targets):
         for arm, marker in zip(ARMS, "osD^v<>P"):
             pts = sorted((s for s in summary if s["target"] == target and s["arm"] == arm), key=lambda s: s["ratio_mean"])
+            if not pts:
+                continue  # an arm this run never had (search+ since the top-up): no empty legend entry
             ax.errorbar([p["ratio_mean"] for p in pts], [p["top1_mean"] for p in pts],
                         yerr=[p["top1_std"] for p in pts], marker=marker, linestyle="-", capsize=3, label=arm)
         case = next(c for c in cases if c["target"] == target)
