@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from edgeprune.data import load_dataset  # noqa: E402
 from edgeprune.export import export_onnx  # noqa: E402
 from edgeprune.measure.env import cpu_flags, cpu_model  # noqa: E402
+from edgeprune.measure.parity import run_batched  # noqa: E402
 from edgeprune.models.checkpoint import load_checkpoint  # noqa: E402
 from edgeprune.profiles import load_profile  # noqa: E402
 from edgeprune.targets import onnxruntime as ortt  # noqa: E402
@@ -37,8 +38,7 @@ def _arrays(ds) -> tuple[np.ndarray, np.ndarray]:
 
 def _run(art, x: np.ndarray, fused: bool) -> np.ndarray:
     """The artifact's outputs at 1 thread: as ONNX Runtime runs it, or op by op (graph optimisations off)."""
-    runner = ortt.load(art, 1, level=None if fused else "disable")
-    return np.concatenate([runner.run(x[i:i + 1])[0] for i in range(len(x))])
+    return run_batched(ortt.load(art, 1, level=None if fused else "disable"), x, 1)
 
 
 def main() -> None:

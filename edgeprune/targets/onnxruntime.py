@@ -92,9 +92,13 @@ def _ort():
 
 def _opt_level(profile: dict[str, Any] | None) -> str:
     level = str(((profile or {}).get("options") or {}).get("graph_optimization_level", "all")).lower()
+    return _known_level(level, "graph_optimization_level", " in the target profile")
+
+
+def _known_level(level: str, name: str = "graph optimisation level", where: str = "") -> str:
+    """``level`` if it is one of ``OPT_LEVELS``, else a UserInputError naming them."""
     if level not in OPT_LEVELS:
-        raise UserInputError(f"unknown ONNX Runtime graph_optimization_level {level!r} in the target profile",
-                             f"choose one of: {', '.join(OPT_LEVELS)}")
+        raise UserInputError(f"unknown ONNX Runtime {name} {level!r}{where}", f"choose one of: {', '.join(OPT_LEVELS)}")
     return level
 
 
@@ -284,7 +288,5 @@ def load(artifact: Artifact | str | os.PathLike, threads: int, level: str | None
     art = _open(artifact)
     if int(threads) < 0:
         raise UserInputError(f"threads must be >= 0 (0 = runtime default), got {threads}")
-    if level is not None and level not in OPT_LEVELS:
-        raise UserInputError(f"unknown ONNX Runtime graph optimisation level {level!r}",
-                             f"choose one of: {', '.join(OPT_LEVELS)}")
-    return ORTRunner(_session(art.file("model"), level or _artifact_level(art), int(threads)), art.input_shape)
+    level = _artifact_level(art) if level is None else _known_level(level)
+    return ORTRunner(_session(art.file("model"), level, int(threads)), art.input_shape)
