@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from edgeprune.errors import UnsupportedPrecision, UserInputError
+from edgeprune.measure.parity import run_batched
 from edgeprune.targets import base
 
 ort_target = pytest.importorskip("edgeprune.targets.onnxruntime")
@@ -29,10 +30,6 @@ TENSORRT_FORM = {**PROFILE, "options": {**PROFILE["options"], "int8_form": "tens
 
 def _leftovers(parent: Path, name: str) -> list[str]:
     return [p.name for p in parent.iterdir() if p.name == name or p.name.startswith(f".{name}.partial-")]
-
-
-def _run_all(runner, x: np.ndarray) -> np.ndarray:
-    return np.concatenate([runner.run(x[i:i + 1])[0] for i in range(len(x))])
 
 
 def _fmnist_images(split: str) -> np.ndarray:
@@ -71,7 +68,7 @@ def test_fp32_matches_torch_and_manifest_is_complete(fp32_artifact, tiny_model, 
 
     with torch.no_grad():
         expected = tiny_model(torch.from_numpy(random_inputs)).numpy()
-    got = _run_all(ort_target.load(art, threads=1), random_inputs)
+    got = run_batched(ort_target.load(art, threads=1), random_inputs, 1)
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
 
     report = ort_target.inspect(art)
@@ -147,14 +144,14 @@ def test_int8_is_symmetric_per_channel_qdq_and_agrees_with_fp32(tiny_onnx, tmp_p
     # to tight bounds. ONNX Runtime's fused int8 kernels are held to top-1 agreement alone: on an x86 CPU without
     # VNNI they multiply u8 x s8 pairs into int16 (VPMADDUBSW), which may saturate (ONNX Runtime's quantization
     # guide); on a 2-core AMD EPYC with AVX2 only their largest logit error was 22% of the logits' range.
-    out_fp32 = _run_all(ort_target.load(fp32_artifact, 1), held_out)
-    out_qdq = _run_all(ort_target.load(art, 1, level="disable"), held_out)
+    out_fp32 = run_batched(ort_target.load(fp32_artifact, 1), held_out, 1)
+    out_qdq = run_batched(ort_target.load(art, 1, level="disable"), held_out, 1)
     logit_range = out_fp32.max() - out_fp32.min()
     assert (out_qdq.argmax(1) == out_fp32.argmax(1)).mean() >= 0.8
     assert np.abs(out_qdq - out_fp32).max() <= 0.1 * logit_range
     assert np.abs(out_qdq - out_fp32).mean() <= 0.02 * logit_range
     assert not np.array_equal(out_qdq, out_fp32)
-    out_int8 = _run_all(ort_target.load(art, 1), held_out)
+    out_int8 = run_batched(ort_target.load(art, 1), held_out, 1)
     assert (out_int8.argmax(1) == out_fp32.argmax(1)).mean() >= 0.8
     assert not np.array_equal(out_int8, out_fp32)
 
@@ -174,8 +171,8 @@ def test_default_int8_is_the_cpu_form_with_every_conv_fused(tiny_onnx, tmp_path,
     consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     zero_points = [consts[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear"]
     assert zero_points and all(zp.dtype == np.uint8 for zp in zero_points)
-    out_int8 = _run_all(ort_target.load(art, 1), held_out)
-    out_fp32 = _run_all(ort_target.load(fp32_artifact, 1), held_out)
+    out_int8 = run_batched(ort_target.load(art, 1), held_out, 1)
+    out_fp32 = run_batched(ort_target.load(fp32_artifact, 1), held_out, 1)
     assert (out_int8.argmax(1) == out_fp32.argmax(1)).mean() >= 0.8
     assert np.abs(out_int8 - out_fp32).max() <= 0.1 * (out_fp32.max() - out_fp32.min())
     with pytest.raises(UserInputError, match="int8_form"):
@@ -221,8 +218,8 @@ def test_reduce_range_puts_the_cpu_forms_weights_on_7_bits(tiny_onnx, tmp_path, 
                and consts[n.input[0]].dtype == np.int8 and consts[n.input[0]].ndim > 1]
     peak = max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
     assert (peak <= 64) if reduce else (peak == 127)
-    out_int8 = _run_all(ort_target.load(art, 1), held_out)
-    out_fp32 = _run_all(ort_target.load(fp32_artifact, 1), held_out)
+    out_int8 = run_batched(ort_target.load(art, 1), held_out, 1)
+    out_fp32 = run_batched(ort_target.load(fp32_artifact, 1), held_out, 1)
     assert (out_int8.argmax(1) == out_fp32.argmax(1)).mean() >= 0.8
 
 

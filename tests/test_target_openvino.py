@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from edgeprune.errors import RuntimeUnavailable, UnsupportedPrecision, UserInputError
+from edgeprune.measure.parity import run_batched
 from edgeprune.targets import base
 
 ov_target = pytest.importorskip("edgeprune.targets.openvino")
@@ -28,10 +29,6 @@ PROFILE = {"name": "x86", "runtime": "openvino", "options": {"device": "CPU", "p
 
 def _leftovers(parent: Path, name: str) -> list[str]:
     return [p.name for p in parent.iterdir() if p.name == name or p.name.startswith(f".{name}.partial-")]
-
-
-def _run_all(runner, x: np.ndarray) -> np.ndarray:
-    return np.concatenate([runner.run(x[i:i + 1])[0] for i in range(len(x))])
 
 
 def _fmnist_images(split: str, n: int) -> np.ndarray:
@@ -78,7 +75,7 @@ def test_fp32_matches_torch_and_manifest_is_complete(fp32_artifact, tiny_model, 
 
     with torch.no_grad():
         expected = tiny_model(torch.from_numpy(random_inputs)).numpy()
-    got = _run_all(ov_target.load(art, threads=1), random_inputs)
+    got = run_batched(ov_target.load(art, threads=1), random_inputs, 1)
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
 
     report = ov_target.inspect(art)
@@ -122,8 +119,8 @@ def test_int8_runs_quantized_kernels_and_agrees_with_fp32(tiny_onnx, tmp_path, f
     assert report["precision"] == "int8"
     assert report["kernels"].get("u8", 0) + report["kernels"].get("i8", 0) >= 3  # the three convolutions
 
-    out_int8 = _run_all(ov_target.load(art, 1), held_out)
-    out_fp32 = _run_all(ov_target.load(fp32_artifact, 1), held_out)
+    out_int8 = run_batched(ov_target.load(art, 1), held_out, 1)
+    out_fp32 = run_batched(ov_target.load(fp32_artifact, 1), held_out, 1)
     assert (out_int8.argmax(1) == out_fp32.argmax(1)).mean() >= 0.9
     # The tiny untrained model favours one class on real images, so top-1 alone is a weak
     # signal: the logits themselves must stay close (int8 error, not a broken graph).
@@ -145,8 +142,8 @@ def test_reduced_precision_runs_where_the_runtime_says_the_cpu_has_it(tiny_onnx,
     report = ov_target.inspect(art)
     assert report["precision"] == precision and report["kernels"].get(opts["inference_precision_hint"], 0) >= 3
     _, held_out = _calibration_and_held_out(64)
-    out = _run_all(ov_target.load(art, 1), held_out)
-    ref = _run_all(ov_target.load(fp32_artifact, 1), held_out)
+    out = run_batched(ov_target.load(art, 1), held_out, 1)
+    ref = run_batched(ov_target.load(fp32_artifact, 1), held_out, 1)
     assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.95  # the parity gate's criterion (top-1 agreement)
     assert np.abs(out - ref).max() < 0.05 * np.abs(ref).max() and not np.array_equal(out, ref)
 
