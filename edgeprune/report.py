@@ -101,7 +101,8 @@ def _candidates(search: dict[str, Any]) -> list[str]:
                 for c in search["candidates"]]
         lines += ["", "Candidates within the budget by prediction, each measured on the target; those within it by "
                   "measurement had their BN statistics re-estimated and were scored on held-out training images "
-                  "(not the test set); the finalists were then fine-tuned briefly and scored again. The trained "
+                  "(not the test set); the finalists were then fine-tuned briefly and scored again (the best one-shot "
+                  "finalist, when trained candidates were finalists too, for as long as they had trained). The trained "
                   "candidates (the knapsack schedule's and the two progressive ones, knapsack and uniform steps with "
                   "the same training) keep the weights the search trained; "
                   "the others are the original network's weights on the channels they keep:", "",

@@ -191,9 +191,10 @@ def test_a_trained_candidate_wins_with_its_own_weights(fake_runtime, data, monke
 
 def test_a_one_shot_winner_is_topped_up_to_the_schedules_training(fake_runtime, data, monkeypatch):  # noqa: F811
     """Constructed: the held-out score penalises every network the search trained (the schedules' candidates,
-    tagged as they leave them), so a one-shot candidate wins with only the finalists' fine-tune. The search then
-    fine-tunes it for the difference to the progressive candidates' training (real mini-batches, in the returned
-    weights) and says so."""
+    tagged as they leave them), so a one-shot candidate wins with only the finalists' fine-tune (no trained
+    candidate is among the 3 finalists, so none was trained on before the choice). The search then fine-tunes it
+    for the difference to the progressive candidates' training (real mini-batches, in the returned weights) and
+    says so."""
     real_progressive, real_iterative = allocate.Allocator.progressive, allocate.Allocator.iterative
 
     def progressive(self, aim, uniform=False):
@@ -227,10 +228,88 @@ def test_a_one_shot_winner_is_topped_up_to_the_schedules_training(fake_runtime, 
     goal = QUICK.training_images(finalists=True)
     assert goal == (QUICK.progressive_steps * QUICK.step_batches + QUICK.finalist_batches) * QUICK.batch_size > finalist
     assert winner["trained_images"] == goal
-    top_ups = [c for c in calls if c[0] == "search top-up"]
+    top_ups = [c for c in calls if c[0] in ("search top-up", "search: equal training")]
     assert top_ups == [("search top-up", (goal - finalist) // QUICK.batch_size, id(result.model))]
     assert "topped up by" in winner["note"]
     assert f"trained on {goal} images inside the search" in search["why"]
+
+
+def test_one_shot_and_trained_finalists_are_compared_at_equal_training(fake_runtime, data, monkeypatch):  # noqa: F811
+    """Constructed: the trained candidates score 0.8 on the held-out images; a one-shot network scores 0.7 after the
+    finalists' short fine-tune but 0.9 once it has trained as long as they did. Compared at unequal training, a
+    trained candidate would win (as with ``top_up`` off); compared at equal training (the default), the best
+    one-shot finalist wins, with the weights of that training. Uniform pruning on the original weights is a
+    finalist as a kind of its own, apart from the progressive uniform schedule."""
+    real_progressive, real_iterative = allocate.Allocator.progressive, allocate.Allocator.iterative
+
+    def progressive(self, aim, uniform=False):
+        cand = real_progressive(self, aim, uniform=uniform)
+        if cand is not None and cand.model is not None:
+            cand.model._grown = True
+        return cand
+
+    def iterative(self, budget_ms):
+        cands, trace = real_iterative(self, budget_ms)
+        for c in cands:
+            if c.model is not None:
+                c.model._grown = True
+        return cands, trace
+
+    from edgeprune import train as train_mod
+    real_train = train_mod.train
+
+    def counting_train(model, *a, **kw):
+        out = real_train(model, *a, **kw)
+        model._steps = getattr(model, "_steps", 0) + int(out["steps"])
+        return out
+
+    def score(model, ds):
+        if getattr(model, "_grown", False):
+            return 0.8
+        return 0.9 if getattr(model, "_steps", 0) > QUICK.finalist_batches else 0.7
+
+    monkeypatch.setattr(allocate.Allocator, "progressive", progressive)
+    monkeypatch.setattr(allocate.Allocator, "iterative", iterative)
+    monkeypatch.setattr(allocate, "_evaluate", score)
+    monkeypatch.setattr(train_mod, "train", counting_train)
+    profile = {**load_profile("onnxruntime"), "precision": "fp32"}
+    settings = replace(QUICK, finalists=8)
+    _, result, search = _knapsack_budget(data[0], profile, 8, settings=settings)
+    rows = {c["name"]: c for c in search["candidates"]}
+    winner = rows[search["winner"]]
+    assert not winner["trained"] and winner["probe_top1"] == 0.9, search["candidates"]
+    assert winner["trained_images"] == settings.training_images(finalists=True)
+    assert result.model._steps * settings.batch_size == winner["trained_images"]
+    probed = [c for c in rows.values() if c["probe_top1"] is not None]
+    assert any(c["trained"] for c in probed)  # the trained candidates were finalists, and lost
+    assert sum(c["probe_top1"] == 0.9 for c in probed) == 1  # only the best one-shot finalist trained on
+    assert "the best one-shot finalist" in winner["note"] and "topped up by" not in winner["note"]
+    assert f"the best one-shot finalist, {winner['name']}, was scored after" in search["why"]
+    compared_kinds = {(n.split()[0], c["trained"]) for n, c in rows.items() if c["holdout_top1"] is not None}
+    if ("uniform", False) in compared_kinds:  # uniform on the original weights: a kind of its own
+        assert any(c["name"].startswith("uniform") and not c["trained"] for c in probed)
+
+    _, _, unequal = _knapsack_budget(data[0], profile, 8, settings=replace(settings, top_up=False))
+    off = next(c for c in unequal["candidates"] if c["name"] == unequal["winner"])
+    assert off["trained"] and off["probe_top1"] == 0.8, unequal["candidates"]
+
+
+def test_finalists_take_one_shot_and_trained_kinds_apart():
+    """Uniform pruning on the original weights and the progressive uniform schedule are two kinds: the best of each
+    is a finalist before the next best of any kind, though the trained one scores far higher right after pruning."""
+    alloc = object.__new__(allocate.Allocator)
+    alloc.s = replace(QUICK, finalists=3)
+    trained = nn.Linear(1, 1)
+
+    def cand(name, score, model=None):
+        return allocate.Candidate(name, [1], {0: [0]}, 1.0, holdout_top1=score, model=model)
+
+    cands = [cand("progressive (8 steps)", 0.90, trained), cand("progressive (8 steps) (refit 1)", 0.89, trained),
+             cand("uniform (progressive, 8 steps)", 0.85, trained), cand("uniform (l1)", 0.60),
+             cand("random 1", 0.55)]
+    assert [c.name for c in alloc.finalists(cands)] == ["progressive (8 steps)", "uniform (progressive, 8 steps)",
+                                                      "uniform (l1)"]
+    assert [c.kind for c in cands[2:4]] == ["uniform (trained)", "uniform"]
 
 
 def test_top_up_leaves_a_winner_alone_when_off_or_already_trained(data, monkeypatch):

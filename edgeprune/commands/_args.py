@@ -194,7 +194,7 @@ def add_search(p: argparse.ArgumentParser) -> None:
                         "cap is raised in steps of 0.1, and the report says so). Default: %(default)s")
     g.add_argument("--search-holdout", type=ranged(int, 10, 1000000), default=1000, metavar="N",
                    help="held-out training images the candidates are compared on. Default: %(default)s")
-    g.add_argument("--search-finalists", type=ranged(int, 0, 100), default=6, metavar="N",
+    g.add_argument("--search-finalists", type=ranged(int, 0, 100), default=8, metavar="N",
                    help="candidates (the best of each kind first) fine-tuned briefly before the choice, because "
                         "accuracy right after a deep cut ranks them poorly; 0 chooses on BN re-estimation alone. "
                         "Default: %(default)s")
@@ -218,10 +218,12 @@ def add_search(p: argparse.ArgumentParser) -> None:
                         "cuts come first, so little training is spent on channels a later cut removes); 0 spreads "
                         "the cuts over every step. Default: %(default)s")
     g.add_argument("--search-top-up", action=argparse.BooleanOptionalAction, default=True,
-                   help="fine-tune the search's winner inside the search until it has trained as long as the "
-                        "progressive candidates did (a one-shot winner, e.g. the greedy or a random allocation, "
-                        "otherwise reaches the build's fine-tune less trained than a progressive one); "
-                        "--no-search-top-up returns it as chosen. Default: on")
+                   help="compare and return candidates at equal training: the best one-shot finalist (e.g. uniform "
+                        "pruning or a random allocation on the original weights) is fine-tuned inside the search "
+                        "until it has trained as long as the progressive candidates did before the choice, and a "
+                        "winner still short of that before it is returned (otherwise the choice and the build's "
+                        "model reward training, not allocation); --no-search-top-up compares and returns them as "
+                        "they are. Default: on")
     g.add_argument("--search-refits", type=ranged(int, 0, 10), default=2, metavar="N",
                    help="extra rounds of candidates while one of the three schedules (the knapsack's, the "
                         "progressive knapsack's, the progressive uniform one's) misses the budget by measurement or "
