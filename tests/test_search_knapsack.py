@@ -189,12 +189,8 @@ def test_a_trained_candidate_wins_with_its_own_weights(fake_runtime, data, monke
     assert row["measured_ms"] <= search["budget_ms"]
 
 
-def test_a_one_shot_winner_is_topped_up_to_the_schedules_training(fake_runtime, data, monkeypatch):  # noqa: F811
-    """Constructed: the held-out score penalises every network the search trained (the schedules' candidates,
-    tagged as they leave them), so a one-shot candidate wins with only the finalists' fine-tune (no trained
-    candidate is among the 3 finalists, so none was trained on before the choice). The search then fine-tunes it
-    for the difference to the progressive candidates' training (real mini-batches, in the returned weights) and
-    says so."""
+def _tag_trained(monkeypatch) -> None:
+    """Mark every network the search trains (the schedules' candidates, as they leave them) with ``_grown``."""
     real_progressive, real_iterative = allocate.Allocator.progressive, allocate.Allocator.iterative
 
     def progressive(self, aim, uniform=False):
@@ -210,6 +206,18 @@ def test_a_one_shot_winner_is_topped_up_to_the_schedules_training(fake_runtime, 
                 c.model._grown = True
         return cands, trace
 
+    monkeypatch.setattr(allocate.Allocator, "progressive", progressive)
+    monkeypatch.setattr(allocate.Allocator, "iterative", iterative)
+
+
+def test_a_one_shot_winner_is_topped_up_to_the_schedules_training(fake_runtime, data, monkeypatch):  # noqa: F811
+    """Constructed: the held-out score penalises every network the search trained (the schedules' candidates,
+    tagged as they leave them), so a one-shot candidate wins with only the finalists' fine-tune (no trained
+    candidate is among the 3 finalists, so none was trained on before the choice). The search then fine-tunes it
+    for the difference to the progressive candidates' training (real mini-batches, in the returned weights) and
+    says so."""
+    _tag_trained(monkeypatch)
+
     from edgeprune import train as train_mod
     real_train, calls = train_mod.train, []
 
@@ -217,8 +225,6 @@ def test_a_one_shot_winner_is_topped_up_to_the_schedules_training(fake_runtime, 
         calls.append((kw.get("desc"), kw.get("max_steps"), id(model)))
         return real_train(model, *a, **kw)
 
-    monkeypatch.setattr(allocate.Allocator, "progressive", progressive)
-    monkeypatch.setattr(allocate.Allocator, "iterative", iterative)
     monkeypatch.setattr(allocate, "_evaluate", lambda model, ds: 0.5 if getattr(model, "_grown", False) else 0.9)
     monkeypatch.setattr(train_mod, "train", recording_train)
     _, result, search = _knapsack_budget(data[0], {**load_profile("onnxruntime"), "precision": "fp32"}, 8)
@@ -240,20 +246,7 @@ def test_one_shot_and_trained_finalists_are_compared_at_equal_training(fake_runt
     trained candidate would win (as with ``top_up`` off); compared at equal training (the default), the best
     one-shot finalist wins, with the weights of that training. Uniform pruning on the original weights is a
     finalist as a kind of its own, apart from the progressive uniform schedule."""
-    real_progressive, real_iterative = allocate.Allocator.progressive, allocate.Allocator.iterative
-
-    def progressive(self, aim, uniform=False):
-        cand = real_progressive(self, aim, uniform=uniform)
-        if cand is not None and cand.model is not None:
-            cand.model._grown = True
-        return cand
-
-    def iterative(self, budget_ms):
-        cands, trace = real_iterative(self, budget_ms)
-        for c in cands:
-            if c.model is not None:
-                c.model._grown = True
-        return cands, trace
+    _tag_trained(monkeypatch)
 
     from edgeprune import train as train_mod
     real_train = train_mod.train
@@ -268,8 +261,6 @@ def test_one_shot_and_trained_finalists_are_compared_at_equal_training(fake_runt
             return 0.8
         return 0.9 if getattr(model, "_steps", 0) > QUICK.finalist_batches else 0.7
 
-    monkeypatch.setattr(allocate.Allocator, "progressive", progressive)
-    monkeypatch.setattr(allocate.Allocator, "iterative", iterative)
     monkeypatch.setattr(allocate, "_evaluate", score)
     monkeypatch.setattr(train_mod, "train", counting_train)
     profile = {**load_profile("onnxruntime"), "precision": "fp32"}
