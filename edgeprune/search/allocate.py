@@ -517,6 +517,18 @@ class Allocator:
                         seed=self.s.seed)
         return _evaluate(trial.eval(), self.holdout_ds), trial, int(history["steps"]) * self.s.batch_size
 
+    def _train_to(self, model: nn.Module, goal: int, had: int, desc: str) -> int:
+        """Fine-tune ``model`` in place (the schedules' step lr and batch size) from ``had`` training images to at
+        least ``goal``, when ``top_up`` is on; the mini-batches it trained (0: none)."""
+        from edgeprune.train import train
+
+        s = self.s
+        batches = -(-(goal - had) // s.batch_size) if s.top_up and s.batch_size > 0 else 0
+        if batches > 0:
+            train(model, self.fit_ds, epochs=1.0, max_steps=batches, lr=s.step_lr, batch_size=s.batch_size,
+                  augment=False, progress=self.ctx.progress, desc=desc, seed=s.seed + 1)
+        return max(batches, 0)
+
     def level(self, pool: list[Candidate], trials: dict[str, tuple[nn.Module, int]]) -> None:
         """Give the best one-shot finalist (by its probe) the training the trained finalists had, before the choice,
         when ``top_up`` is on: fine-tune its probe's weights until it has seen ``training_images(finalists=True)``
@@ -527,21 +539,17 @@ class Allocator:
         won at 91.4% on the proxy and reached 91.27% after the common fine-tune, while uniform pruning on the
         original weights given the same training reached 91.64% (bench/RESULTS.md §5). Nothing happens when no
         trained candidate is a finalist (the one-shot ones are then compared at equal training already)."""
-        from edgeprune.train import train
-
-        s = self.s
         one_shot = [c for c in pool if c.model is None]
-        if not s.top_up or s.batch_size <= 0 or not one_shot or all(c.model is None for c in pool):
+        if not one_shot or len(one_shot) == len(pool):
             return
         lead = max(one_shot, key=lambda c: (c.probe_top1, -c.predicted_ms))
         trial, seen = trials[lead.name]
-        batches = -(-(s.training_images(finalists=True) - lead.trained_images - seen) // s.batch_size)
+        batches = self._train_to(trial, self.s.training_images(finalists=True), lead.trained_images + seen,
+                                 "search: equal training")
         if batches <= 0:
             return
-        train(trial, self.fit_ds, epochs=1.0, max_steps=batches, lr=s.step_lr, batch_size=s.batch_size,
-              augment=False, progress=self.ctx.progress, desc="search: equal training", seed=s.seed + 1)
         before, lead.probe_top1 = lead.probe_top1, _evaluate(trial.eval(), self.holdout_ds)
-        trials[lead.name] = (trial, seen + batches * s.batch_size)
+        trials[lead.name] = (trial, seen + batches * self.s.batch_size)
         self.leveled = (lead, batches)
         lead.add_note(f"the best one-shot finalist: fine-tuned {batches} more mini-batches before the choice, to the "
                       f"trained candidates' training (held-out top-1 {100 * before:.2f}% -> "
@@ -591,17 +599,12 @@ class Allocator:
         at 96 px (OpenVINO, 0.35x) two one-shot winners given the difference scored 0.30 and 0.60 points higher
         (bench/RESULTS.md §5, the ``search+`` rows). The difference is the same step lr and mini-batches as the
         schedules', counted in ``trained_images`` and said in the report."""
-        from edgeprune.train import train
-
-        s = self.s
-        short = s.training_images(finalists=winner.probe_top1 is not None) - winner.trained_images
-        batches = -(-short // s.batch_size) if s.top_up and s.batch_size > 0 else 0
+        batches = self._train_to(model, self.s.training_images(finalists=winner.probe_top1 is not None),
+                                 winner.trained_images, "search top-up")
         if batches <= 0:
             return
-        train(model, self.fit_ds, epochs=1.0, max_steps=batches, lr=s.step_lr, batch_size=s.batch_size,
-              augment=False, progress=self.ctx.progress, desc="search top-up", seed=s.seed + 1)
         model.eval()
-        winner.trained_images += batches * s.batch_size
+        winner.trained_images += batches * self.s.batch_size
         winner.add_note(f"topped up by {batches} mini-batches of fine-tuning to the training of the most trained "
                         f"candidates")
 
