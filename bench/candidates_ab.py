@@ -32,7 +32,9 @@ def main() -> int:
     from edgeprune.measure.protocol import MeasureSettings
     from edgeprune.profiles import load_profile
     from edgeprune.prune.base import PruneContext
-    from edgeprune.search.allocate import Allocator, SearchSettings
+    from edgeprune.search.allocate import Allocator
+    from edgeprune.search.settings import SearchSettings
+    from edgeprune.search.steer import measured_candidates
     from edgeprune.search.hardware import HardwareSearch
 
     train = load_dataset("fashion-mnist", "train")
@@ -49,8 +51,8 @@ def main() -> int:
     ctx = PruneContext(example_inputs=example, round_to=hs.multiple, train_ds=train, progress=False,
                        options={"method": "taylor_bn"})
     allocator = Allocator(hs, ctx, "taylor_bn", SearchSettings(seed=0))
-    cands, _, _ = allocator._measured_candidates(budget)  # what the search measures (and refits on)
-    allocator.arbitrate(cands)
+    cands, _, models = measured_candidates(allocator, budget)  # what the search measures (and refits on)
+    allocator.arbiter.choose(cands, models)
     models = {"unpruned": model, **{c.name: allocator.subnet(c) for c in cands}}
     measured = hs.measure_models(models, rounds=args.rounds)  # an independent, longer measurement of them all
     print(f"budget {budget:.3f} ms; widths {hs.widths}; unpruned measured {measured['unpruned']:.3f} ms")

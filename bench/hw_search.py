@@ -142,7 +142,7 @@ class Bench:
 
     def searched(self, hs, budget_ms: float, strategy: str, seed: int):
         from edgeprune.prune.base import PruneContext
-        from edgeprune.search.allocate import SearchSettings
+        from edgeprune.search.settings import SearchSettings
         from edgeprune.search.driver import prune_to_budget
 
         method = "taylor_bn" if strategy == "knapsack" else "l1"
@@ -232,7 +232,7 @@ class Bench:
         the search (``search``: the knapsack arm's row or the search's result, with its winner and candidates),
         and at least the progressive candidate's schedule (its steps x step batches x batch size over the training
         set), so the controls never train less than the search's trained candidates could."""
-        from edgeprune.search.allocate import SearchSettings
+        from edgeprune.search.settings import SearchSettings
 
         return max(SearchSettings().progressive_images, winner_trained_images(search)) / len(self.train_ds)
 

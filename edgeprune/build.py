@@ -40,7 +40,7 @@ from edgeprune.prune.base import PruneContext
 from edgeprune.prune.graph import kept_layers
 from edgeprune.report import write_report
 from edgeprune.prune.bn import recalibrate_bn
-from edgeprune.search.allocate import SearchSettings
+from edgeprune.search.settings import SearchSettings
 from edgeprune.search.driver import parse_budget, prune_to_budget
 from edgeprune.targets import require_runtime
 from edgeprune.targets.base import staging_dir, write_json_atomic
@@ -244,7 +244,7 @@ def fastest_within_bar(cfg: BuildConfig, ctx: dict[str, Any], steps: Steps, base
     returned; when none passes, the least pruned one is, and the accuracy gate then fails with every probe's
     figures in the report.
     """
-    from edgeprune.search.allocate import split_train
+    from edgeprune.search.arbitrate import split_train
 
     fit_ds, held_ds = split_train(ctx["train_ds"], cfg.search_holdout, cfg.seed + 1)
     probe_ctx = {**ctx, "train_ds": fit_ds}

@@ -25,7 +25,7 @@ def _search(trained: int, winner: str = "w") -> dict:
 
 
 def test_controls_train_as_long_as_the_winner_and_at_least_the_schedule(hw):
-    from edgeprune.search.allocate import SearchSettings
+    from edgeprune.search.settings import SearchSettings
 
     schedule = SearchSettings().progressive_images
     bench = SimpleNamespace(train_ds=range(N))
@@ -41,7 +41,7 @@ def test_controls_train_as_long_as_the_winner_and_at_least_the_schedule(hw):
 
 
 def test_controls_flag_redoes_controls_that_trained_less_than_the_winner(hw, tmp_path, monkeypatch):
-    from edgeprune.search.allocate import SearchSettings
+    from edgeprune.search.settings import SearchSettings
 
     asked = []
 

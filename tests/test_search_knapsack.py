@@ -22,8 +22,10 @@ from edgeprune.prune import prune_model
 from edgeprune.prune.base import PruneContext
 from edgeprune.prune.bn import recalibrate_bn
 from edgeprune.prune.graph import PruneGraph
-from edgeprune.search import allocate, knapsack
-from edgeprune.search.allocate import SearchSettings
+from edgeprune.search import allocate, arbitrate, knapsack
+from edgeprune.search import steer as steer_mod
+from edgeprune.search.candidate import Candidate
+from edgeprune.search.settings import SearchSettings
 from edgeprune.search.budget import allowed_counts, descend
 from edgeprune.search.driver import prune_to_budget
 from edgeprune.search.plan import build_plan
@@ -156,7 +158,7 @@ def test_arbitration_picks_uniform_when_it_scores_best(fake_runtime, data, monke
         shares = [w / f for w, f in zip(widths_of(model), full) if f > 1]
         return 1.0 - (max(shares) - min(shares))
 
-    monkeypatch.setattr(allocate, "_evaluate", score)
+    monkeypatch.setattr(arbitrate, "_evaluate", score)
     _, _, search = _knapsack_budget(data[0], {**load_profile("onnxruntime"), "precision": "fp32"}, 8)
     assert search["winner"].startswith("uniform"), search["candidates"]
     assert "uniform" in search["why"]
@@ -175,7 +177,7 @@ def test_a_trained_candidate_wins_with_its_own_weights(fake_runtime, data, monke
         return cand
 
     monkeypatch.setattr(allocate.Allocator, "progressive", tagged)
-    monkeypatch.setattr(allocate, "_evaluate", lambda model, ds: 0.9 if getattr(model, "_grown", False) else 0.5)
+    monkeypatch.setattr(arbitrate, "_evaluate", lambda model, ds: 0.9 if getattr(model, "_grown", False) else 0.5)
     _, result, search = _knapsack_budget(data[0], {**load_profile("onnxruntime"), "precision": "fp32"}, 8)
     assert search["winner"] == f"progressive ({QUICK.progressive_steps} steps)", search["candidates"]
     assert getattr(result.model, "_grown", False)
@@ -225,7 +227,7 @@ def test_a_one_shot_winner_is_topped_up_to_the_schedules_training(fake_runtime, 
         calls.append((kw.get("desc"), kw.get("max_steps"), id(model)))
         return real_train(model, *a, **kw)
 
-    monkeypatch.setattr(allocate, "_evaluate", lambda model, ds: 0.5 if getattr(model, "_grown", False) else 0.9)
+    monkeypatch.setattr(arbitrate, "_evaluate", lambda model, ds: 0.5 if getattr(model, "_grown", False) else 0.9)
     monkeypatch.setattr(train_mod, "train", recording_train)
     _, result, search = _knapsack_budget(data[0], {**load_profile("onnxruntime"), "precision": "fp32"}, 8)
     winner = next(c for c in search["candidates"] if c["name"] == search["winner"])
@@ -261,7 +263,7 @@ def test_one_shot_and_trained_finalists_are_compared_at_equal_training(fake_runt
             return 0.8
         return 0.9 if getattr(model, "_steps", 0) > QUICK.finalist_batches else 0.7
 
-    monkeypatch.setattr(allocate, "_evaluate", score)
+    monkeypatch.setattr(arbitrate, "_evaluate", score)
     monkeypatch.setattr(train_mod, "train", counting_train)
     profile = {**load_profile("onnxruntime"), "precision": "fp32"}
     settings = replace(QUICK, finalists=8)
@@ -288,43 +290,41 @@ def test_one_shot_and_trained_finalists_are_compared_at_equal_training(fake_runt
 def test_finalists_take_one_shot_and_trained_kinds_apart():
     """Uniform pruning on the original weights and the progressive uniform schedule are two kinds: the best of each
     is a finalist before the next best of any kind, though the trained one scores far higher right after pruning."""
-    alloc = object.__new__(allocate.Allocator)
-    alloc.s = replace(QUICK, finalists=3)
+    arbiter = arbitrate.Arbiter(replace(QUICK, finalists=3), None, None)
     trained = nn.Linear(1, 1)
 
     def cand(name, score, model=None):
-        return allocate.Candidate(name, [1], {0: [0]}, 1.0, holdout_top1=score, model=model)
+        return Candidate(name, [1], {0: [0]}, 1.0, holdout_top1=score, model=model)
 
     cands = [cand("progressive (8 steps)", 0.90, trained), cand("progressive (8 steps) (refit 1)", 0.89, trained),
              cand("uniform (progressive, 8 steps)", 0.85, trained), cand("uniform (l1)", 0.60),
              cand("random 1", 0.55)]
-    assert [c.name for c in alloc.finalists(cands)] == ["progressive (8 steps)", "uniform (progressive, 8 steps)",
+    assert [c.name for c in arbiter.finalists(cands)] == ["progressive (8 steps)", "uniform (progressive, 8 steps)",
                                                       "uniform (l1)"]
     assert [c.kind for c in cands[2:4]] == ["uniform (trained)", "uniform"]
 
 
 def test_top_up_leaves_a_winner_alone_when_off_or_already_trained(data, monkeypatch):
-    """``Allocator.top_up`` trains nothing with ``top_up`` off, nor for a winner that already has the most trained
+    """``Arbiter.top_up`` trains nothing with ``top_up`` off, nor for a winner that already has the most trained
     candidates' training; it trains the shortfall (rounded up to whole mini-batches) otherwise."""
     from edgeprune import train as train_mod
 
     calls = []
     monkeypatch.setattr(train_mod, "train", lambda model, ds, **kw: calls.append(kw["max_steps"]))
-    alloc = object.__new__(allocate.Allocator)
-    alloc.fit_ds, alloc.ctx = data[0], PruneContext(example_inputs=EXAMPLE, progress=False)
+    arbiter = arbitrate.Arbiter(QUICK, data[0], None)
     model = make_tiny_cnn()
     goal = QUICK.training_images(finalists=True)
     for settings, had, want in [(replace(QUICK, top_up=False), 64, []), (QUICK, goal, []), (QUICK, goal + 5, []),
                                 (QUICK, goal - 1, [1]), (QUICK, 64, [-(-(goal - 64) // QUICK.batch_size)])]:
         calls.clear()
-        alloc.s = settings
-        cand = allocate.Candidate("greedy", [1], {}, 1.0, trained_images=had, probe_top1=0.5)  # a finalist
-        alloc.top_up(cand, model)
+        arbiter.s = settings
+        cand = Candidate("greedy", [1], {}, 1.0, trained_images=had, probe_top1=0.5)  # a finalist
+        arbiter.top_up(cand, model)
         assert calls == want, (settings.top_up, had)
         assert cand.trained_images == had + sum(want) * QUICK.batch_size
     calls.clear()
-    alloc.s = replace(QUICK, progressive_steps=0)  # nothing trains in the search: no goal to top up to
-    alloc.top_up(allocate.Candidate("greedy", [1], {}, 1.0, trained_images=0), model)  # not probed
+    arbiter.s = replace(QUICK, progressive_steps=0)  # nothing trains in the search: no goal to top up to
+    arbiter.top_up(Candidate("greedy", [1], {}, 1.0, trained_images=0), model)  # not probed
     assert calls == []
 
 
@@ -380,7 +380,7 @@ def test_progressive_uniform_competes_at_equal_training(fake_runtime, data, monk
         return out
 
     monkeypatch.setattr(allocate.Allocator, "_schedule", schedule)
-    monkeypatch.setattr(allocate, "_evaluate", lambda model, ds: 0.9 if getattr(model, "_even", False) else 0.5)
+    monkeypatch.setattr(arbitrate, "_evaluate", lambda model, ds: 0.9 if getattr(model, "_even", False) else 0.5)
     quick = replace(QUICK, progressive_steps=3, refits=0, fill=False)
     _, result, search = _knapsack_budget(data[0], {**load_profile("onnxruntime"), "precision": "fp32"}, 8,
                                          settings=quick)
@@ -466,7 +466,7 @@ def test_finalists_fine_tune_decides_over_the_bn_score(fake_runtime, data, monke
     widths_of = lambda m: [mod.out_channels for mod in m.modules() if isinstance(mod, nn.Conv2d)]
     full = widths_of(build_model("resnet20", num_classes=10, in_channels=1))
     probed = []
-    real_probe = allocate.Allocator.probe
+    real_probe = arbitrate.Arbiter.probe
 
     def probe(self, model):
         probed.append(model)
@@ -486,8 +486,8 @@ def test_finalists_fine_tune_decides_over_the_bn_score(fake_runtime, data, monke
         model._probed = True
         return out
 
-    monkeypatch.setattr(allocate, "_evaluate", score)
-    monkeypatch.setattr(allocate.Allocator, "probe", probe)
+    monkeypatch.setattr(arbitrate, "_evaluate", score)
+    monkeypatch.setattr(arbitrate.Arbiter, "probe", probe)
     monkeypatch.setattr(train_mod, "train", tagging_train)
     untrained = replace(QUICK, progressive_steps=0, step_batches=0)  # no candidate carries weights trained by the search
     _, result, search = _knapsack_budget(data[0], {**load_profile("onnxruntime"), "precision": "fp32"}, 8,
@@ -563,20 +563,20 @@ def test_steer_aims_lower_after_a_miss_and_back_up_after_overshooting():
     budget, near = 100.0, 0.06
     target = budget * (1 - near / 2)
     # over only: scale its prediction down by measured / target
-    assert allocate.steer([([60, 50], 110.0)], budget, near, predict) == pytest.approx(110 * target / 110.0)
+    assert steer_mod.steer([([60, 50], 110.0)], budget, near, predict) == pytest.approx(110 * target / 110.0)
     # far under only: scale up (it gave away latency the budget allowed)
-    assert allocate.steer([([40, 40], 80.0)], budget, near, predict) == pytest.approx(80 * target / 80.0)
+    assert steer_mod.steer([([40, 40], 80.0)], budget, near, predict) == pytest.approx(80 * target / 80.0)
     # one on each side: the secant through them in the refitted predictor's prices, whatever the aims were
-    aim = allocate.steer([([60, 45], 110.0), ([40, 40], 80.0)], budget, near, predict)
+    aim = steer_mod.steer([([60, 45], 110.0), ([40, 40], 80.0)], budget, near, predict)
     assert 80 < aim < 105 and aim == pytest.approx(80 + (target - 80) * 25 / 30)
     # measured latency linear in predicted latency (here 1.2x): the secant lands on the target exactly
     pts = [([50, 50], 120.0), ([30, 30], 72.0)]
-    assert 1.2 * allocate.steer(pts, budget, near, predict) == pytest.approx(target)
+    assert 1.2 * steer_mod.steer(pts, budget, near, predict) == pytest.approx(target)
     # near enough under the budget: done, whatever else was measured
-    assert allocate.steer([([60, 50], 110.0), ([48, 47], 95.0)], budget, near, predict) is None
+    assert steer_mod.steer([([60, 50], 110.0), ([48, 47], 95.0)], budget, near, predict) is None
     # near = 0: anything within the budget is done
-    assert allocate.steer([([40, 40], 80.0)], budget, 0.0, predict) is None
-    assert allocate.steer([], budget, near, predict) is None
+    assert steer_mod.steer([([40, 40], 80.0)], budget, 0.0, predict) is None
+    assert steer_mod.steer([], budget, near, predict) is None
 
 
 def _calibration_model(name: str) -> bool:

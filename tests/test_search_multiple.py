@@ -283,7 +283,7 @@ def test_search_reads_the_runtimes_channel_block_and_wide_groups_use_it(stair_ru
     """A runtime whose latency steps every 16 output channels: with no --round-to the search keeps multiples
     of 16 in groups at least 32 wide (24 channels would cost what 32 cost), 8 in the 16-wide ones; the report
     names the block and its evidence. With the block off (the user's --round-to), the grid stays 8."""
-    from edgeprune.search.allocate import SearchSettings
+    from edgeprune.search.settings import SearchSettings
 
     torch.manual_seed(0)
     model = build_model("resnet20", num_classes=10, in_channels=1).eval()

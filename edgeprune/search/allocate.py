@@ -18,9 +18,9 @@
    On ResNet-20 at 0.5x on OpenVINO, networks pruned while training scored 61-66% top-1 right after the cut
    (BN re-estimated) against 11-27% for one-shot cuts, and after the same fine-tune Gate Decorator's model was
    0.5 points ahead of the search without these candidates (bench/RESULTS.md §5).
-3. **Measurement, then arbitration** (EagleEye): every candidate is compiled and measured on the target
-   (paired against the unpruned model in alternating bursts, 2 fresh processes: ``measure.paired``); every
-   measurement refits the predictor, and each of the three schedules (iterative knapsack, progressive knapsack,
+3. **Measurement, then arbitration** (EagleEye; ``search/steer.py``, then ``search/arbitrate.py``): every
+   candidate is compiled and measured on the target (paired against a calibration model in alternating bursts,
+   2 fresh processes: ``measure.paired``); every measurement refits the predictor, and each of the three schedules (iterative knapsack, progressive knapsack,
    progressive uniform) is steered by its own measurements (``steer``): while it misses the budget, or lands more
    than ``near`` under it, another round reruns it at an aim taken from those measurements (``refits`` rounds
    at most; the one-shot candidates are regenerated with the refitted predictor in each round). Only candidates within
@@ -41,7 +41,7 @@ fine-tune ranks sub-networks well but not perfectly) or the measurement's. Train
 training than the one-shot ones, and that was most of why they won (bench/RESULTS.md §5: given the same total
 training, uniform pruning matched the search on ResNet-20 at 0.5x); the progressive uniform candidate is there so
 that the knapsack's allocation also meets uniform's at equal training, and the best one-shot finalist is trained on
-to the trained finalists' training before the choice (``Allocator.level``), so that pruning while training meets
+to the trained finalists' training before the choice (``Arbiter.level``), so that pruning while training meets
 pruning at once, then training, at equal training too.
 Invariants: every candidate's predicted latency is within the budget; every group keeps at least
 its floor and one channel; the result lists every candidate with its predicted latency, held-out
@@ -49,17 +49,16 @@ top-1 and the share of channels it keeps, and names the winner.
 """
 from __future__ import annotations
 
+from __future__ import annotations
+
 import copy
 import math
-import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Subset
-from tqdm import tqdm
 
 from edgeprune.errors import UserInputError
 from edgeprune.prune import importance as importance_registry
@@ -68,169 +67,12 @@ from edgeprune.prune.bn import recalibrate_bn
 from edgeprune.prune.graph import PruneGraph
 from edgeprune.prune.select import min_keep, round_channels, uniform_counts
 from edgeprune.search import knapsack
+from edgeprune.search.arbitrate import Arbiter, split_train
 from edgeprune.search.budget import BudgetError, SearchResult, kept_importance, search_counts
+from edgeprune.search.candidate import Candidate, trained_key
+from edgeprune.search.settings import SearchSettings
+from edgeprune.search.steer import STEERED, measured_candidates
 from edgeprune.ui import info
-
-STRATEGIES = ("knapsack", "greedy")
-STEERED = ("knapsack", "progressive", "uniform")  # the schedules each steered by their own measurements
-
-
-@dataclass
-class SearchSettings:
-    """How the budget search runs (``--search`` and friends)."""
-
-    strategy: str = "knapsack"     # knapsack (this module) or greedy (budget.search_counts alone)
-    steps: int = 3                 # knapsack schedule steps
-    step_batches: int = 30         # fine-tune mini-batches between steps
-    step_lr: float = 0.01
-    batch_size: int = 64
-    max_cut: float = 0.5           # no group loses more than this share unless the budget needs it
-    random_candidates: int = 4
-    refits: int = 2                # extra candidate rounds after refitting the predictor on measurements
-    near: float = 0.06             # a schedule whose candidate lands more than this share under the budget aims back up
-    finalists: int = 8             # candidates given a short fine-tune before the choice (0: BN re-estimation alone)
-    finalist_batches: int = 40     # mini-batches of that fine-tune
-    calibration_mixed: int = 8     # measured models of each mixed kind (``hardware.CALIBRATION_MIXED_KIND``)
-    progressive_steps: int = 8     # steps of the progressive candidate (pruned while fine-tuning); 0: none
-    settle: float = 0.5            # share of those steps that train the final network after its last cut
-    fill: bool = True              # the progressive uniform schedule's last cut is topped up to its aim (``_fill``)
-    top_up: bool = True            # the best one-shot finalist is fine-tuned to the progressive candidates' training
-                                   # before the choice (``level``), and a winner still short of it before it is
-                                   # returned (``top_up``)
-    bn_images: int = 512
-    holdout_images: int = 1000
-    seed: int = 0
-    channel_block: bool = True     # use the runtime's channel block read off the table (off when --round-to is given)
-
-    @property
-    def progressive_images(self) -> int:
-        """Training images the progressive candidate's weights see inside the search (0 when it is off)."""
-        return self.progressive_steps * self.step_batches * self.batch_size
-
-    def training_images(self, finalists: bool) -> int:
-        """Training images the most trained candidate sees inside the search: the progressive schedule's, plus the
-        finalists' fine-tune when ``finalists`` were probed (0 when nothing trains)."""
-        return self.progressive_images + (self.finalist_batches * self.batch_size if finalists else 0)
-
-    def check(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise UserInputError(f"unknown search strategy {self.strategy!r}", f"choose one of: {', '.join(STRATEGIES)}")
-        if not 0.0 < self.max_cut <= 1.0:
-            raise UserInputError(f"maximum cut per layer must be in (0, 1], got {self.max_cut}", "pass e.g. --max-cut 0.5")
-        if self.finalists < 0 or self.finalist_batches < 0:
-            raise UserInputError("finalists and their fine-tune batches must be 0 or more",
-                                 "pass e.g. --search-finalists 6 --search-finalist-batches 40")
-        if self.progressive_steps < 0:
-            raise UserInputError(f"progressive steps must be 0 or more, got {self.progressive_steps}",
-                                 "pass e.g. --search-progressive-steps 8, or 0 for no progressive candidate")
-        if not 0.0 <= self.near < 1.0:
-            raise UserInputError(f"the near-budget share must be in [0, 1), got {self.near}", "pass e.g. --search-near 0.06")
-        if not 0.0 <= self.settle < 1.0:
-            raise UserInputError(f"the settling share must be in [0, 1), got {self.settle}",
-                                 "pass e.g. --search-settle 0.5")
-        if self.calibration_mixed < 0:
-            raise UserInputError(f"calibration models must be 0 or more, got {self.calibration_mixed}",
-                                 "pass e.g. --search-calibration 8")
-
-
-def split_train(ds, holdout: int, seed: int = 0) -> tuple[Any, Any]:
-    """(fit, held-out) subsets of ``ds``: ``holdout`` items of a seeded permutation are held out."""
-    n = len(ds)
-    holdout = max(1, min(int(holdout), n // 5)) if n > 1 else 0
-    order = np.random.default_rng(seed + 104729).permutation(n)
-    return Subset(ds, [int(i) for i in order[holdout:]]), Subset(ds, [int(i) for i in order[:holdout]])
-
-
-def _evaluate(model: nn.Module, ds) -> float:
-    from edgeprune.train import evaluate
-
-    return evaluate(model, ds, progress=False)
-
-
-def trained_key(family: str, counts: list[int]) -> tuple:
-    """The dedup key of a trained candidate of ``family`` ending on ``counts`` (``Candidate.key``)."""
-    return ("trained", family, tuple(counts))
-
-
-@dataclass
-class Candidate:
-    name: str
-    counts: list[int]
-    keep: dict[int, list[int]]      # group index -> kept channel indices of the original network
-    predicted_ms: float
-    holdout_top1: float | None = None
-    note: str = ""
-    measurements: list[float] = field(default_factory=list)  # every figure measured for it on the target
-    probe_top1: float | None = None  # held-out top-1 after the finalists' short fine-tune
-    model: nn.Module | None = None   # its own trained weights (progressive candidates); None: the original's
-    trained_images: int = 0          # training images its weights saw inside the search (mini-batches x batch size)
-
-    def add_note(self, text: str) -> None:
-        """Append ``text`` to its note ("; " between notes)."""
-        self.note = f"{self.note}; {text}" if self.note else text
-
-    @property
-    def measured_ms(self) -> float | None:
-        """The mean of its measurements (None before the first)."""
-        return float(np.mean(self.measurements)) if self.measurements else None
-
-    @property
-    def family(self) -> str:
-        """The strategy that proposed it: knapsack, progressive, greedy, uniform or random."""
-        return self.name.split()[0]
-
-    @property
-    def kind(self) -> str:
-        """Its family, and whether it carries weights the search trained: uniform pruning on the original weights
-        and the progressive uniform schedule are two kinds (``Allocator.finalists``)."""
-        return f"{self.family} (trained)" if self.model is not None else self.family
-
-    @property
-    def key(self) -> tuple:
-        """Which channels of the original network it keeps: equal keys are the same sub-network. A trained
-        candidate is a different network from the same channels with the original weights: its key is its
-        name's kind and its counts."""
-        if self.model is not None:
-            return trained_key(self.family, self.counts)
-        return tuple(tuple(self.keep[g]) for g in sorted(self.keep))
-
-    def row(self, widths: list[int]) -> dict[str, Any]:
-        shares = [c / w for c, w in zip(self.counts, widths)]
-        return {"name": self.name, "predicted_ms": self.predicted_ms, "measured_ms": self.measured_ms,
-                "measurements": len(self.measurements), "measured_each_ms": list(self.measurements),
-                "holdout_top1": self.holdout_top1, "probe_top1": self.probe_top1,
-                "kept_share": sum(self.counts) / sum(widths), "min_group_share": min(shares),
-                "counts": list(self.counts), "trained": self.model is not None, "trained_images": self.trained_images,
-                "note": self.note}
-
-
-def steer(points: list[tuple[list[int], float]], budget_ms: float, near: float, predict) -> float | None:
-    """The next aim (in ms of ``predict``, the refitted predictor) of a schedule whose candidates measured
-    ``points`` ((counts, ms) pairs), or None when it needs no other round: its closest candidate within the
-    budget is at most ``near`` under it (or ``near`` is 0 and one is within it).
-
-    It aims at ``1 - near / 2`` of the budget. With a candidate on each side of the budget, by the secant
-    through the two closest, each priced again by the refitted predictor (so both ends are in the same units:
-    aims from earlier rounds are in the units of a predictor that has since moved); with one side only, by
-    scaling the closest candidate's predicted latency by the ratio of that target to its measurement. So a
-    miss aims lower, and a candidate far under the budget aims back up instead of giving away latency the
-    budget allows (on ResNet-20 at 0.5x on OpenVINO the round after a miss landed 12-22% under,
-    bench/RESULTS.md §5)."""
-    if not points:
-        return None
-    under = [p for p in points if p[1] <= budget_ms]
-    over = [p for p in points if p[1] > budget_ms]
-    if under and (near <= 0 or max(m for _, m in under) >= budget_ms * (1 - near)):
-        return None
-    target = budget_ms * (1 - near / 2)
-    lo = max(under, key=lambda p: p[1]) if under else None
-    hi = min(over, key=lambda p: p[1]) if over else None
-    if lo is not None and hi is not None:
-        p_lo, p_hi = predict(lo[0]), predict(hi[0])
-        if p_hi > p_lo:
-            return p_lo + (target - lo[1]) * (p_hi - p_lo) / (hi[1] - lo[1])
-    counts, ms = lo if lo is not None and (hi is None or budget_ms - lo[1] < hi[1] - budget_ms) else hi
-    return predict(counts) * target / ms
 
 
 class Allocator:
@@ -238,13 +80,13 @@ class Allocator:
 
     def __init__(self, hs, ctx: PruneContext, importance: str, settings: SearchSettings):
         self.hs, self.ctx, self.s = hs, ctx, settings
-        self.leveled: tuple[Candidate, int] | None = None  # the one-shot finalist ``level`` trained on, and by how much
         self.imp = importance_registry.get(importance)
         data = ctx.train_ds
         if data is None:
             raise UserInputError("the knapsack budget search needs training data (held-out images to compare "
                                  "candidates on)", "pass --data, or --search greedy")
         self.fit_ds, self.holdout_ds = split_train(data, settings.holdout_images, settings.seed)
+        self.arbiter = Arbiter(settings, self.fit_ds, self.holdout_ds, ctx.progress)
         self.widths = list(hs.widths)
         self.floors = [min_keep(w, m, ctx.min_ratio) for w, m in zip(self.widths, hs.multiples)]
         self._scores0: list[np.ndarray] | None = None
@@ -493,209 +335,6 @@ class Allocator:
         graph.apply(cand.keep)
         return graph.model
 
-    def finalists(self, scored: list[Candidate]) -> list[Candidate]:
-        """Which scored candidates get the short fine-tune: the best of each kind (``Candidate.kind``: knapsack,
-        greedy, uniform and random on the original weights; the knapsack schedule's, the progressive and the
-        progressive uniform candidates with the weights the search trained) by the BN-re-estimated score, then the
-        next best, ``finalists`` in all. Kinds first because right after a deep cut that score sits near chance and
-        ranks poorly on its own; one-shot and trained kinds apart because the trained ones score higher there for
-        their training alone (on ResNet-18 at 96 px, 0.35x on OpenVINO, uniform pruning on the original weights
-        scored 75% against the progressive uniform's 90.5%, and was never probed, while given the same training it
-        was the better model, bench/RESULTS.md §5)."""
-        order = sorted(scored, key=lambda c: (-c.holdout_top1, c.predicted_ms))
-        firsts = [c for i, c in enumerate(order) if all(o.kind != c.kind for o in order[:i])]
-        return (firsts + [c for c in order if c not in firsts])[:self.s.finalists]
-
-    def probe(self, model: nn.Module) -> tuple[float, nn.Module, int]:
-        """(held-out top-1, the trained copy, training images it saw) after ``finalist_batches`` mini-batches of
-        fine-tuning a copy of ``model`` (every finalist sees the same batches in the same order)."""
-        from edgeprune.train import train
-
-        trial = copy.deepcopy(model)
-        history = train(trial, self.fit_ds, epochs=1.0, max_steps=self.s.finalist_batches, lr=self.s.step_lr,
-                        batch_size=self.s.batch_size, augment=False, progress=False, desc="finalist",
-                        seed=self.s.seed)
-        return _evaluate(trial.eval(), self.holdout_ds), trial, int(history["steps"]) * self.s.batch_size
-
-    def _train_to(self, model: nn.Module, goal: int, had: int, desc: str) -> int:
-        """Fine-tune ``model`` in place (the schedules' step lr and batch size) from ``had`` training images to at
-        least ``goal``, when ``top_up`` is on; the mini-batches it trained (0: none)."""
-        from edgeprune.train import train
-
-        s = self.s
-        batches = -(-(goal - had) // s.batch_size) if s.top_up and s.batch_size > 0 else 0
-        if batches > 0:
-            train(model, self.fit_ds, epochs=1.0, max_steps=batches, lr=s.step_lr, batch_size=s.batch_size,
-                  augment=False, progress=self.ctx.progress, desc=desc, seed=s.seed + 1)
-        return max(batches, 0)
-
-    def level(self, pool: list[Candidate], trials: dict[str, tuple[nn.Module, int]]) -> None:
-        """Give the best one-shot finalist (by its probe) the training the trained finalists had, before the choice,
-        when ``top_up`` is on: fine-tune its probe's weights until it has seen ``training_images(finalists=True)``
-        images, and score it again (``probe_top1`` becomes that score; ``trials`` holds the longer-trained copy).
-
-        Without it the probes compare a one-shot candidate after 40 mini-batches with progressive ones after 280, so
-        the choice rewards training, not allocation: on ResNet-18 at 96 px (OpenVINO, 0.35x) the progressive knapsack
-        won at 91.4% on the proxy and reached 91.27% after the common fine-tune, while uniform pruning on the
-        original weights given the same training reached 91.64% (bench/RESULTS.md §5). Nothing happens when no
-        trained candidate is a finalist (the one-shot ones are then compared at equal training already)."""
-        one_shot = [c for c in pool if c.model is None]
-        if not one_shot or len(one_shot) == len(pool):
-            return
-        lead = max(one_shot, key=lambda c: (c.probe_top1, -c.predicted_ms))
-        trial, seen = trials[lead.name]
-        batches = self._train_to(trial, self.s.training_images(finalists=True), lead.trained_images + seen,
-                                 "search: equal training")
-        if batches <= 0:
-            return
-        before, lead.probe_top1 = lead.probe_top1, _evaluate(trial.eval(), self.holdout_ds)
-        trials[lead.name] = (trial, seen + batches * self.s.batch_size)
-        self.leveled = (lead, batches)
-        lead.add_note(f"the best one-shot finalist: fine-tuned {batches} more mini-batches before the choice, to the "
-                      f"trained candidates' training (held-out top-1 {100 * before:.2f}% -> "
-                      f"{100 * lead.probe_top1:.2f}%)")
-
-    def arbitrate(self, cands: list[Candidate], models: dict[str, nn.Module] | None = None
-                  ) -> tuple[Candidate, nn.Module]:
-        """The most accurate candidate on the held-out images (``models``: their sub-networks, by name, when
-        already built; BN re-estimated in place). Each is scored after BN re-estimation; the finalists
-        (``finalists``) are then fine-tuned briefly from those weights and ranked by that score instead: right
-        after a deep cut the first score is near chance (at 0.4x on ResNet-20 its rank correlation with the
-        accuracy after the real fine-tune was 0.41; after 40 mini-batches, 0.94), and the best one-shot finalist is
-        trained on to the trained finalists' training first (``level``). A finalist that wins is
-        returned with the weights of its short fine-tune (the search trained them; throwing them away would
-        hand the build a less trained model for nothing), and its ``trained_images`` count them; without
-        finalists, with its BN-re-estimated weights."""
-        built = {}
-        self.leveled = None
-        for cand in tqdm(cands, desc="candidates", disable=not self.ctx.progress, file=sys.stderr, leave=False):
-            model = models[cand.name] if models is not None else self.subnet(cand)
-            built[cand.name] = recalibrate_bn(model.eval(), self.fit_ds, self.s.bn_images, seed=self.s.seed)
-            cand.holdout_top1 = _evaluate(built[cand.name], self.holdout_ds)
-        pool = self.finalists(cands) if self.s.finalist_batches > 0 and len(cands) > 1 else []
-        trials: dict[str, tuple[nn.Module, int]] = {}
-        for cand in tqdm(pool, desc="finalists", disable=not self.ctx.progress, file=sys.stderr, leave=False):
-            cand.probe_top1, trial, seen = self.probe(built[cand.name])
-            trials[cand.name] = (trial, seen)
-        self.level(pool, trials)
-        if not pool:
-            best = max(cands, key=lambda c: (c.holdout_top1, -c.predicted_ms))
-            return best, built[best.name]
-        best = max(pool, key=lambda c: (c.probe_top1, -c.predicted_ms))
-        trained, seen = trials[best.name]
-        best.trained_images += seen
-        best.add_note(f"returned with the weights of its finalist fine-tune ({seen // self.s.batch_size} mini-batches)")
-        return best, trained
-
-    def top_up(self, winner: Candidate, model: nn.Module) -> None:
-        """Fine-tune ``model`` (the winner's, in place) until it has seen as many training images inside the
-        search as the most trained candidates did (``SearchSettings.training_images``; the finalists' fine-tune
-        counts when the winner was one of them), when ``top_up`` is on.
-
-        Without it, which kind of candidate wins decides how much the search trained it: a progressive winner has
-        the schedule's 8 x 30 mini-batches and the finalists' 40, a one-shot winner (greedy, random, a knapsack on
-        the original weights) the finalists' 40 alone. The build then fine-tunes either for the same epochs, so a
-        one-shot winner reached the user less trained than a progressive one for no reason of its own: on ResNet-18
-        at 96 px (OpenVINO, 0.35x) two one-shot winners given the difference scored 0.30 and 0.60 points higher
-        (bench/RESULTS.md §5, the ``search+`` rows). The difference is the same step lr and mini-batches as the
-        schedules', counted in ``trained_images`` and said in the report."""
-        batches = self._train_to(model, self.s.training_images(finalists=winner.probe_top1 is not None),
-                                 winner.trained_images, "search top-up")
-        if batches <= 0:
-            return
-        model.eval()
-        winner.trained_images += batches * self.s.batch_size
-        winner.add_note(f"topped up by {batches} mini-batches of fine-tuning to the training of the most trained "
-                        f"candidates")
-
-    @staticmethod
-    def schedule_kind(cand: Candidate) -> str | None:
-        """Which steered schedule (``STEERED``) proposed ``cand``, or None: the iterative knapsack (its channels on
-        the original weights; the trained twin has the same counts), the progressive knapsack, the progressive
-        uniform."""
-        if cand.name.startswith("knapsack (") and "one shot" not in cand.name and cand.model is None:
-            return "knapsack"
-        if cand.model is not None and cand.family in ("progressive", "uniform"):
-            return cand.family
-        return None
-
-    def _close_calls(self, pool: list[Candidate], budget_ms: float) -> list[Candidate]:
-        """Candidates measured once whose figure is within ``near / 2`` of the budget, on either side: the
-        search's two paired rounds decide those by noise (on ResNet-18 at 96 px the same counts, a candidate and
-        its trained twin, measured 1.983 and 1.962 ms in one round, either side of a 1.977-ms budget), so they
-        are measured once more before arbitration."""
-        band = self.s.near / 2
-        return [c for c in pool if len(c.measurements) == 1 and abs(c.measured_ms / budget_ms - 1) <= band]
-
-    def _measure(self, fresh: list[Candidate], again: list[Candidate], models: dict[str, nn.Module]) -> None:
-        """Measure ``fresh`` candidates (building their sub-networks into ``models``) together with ``again``
-        (measured before: their figure becomes the mean of both), and refit the predictor on every figure."""
-        batch = {c.name: self.subnet(c) for c in fresh}
-        models.update(batch)
-        batch.update({c.name: models[c.name] for c in again})
-        measured = self.hs.measure_models(batch, rounds=2)
-        for c in fresh + again:
-            c.measurements = c.measurements + [measured[c.name]]  # a new list: ``replace`` copies share the old one
-            self.hs.samples.append((list(c.counts), measured[c.name]))
-        self.hs.predictor.calibrate(self.hs.samples)
-
-    def _measured_candidates(self, budget_ms: float) -> tuple[list[Candidate], list[dict[str, Any]], dict[str, nn.Module]]:
-        """The candidates, each measured on the target (``hs.measure_models``: paired against the unpruned model).
-
-        The optimiser finds the predictor's errors, so every measurement also refits the predictor. Each of the
-        three schedules (the iterative knapsack, the progressive knapsack, the progressive uniform) is steered by
-        its own measurements (``steer``): while its closest candidate misses the budget, or sits more than
-        ``near`` under it, another round (up to ``refits``) reruns it at a new aim; the one-shot candidates
-        (greedy, uniform, random) are regenerated with the refitted predictor in every round, and alone call a
-        round when more than half of them miss. Without its own aim, a uniform schedule that lands a hair over
-        the budget would be dropped and the knapsack would win arbitration by default, not by its allocation;
-        without aiming back up, a round after a miss can land far under the budget and give accuracy away for
-        latency the budget allowed. The candidates of every round are pooled; one whose figure lands within
-        ``near / 2`` of the budget (either side) is measured once more, with the next round or at the end, and
-        judged on the mean of both (``_close_calls``)."""
-        pool: list[Candidate] = []
-        models: dict[str, nn.Module] = {}
-        seen: set = set()
-        trace: list[dict[str, Any]] = []
-        aims = {kind: budget_ms for kind in STEERED}
-        points: dict[str, list[Candidate]] = {kind: [] for kind in STEERED}
-        active = set(STEERED)
-        for rnd in range(1 + max(0, self.s.refits)):
-            cands, steps = self.candidates(budget_ms, aims=aims, schedules=frozenset(active), seen=frozenset(seen))
-            trace = trace or steps
-            fresh = []
-            for c in cands:
-                if c.key in seen:
-                    continue
-                seen.add(c.key)
-                if rnd:
-                    c.name = f"{c.name} (refit {rnd})"
-                    c.add_note("after refitting the predictor on the measurements")
-                fresh.append(c)
-            if not fresh:
-                break
-            self._measure(fresh, self._close_calls(pool, budget_ms), models)
-            pool += fresh
-            ran = {self.schedule_kind(c): c for c in fresh}
-            for kind in list(active):
-                if kind not in ran:  # nothing new from it (painted into a corner, or the same counts again)
-                    active.discard(kind)
-                    continue
-                points[kind].append(ran[kind])
-                aim = steer([(c.counts, c.measured_ms) for c in points[kind]], budget_ms, self.s.near,
-                            self.hs.predictor.predict)
-                if aim is None:
-                    active.discard(kind)
-                else:
-                    aims[kind] = aim
-            others = [c for c in fresh if self.schedule_kind(c) is None]
-            if not active and sum(c.measured_ms <= budget_ms for c in others) * 2 >= len(others):
-                break
-        last = self._close_calls(pool, budget_ms)
-        if last:
-            self._measure([], last, models)
-        return pool, trace, models
-
     def run(self, budget_ms: float) -> tuple[PruneResult, SearchResult]:
         fastest = self.hs.predictor.predict(
             [knapsack.options_for(w, m, f, w, 1.0)[0] for w, m, f in zip(self.widths, self.hs.multiples, self.floors)])
@@ -705,44 +344,21 @@ class Allocator:
                               "raise the budget, keep fewer layers whole (--keep), or lower the minimum width "
                               "(--min-width SHARE)")
         with torch.random.fork_rng():
-            cands, trace, models = self._measured_candidates(budget_ms)
+            cands, trace, models = measured_candidates(self, budget_ms)
             fits = [c for c in cands if c.measured_ms <= budget_ms]
-            winner, model = self.arbitrate(fits or cands, models)
-            self.top_up(winner, model)
+            winner, model = self.arbiter.choose(fits or cands, models)
+            self.arbiter.top_up(winner, model)
             for c in cands:
                 if c not in fits and fits:
                     c.add_note("over the budget by measurement: not compared")
-        rows = [c.row(self.widths) for c in cands]
-        compared = [c for c in cands if c.holdout_top1 is not None]
-        probed = [c for c in cands if c.probe_top1 is not None]
-        scope = f"{len(compared)} of {len(cands)} candidates compared " + \
-            f"({'those within the budget by measurement' if len(compared) < len(cands) else 'all'})"
-        if probed:
-            runner_up = max((c for c in probed if c is not winner), key=lambda c: c.probe_top1, default=None)
-            why = (f"{scope}; the {len(probed)} best by held-out top-1 after BN re-estimation (the best of each kind "
-                   f"first) were fine-tuned for {self.s.finalist_batches} mini-batches; {winner.name} then scored "
-                   f"{100 * winner.probe_top1:.2f}% on {len(self.holdout_ds)} held-out training images" +
-                   (f", ahead of {runner_up.name} ({100 * runner_up.probe_top1:.2f}%)" if runner_up else ""))
-            if self.leveled:
-                lead, batches = self.leveled
-                why += (f" (the best one-shot finalist, {lead.name}, was scored after {batches} more mini-batches, "
-                        f"the trained finalists' training)")
-        else:
-            runner_up = max((c for c in compared if c is not winner), key=lambda c: c.holdout_top1, default=None)
-            why = (f"{scope}; {winner.name} scored {100 * winner.holdout_top1:.2f}% top-1 on {len(self.holdout_ds)} "
-                   f"held-out training images after BN re-estimation" +
-                   (f", ahead of {runner_up.name} ({100 * runner_up.holdout_top1:.2f}%)" if runner_up else ""))
-        if winner.trained_images:  # say what the search's own training adds to the build's fine-tune
-            why += (f"; its weights were trained on {winner.trained_images} images inside the search "
-                    f"({winner.trained_images / len(self.fit_ds):.2f} epoch of the training set) before the "
-                    f"build's fine-tune")
+        why = self.arbiter.why(cands, winner)
         info(f"      search: {len(cands)} candidates within {budget_ms:.3f} ms predicted; {why}")
         ranked = knapsack.ranked_scores(self.original_scores(), self.imp.normalize)
         total = sum(float(r.sum()) for r in ranked) or 1.0
         kept = kept_importance(ranked, winner.counts)
         found = SearchResult(winner.counts, winner.predicted_ms, kept / total, len(trace), trace,
-                             strategy="knapsack", candidates=rows, winner=winner.name, why=why,
-                             importance=self.imp.name)
+                             strategy="knapsack", candidates=[c.row(self.widths) for c in cands], winner=winner.name,
+                             why=why, importance=self.imp.name)
         records = [{"group": g.root_name, "before": g.channels, "after": n, "members": len(g.members)}
                    for g, n in zip(self.hs.graph.groups, winner.counts)]
         ratio = 1 - sum(winner.counts) / sum(self.widths)

@@ -6,7 +6,7 @@ or the profile's multiple for the precision) and keep ``pctx.ignored_layers`` wh
 After a miss the aim is tightened and the search runs again; a retry that then lands more than
 ``SearchSettings.near`` under the budget gives away latency the budget allows (session 29, ResNet-18 at 96 px on
 ncnn, 0.5x: a first model measured 7% over, the retry landed 16% under), so while attempts remain one more
-search aims back up between the two (``allocate.steer``: the secant through the closest measured model on each
+search aims back up between the two (``steer.steer``: the secant through the closest measured model on each
 side, priced by the refitted predictor). Of the attempts within the budget the one measured slowest is returned
 (the most channels the budget allows); one that misses is never returned.
 
@@ -29,7 +29,8 @@ from edgeprune.errors import GateFailed, UserInputError
 from edgeprune.measure.protocol import MeasureSettings
 from edgeprune.prune.base import PruneContext, PruneResult, check_context
 from edgeprune.search.budget import BudgetError
-from edgeprune.search.allocate import SearchSettings, steer
+from edgeprune.search.settings import SearchSettings
+from edgeprune.search.steer import steer
 from edgeprune.search.hardware import HardwareSearch
 from edgeprune.ui import info
 

@@ -59,7 +59,7 @@ from edgeprune.search.budget import SearchResult, search_counts
 from edgeprune.ui import info
 
 if TYPE_CHECKING:
-    from edgeprune.search.allocate import SearchSettings
+    from edgeprune.search.settings import SearchSettings
 from edgeprune.search.model_table import table_builder
 from edgeprune.search.plan import build_plan
 from edgeprune.search.units import plan_with_units
@@ -328,7 +328,8 @@ class HardwareSearch:
         ``search.allocate``) or ``greedy`` (``budget.search_counts`` on the unpruned network's scores).
         """
         from edgeprune.prune import importance as importance_registry
-        from edgeprune.search.allocate import Allocator, SearchSettings
+        from edgeprune.search.allocate import Allocator
+        from edgeprune.search.settings import SearchSettings
 
         settings = settings or SearchSettings(strategy="greedy")
         settings.check()
