@@ -9,20 +9,24 @@ uniform L1 pruning at uniform+'s exact counts, and scored 91.28% against uniform
 pruned network (uniform L1 at ``--counts``) both ways, and one way between them, from the same checkpoint, per seed:
 
 - ``search``: 40 mini-batches (probe), 240 more (level), BN re-estimated, then the fine-tune: three cosine schedules;
-- ``search, one schedule``: the search's 280 mini-batches as one cosine schedule, BN re-estimated, then the fine-tune;
-- ``continuous``: BN re-estimated, then one cosine schedule over the same number of images at batch 128 (uniform+).
+- ``search (one schedule)``: the search's 280 mini-batches as one cosine schedule, BN re-estimated, then the fine-tune;
+- ``continuous``: BN re-estimated, then one cosine schedule over the same number of images at batch 128 (uniform+);
+- ``search (its split)`` (``--split``): the ``search`` recipe with its first two stages, and the BN re-estimation
+  before them, on the search's own training split (``arbitrate.split_train``: ``holdout_images`` held out, seeded
+  by the seed), as inside the search.
 
 Every recipe starts from the same pruned weights with BN re-estimated on 512 training images, trains on the full
-training set (the search itself holds 1000 images out), and is scored on the full test set.
+training set (but for ``search (its split)``), and is scored on the full test set.
 
 Usage: python bench/search_training.py --weights CKPT --image-size 96 [--counts 304,152,...] [--seeds 0,1]
-           [--ft-epochs 0.15] [--out DIR]
+           [--ft-epochs 0.15] [--recipes search,continuous] [--split] [--out DIR]
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -49,21 +53,24 @@ def pruned(model, example, counts: list[int]):
 
 
 def recipes(settings, ft_epochs: float, n_train: int) -> dict[str, list[dict]]:
-    """Each recipe as its training stages: (mini-batches or epochs, batch size, seed offset, BN re-estimated first)."""
+    """Each recipe as its training stages: mini-batches or epochs, batch size, lr, seed offset, BN re-estimated
+    first, and (``fit``) whether the stage trains on the search's training split instead of the full set."""
     probe = settings.finalist_batches
     level = settings.training_images(finalists=True) // settings.batch_size - probe
     b, lr = settings.batch_size, settings.step_lr
     fine = {"epochs": ft_epochs, "batch": 128, "lr": lr, "seed": 0, "bn": True}
     extra = settings.training_images(finalists=True) / n_train
+    search = [{"steps": probe, "batch": b, "lr": lr, "seed": 0, "bn": False},
+              {"steps": level, "batch": b, "lr": lr, "seed": 1, "bn": False}, fine]
     return {
-        "search": [{"steps": probe, "batch": b, "lr": lr, "seed": 0, "bn": False},
-                   {"steps": level, "batch": b, "lr": lr, "seed": 1, "bn": False}, fine],
-        "search, one schedule": [{"steps": probe + level, "batch": b, "lr": lr, "seed": 0, "bn": False}, fine],
+        "search": search,
+        "search (its split)": [{**st, "fit": True} for st in search[:2]] + [fine],
+        "search (one schedule)": [{"steps": probe + level, "batch": b, "lr": lr, "seed": 0, "bn": False}, fine],
         "continuous": [{**fine, "epochs": ft_epochs + extra}],
     }
 
 
-def run_recipe(start, stages: list[dict], train_ds, test_ds, seed: int) -> dict:
+def run_recipe(start, stages: list[dict], train_ds, fit_ds, test_ds, seed: int) -> dict:
     from edgeprune.prune.bn import recalibrate_bn
     from edgeprune.train import evaluate, train
 
@@ -71,13 +78,14 @@ def run_recipe(start, stages: list[dict], train_ds, test_ds, seed: int) -> dict:
     images = 0
     t = time.perf_counter()
     for st in stages:
+        data = fit_ds if st.get("fit") else train_ds
         if st["bn"]:
-            recalibrate_bn(m, train_ds, 512, seed=seed)
+            recalibrate_bn(m, data, 512, seed=seed)
         if "steps" in st:
-            hist = train(m, train_ds, epochs=1.0, max_steps=st["steps"], lr=st["lr"], batch_size=st["batch"],
+            hist = train(m, data, epochs=1.0, max_steps=st["steps"], lr=st["lr"], batch_size=st["batch"],
                          augment=False, progress=False, desc="stage", seed=seed + st["seed"])
         else:
-            hist = train(m, train_ds, epochs=st["epochs"], lr=st["lr"], batch_size=st["batch"], augment=False,
+            hist = train(m, data, epochs=st["epochs"], lr=st["lr"], batch_size=st["batch"], augment=False,
                          progress=False, desc="stage", seed=seed + st["seed"])
         images += int(hist["steps"]) * st["batch"]
     return {"top1": evaluate(m.eval(), test_ds, progress=False), "images": images, "seconds": time.perf_counter() - t}
@@ -91,12 +99,15 @@ def main() -> int:
     ap.add_argument("--counts", default=DEFAULT_COUNTS, help="kept channels per prunable group (uniform L1 cut)")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--ft-epochs", type=float, default=0.15)
+    ap.add_argument("--recipes", help="comma-separated recipe names (default: all but 'search (its split)')")
+    ap.add_argument("--split", action="store_true", help="also the search recipe on the search's own training split")
     ap.add_argument("--out", default="bench/results/search_training")
     args = ap.parse_args()
 
     from edgeprune.data import load_dataset
     from edgeprune.loading import load_model
     from edgeprune.prune.bn import recalibrate_bn
+    from edgeprune.search.arbitrate import split_train
     from edgeprune.search.settings import SearchSettings
     from edgeprune.train import evaluate
 
@@ -107,18 +118,29 @@ def main() -> int:
     counts = [int(c) for c in args.counts.split(",")]
     settings = SearchSettings()
     plan = recipes(settings, args.ft_epochs, len(train_ds))
+    names = args.recipes.split(",") if args.recipes else [n for n in plan if n != "search (its split)"]
+    if args.split and "search (its split)" not in names:
+        names.append("search (its split)")
+    unknown = sorted(set(names) - set(plan))
+    if unknown:
+        raise SystemExit(f"unknown recipe(s) {unknown}; choose from {sorted(plan)}")
+    plan = {n: plan[n] for n in names}
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
-        start = recalibrate_bn(pruned(model, example, counts), train_ds, 512, seed=seed)
+        fit_ds = split_train(train_ds, settings.holdout_images, seed)[0]
+        cut = pruned(model, example, counts)
+        start = recalibrate_bn(copy.deepcopy(cut), train_ds, 512, seed=seed)
+        start_fit = recalibrate_bn(copy.deepcopy(cut), fit_ds, 512, seed=seed)  # as the search re-estimates it
         before = evaluate(start.eval(), test_ds, progress=False)
         for name, stages in plan.items():
-            r = run_recipe(start, stages, train_ds, test_ds, seed)
+            first = start_fit if stages[0].get("fit") else start
+            r = run_recipe(first, stages, train_ds, fit_ds, test_ds, seed)
             rows.append({"seed": seed, "recipe": name, "top1_after_prune": before, **r})
             print(f"seed {seed} {name:22s} top-1 {100 * r['top1']:.2f}% ({r['images']} images, {r['seconds']:.0f} s)",
                   flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"command": "python " + " ".join(sys.argv), "counts": counts, "recipes": plan, "rows": rows,
+    result = {"command": "python " + shlex.join(sys.argv), "counts": counts, "recipes": plan, "rows": rows,
               "weights": args.weights}
     (out / "search_training.json").write_text(json.dumps(result, indent=1))
     lines = [f"# {__doc__.splitlines()[0]}", "", f"Command: `{result['command']}`", "",
