@@ -18,26 +18,27 @@
    On ResNet-20 at 0.5x on OpenVINO, networks pruned while training scored 61-66% top-1 right after the cut
    (BN re-estimated) against 11-27% for one-shot cuts, and after the same fine-tune Gate Decorator's model was
    0.5 points ahead of the search without these candidates (bench/RESULTS.md §5).
-3. **Measurement, then arbitration** (EagleEye; ``search/steer.py``, then ``search/arbitrate.py``): every
-   candidate is compiled and measured on the target (paired against a calibration model in alternating bursts,
-   2 fresh processes: ``measure.paired``); every measurement refits the predictor, and each of the three schedules (iterative knapsack, progressive knapsack,
-   progressive uniform) is steered by its own measurements (``steer``): while it misses the budget, or lands more
-   than ``near`` under it, another round reruns it at an aim taken from those measurements (``refits`` rounds
-   at most; the one-shot candidates are regenerated with the refitted predictor in each round). Only candidates within
-   the budget *by measurement* are compared (all of them when none is), because the knapsack finds exactly
-   the allocations the predictor prices too cheaply. Each compared candidate's BN statistics are re-estimated on ``bn_images``
-   training images (``prune.bn.recalibrate_bn``) and its top-1 is taken on ``holdout_images`` held-out
-   *training* images (never the test set). That score sits near chance after a deep cut, so the
-   ``finalists`` best (the best of each kind first) are then fine-tuned for ``finalist_batches``
-   mini-batches from those weights and scored again; the most accurate finalist wins (ties: the faster
-   prediction). The caller measures it on the target and fine-tunes it like any pruned model, from the weights
-   of the winner's short fine-tune (the search trained them: a one-shot winner returned with its untrained
-   weights threw away 40 mini-batches; on ResNet-18 at 96 px it scored 59.6% right after the cut and 91.2%
-   after them, bench/RESULTS.md §5), counted in its ``trained_images`` like the schedules' training.
+3. **Measurement, then arbitration** (EagleEye; ``search/steer.py``, then ``search/arbitrate.py``): every candidate
+   is compiled and measured on the target (paired against a calibration model in alternating bursts, 2 fresh
+   processes: ``measure.paired``); every measurement refits the predictor, and each of the three schedules
+   (iterative knapsack, progressive knapsack, progressive uniform) is steered by its own measurements (``steer``):
+   while it misses the budget, or lands more than ``near`` under it, another round reruns it at an aim taken from
+   those measurements (``refits`` rounds at most; the one-shot candidates are regenerated with the refitted
+   predictor in each round). Only candidates within the budget *by measurement* are compared (all of them when none
+   is), because the knapsack finds exactly the allocations the predictor prices too cheaply. Each compared
+   candidate's BN statistics are re-estimated on ``bn_images`` training images (``prune.bn.recalibrate_bn``) and its
+   top-1 is taken on ``holdout_images`` held-out *training* images (never the test set). That score sits near chance
+   after a deep cut, so the ``finalists`` best (the best of each kind first) are then fine-tuned for
+   ``finalist_batches`` mini-batches from those weights and scored again; the most accurate finalist wins (ties: the
+   faster prediction). The caller measures it on the target and fine-tunes it like any pruned model, from the
+   weights of the winner's short fine-tune (the search trained them: a one-shot winner returned with its untrained
+   weights threw away 40 mini-batches; on ResNet-18 at 96 px it scored 59.6% right after the cut and 91.2% after
+   them, bench/RESULTS.md §5), counted in its ``trained_images`` like the schedules' training.
 
 Because uniform pruning is a candidate (and, as its own kind, always a finalist when within the budget by
 measurement and ``finalists`` >= 7, the number of kinds), the search loses to it only through the proxy's error (a short
-fine-tune ranks sub-networks well but not perfectly) or the measurement's. Trained candidates have had more
+fine-tune ranks sub-networks well but not perfectly), the measurement's, or the noise of fine-tuning itself (on
+ResNet-18 at 96 px one network and recipe scored 91.28-91.82% over four training-data orders, bench/RESULTS.md §5). Trained candidates have had more
 training than the one-shot ones, and that was most of why they won (bench/RESULTS.md §5: given the same total
 training, uniform pruning matched the search on ResNet-20 at 0.5x); the progressive uniform candidate is there so
 that the knapsack's allocation also meets uniform's at equal training, and the best one-shot finalist is trained on
@@ -47,8 +48,6 @@ Invariants: every candidate's predicted latency is within the budget; every grou
 its floor and one channel; the result lists every candidate with its predicted latency, held-out
 top-1 and the share of channels it keeps, and names the winner.
 """
-from __future__ import annotations
-
 from __future__ import annotations
 
 import copy
