@@ -36,14 +36,14 @@
    them, bench/RESULTS.md §5), counted in its ``trained_images`` like the schedules' training.
 
 Because uniform pruning is a candidate (and, as its own kind, always a finalist when within the budget by
-measurement and ``finalists`` >= 7, the number of kinds), the search loses to it only through the proxy's error (a short
-fine-tune ranks sub-networks well but not perfectly), the measurement's, or the noise of fine-tuning itself (on
-ResNet-18 at 96 px one network and recipe scored 91.28-91.82% over four training-data orders, bench/RESULTS.md §5). Trained candidates have had more
-training than the one-shot ones, and that was most of why they won (bench/RESULTS.md §5: given the same total
-training, uniform pruning matched the search on ResNet-20 at 0.5x); the progressive uniform candidate is there so
-that the knapsack's allocation also meets uniform's at equal training, and the best one-shot finalist is trained on
-to the trained finalists' training before the choice (``Arbiter.level``), so that pruning while training meets
-pruning at once, then training, at equal training too.
+measurement and ``finalists`` >= 7, the number of kinds), the search loses to it only through the proxy's error (a
+short fine-tune ranks sub-networks well but not perfectly), the measurement's, or the noise of fine-tuning itself
+(on ResNet-18 at 96 px one network and recipe scored 91.28-91.82% over four training-data orders, bench/RESULTS.md
+§5). Trained candidates have had more training than the one-shot ones, and that was most of why they won
+(bench/RESULTS.md §5: given the same total training, uniform pruning matched the search on ResNet-20 at 0.5x); the
+progressive uniform candidate is there so that the knapsack's allocation also meets uniform's at equal training, and
+the best one-shot finalist is trained on to the trained finalists' training before the choice (``Arbiter.level``),
+so that pruning while training meets pruning at once, then training, at equal training too.
 Invariants: every candidate's predicted latency is within the budget; every group keeps at least
 its floor and one channel; the result lists every candidate with its predicted latency, held-out
 top-1 and the share of channels it keeps, and names the winner.
