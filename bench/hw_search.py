@@ -263,15 +263,23 @@ class Bench:
 
     def rebuild(self, row: dict, multiple: int):
         """The uniform or Torch-Pruning arm's model of a stored row (L1 channels at its counts; TP at its ratio)."""
-        from edgeprune.prune.base import apply_counts
-        from edgeprune.prune.graph import PruneGraph
-        from edgeprune.prune.importance import get
-
         if row["arm"] == "tp":
             return tp_prune(self.model, self.example, row["ratio"], multiple)
-        graph = PruneGraph(copy.deepcopy(self.model).eval(), self.example)
-        apply_counts(graph, get("l1").scores(graph, None), row["counts"])
-        return graph.model
+        return l1_at_counts(self.model, self.example, row["counts"])
+
+
+def l1_at_counts(model, example, counts: list[int]):
+    """A pruned copy of ``model`` keeping the ``counts[i]`` channels of largest L1 norm in group i (the uniform arm's
+    model at its counts)."""
+    from edgeprune.prune.base import apply_counts
+    from edgeprune.prune.graph import PruneGraph
+    from edgeprune.prune.importance import get
+
+    graph = PruneGraph(copy.deepcopy(model).eval(), example)
+    if len(graph.groups) != len(counts):
+        raise ValueError(f"{len(counts)} channel counts for a model of {len(graph.groups)} prunable groups")
+    apply_counts(graph, get("l1").scores(graph, None), counts)
+    return graph.model
 
 
 def arm_round_to(hs) -> int:

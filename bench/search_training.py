@@ -35,21 +35,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hw_search import l1_at_counts  # noqa: E402  (the uniform arm's model at given counts)
 
 # uniform L1 at ResNet-18 @96's 0.35x budget on OpenVINO (session 45, seed 1): the search's winner and uniform+
 DEFAULT_COUNTS = "304,152,80,40,40,40,80,80,152,152,304,304"
-
-
-def pruned(model, example, counts: list[int]):
-    from edgeprune.prune.base import apply_counts
-    from edgeprune.prune.graph import PruneGraph
-    from edgeprune.prune.importance import get
-
-    graph = PruneGraph(copy.deepcopy(model).eval(), example)
-    if len(graph.groups) != len(counts):
-        raise SystemExit(f"--counts has {len(counts)} entries, the model has {len(graph.groups)} groups")
-    apply_counts(graph, get("l1").scores(graph, None), counts)
-    return graph.model
 
 
 def recipes(settings, ft_epochs: float, n_train: int) -> dict[str, list[dict]]:
@@ -81,12 +71,8 @@ def run_recipe(start, stages: list[dict], train_ds, fit_ds, test_ds, seed: int) 
         data = fit_ds if st.get("fit") else train_ds
         if st["bn"]:
             recalibrate_bn(m, data, 512, seed=seed)
-        if "steps" in st:
-            hist = train(m, data, epochs=1.0, max_steps=st["steps"], lr=st["lr"], batch_size=st["batch"],
-                         augment=False, progress=False, desc="stage", seed=seed + st["seed"])
-        else:
-            hist = train(m, data, epochs=st["epochs"], lr=st["lr"], batch_size=st["batch"], augment=False,
-                         progress=False, desc="stage", seed=seed + st["seed"])
+        hist = train(m, data, epochs=st.get("epochs", 1.0), max_steps=st.get("steps"), lr=st["lr"],
+                     batch_size=st["batch"], augment=False, progress=False, desc="stage", seed=seed + st["seed"])
         images += int(hist["steps"]) * st["batch"]
     return {"top1": evaluate(m.eval(), test_ds, progress=False), "images": images, "seconds": time.perf_counter() - t}
 
@@ -128,7 +114,10 @@ def main() -> int:
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         fit_ds = split_train(train_ds, settings.holdout_images, seed)[0]
-        cut = pruned(model, example, counts)
+        try:
+            cut = l1_at_counts(model, example, counts)
+        except ValueError as exc:
+            raise SystemExit(f"--counts: {exc}") from None
         start = recalibrate_bn(copy.deepcopy(cut), train_ds, 512, seed=seed)
         start_fit = recalibrate_bn(copy.deepcopy(cut), fit_ds, 512, seed=seed)  # as the search re-estimates it
         before = evaluate(start.eval(), test_ds, progress=False)

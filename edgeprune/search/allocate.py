@@ -84,8 +84,8 @@ class Allocator:
         if data is None:
             raise UserInputError("the knapsack budget search needs training data (held-out images to compare "
                                  "candidates on)", "pass --data, or --search greedy")
-        self.fit_ds, self.holdout_ds = split_train(data, settings.holdout_images, settings.seed)
-        self.arbiter = Arbiter(settings, self.fit_ds, self.holdout_ds, ctx.progress)
+        self.fit_ds, holdout_ds = split_train(data, settings.holdout_images, settings.seed)
+        self.arbiter = Arbiter(settings, self.fit_ds, holdout_ds, ctx.progress)
         self.widths = list(hs.widths)
         self.floors = [min_keep(w, m, ctx.min_ratio) for w, m in zip(self.widths, hs.multiples)]
         self._scores0: list[np.ndarray] | None = None
